@@ -1,0 +1,142 @@
+"""MCP-CL: multivariate class prototypes + pixel-to-prototype contrastive learning (spec §6).
+
+For every class present in a batch, K prototypes come from spherical k-means over that class's
+L2-normalised pixel features and are folded into a memory bank with momentum. Each sampled pixel is
+pulled towards the nearest prototype of its own class and pushed from all prototypes of the other
+(initialised) classes with an InfoNCE loss. Training only; nothing of it runs at inference.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+
+def spherical_kmeans(x: torch.Tensor, centres: torch.Tensor, iters: int) -> torch.Tensor:
+    """Refine unit ``centres`` (K, C) on unit points ``x`` (N, C) by cosine k-means.
+
+    A cluster that loses all its points keeps its previous centre, so slot k stays slot k
+    (the memory bank relies on that to update prototype k with the batch's cluster k).
+    """
+    for _ in range(iters):
+        assign = (x @ centres.t()).argmax(dim=1)  # (N,)
+        sums = torch.zeros_like(centres).index_add_(0, assign, x)  # (K, C)
+        counts = torch.bincount(assign, minlength=centres.shape[0])  # (K,)
+        centres = torch.where((counts > 0)[:, None], F.normalize(sums, dim=1), centres)
+    return centres
+
+
+def farthest_point_init(x: torch.Tensor, k: int) -> torch.Tensor:
+    """K unit seeds (K, C) from unit points ``x`` (N, C): a random first point, then farthest-first."""
+    idx = [int(torch.randint(x.shape[0], (1,)))]
+    best = x @ x[idx[0]]  # (N,) highest similarity to any chosen seed
+    for _ in range(1, k):
+        nxt = int(best.argmin())
+        idx.append(nxt)
+        best = torch.maximum(best, x @ x[nxt])
+    return x[idx]
+
+
+class MCPContrastiveLoss(nn.Module):
+    """Multivariate class-prototype InfoNCE loss with a momentum memory bank.
+
+    Args:
+        num_classes: number of semantic classes (labels >= num_classes are ignored).
+        feat_dim: channel width C of the embedding.
+        prototypes_per_class: K prototypes per class.
+        momentum: bank update ``p <- normalise(m * p + (1 - m) * batch_centre)``.
+        temperature: InfoNCE temperature.
+        ignore_index: label id to skip.
+        max_pixels_per_class: pixels sampled per class per batch (k-means and loss), bounds cost.
+        kmeans_iters: spherical k-means iterations per class per batch.
+
+    Buffers ``prototypes`` (num_classes, K, C) and ``initialized`` (num_classes,) live in the state
+    dict. Under torch.distributed the batch centres are averaged over ranks, so every rank keeps the
+    same bank.
+    """
+
+    def __init__(self, num_classes: int, feat_dim: int, prototypes_per_class: int = 4,
+                 momentum: float = 0.99, temperature: float = 0.1, ignore_index: int = 255,
+                 max_pixels_per_class: int = 1024, kmeans_iters: int = 5):
+        super().__init__()
+        self.num_classes = num_classes
+        self.feat_dim = feat_dim
+        self.prototypes_per_class = prototypes_per_class
+        self.momentum = momentum
+        self.temperature = temperature
+        self.ignore_index = ignore_index
+        self.max_pixels_per_class = max_pixels_per_class
+        self.kmeans_iters = kmeans_iters
+        self.register_buffer("prototypes", torch.zeros(num_classes, prototypes_per_class, feat_dim))
+        self.register_buffer("initialized", torch.zeros(num_classes, dtype=torch.bool))
+
+    def extra_repr(self) -> str:
+        return (f"num_classes={self.num_classes}, feat_dim={self.feat_dim}, "
+                f"prototypes_per_class={self.prototypes_per_class}, momentum={self.momentum}, "
+                f"temperature={self.temperature}")
+
+    def _sample(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Indices of up to ``max_pixels_per_class`` random pixels per present class, and the classes."""
+        valid = (labels != self.ignore_index) & (labels >= 0) & (labels < self.num_classes)
+        classes = torch.unique(labels[valid])
+        picks = []
+        for c in classes.tolist():
+            idx = torch.nonzero(labels == c).squeeze(1)
+            if idx.numel() > self.max_pixels_per_class:
+                idx = idx[torch.randperm(idx.numel(), device=idx.device)[: self.max_pixels_per_class]]
+            picks.append(idx)
+        index = torch.cat(picks) if picks else labels.new_zeros(0)
+        return index, classes
+
+    @torch.no_grad()
+    def update_bank(self, feats: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor) -> None:
+        """Fold this batch's per-class k-means centres into the bank. feats: (N, C) unit, labels: (N,)."""
+        k = self.prototypes_per_class
+        centres = torch.zeros_like(self.prototypes)  # (num_classes, K, C)
+        present = torch.zeros(self.num_classes, device=feats.device)
+        for c in classes.tolist():
+            x = feats[labels == c]  # (n, C)
+            init = self.prototypes[c] if self.initialized[c] else farthest_point_init(x, k)
+            centres[c] = spherical_kmeans(x, init, self.kmeans_iters)
+            present[c] = 1.0
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(centres)
+            dist.all_reduce(present)
+            centres = F.normalize(centres, dim=2)
+        seen = present > 0
+        m = torch.where(self.initialized[seen], self.momentum, 0.0)[:, None, None]
+        self.prototypes[seen] = F.normalize(m * self.prototypes[seen] + (1 - m) * centres[seen], dim=2)
+        self.initialized |= seen
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """features: (B, C, h, w) embedding; labels: (B, H, W) int64 → scalar loss.
+
+        Labels are resized to (h, w) by nearest neighbour. Returns a zero that keeps a grad_fn
+        when no pixel has a usable label or no other class has prototypes yet.
+        """
+        c, h, w = features.shape[1:]
+        if labels.shape[-2:] != (h, w):
+            labels = F.interpolate(labels[:, None].float(), size=(h, w), mode="nearest")[:, 0]
+        labels = labels.long().reshape(-1)  # (B*h*w,)
+        feats = F.normalize(features.float().permute(0, 2, 3, 1).reshape(-1, c), dim=1)  # (N, C)
+
+        index, classes = self._sample(labels)
+        feats, labels = feats[index], labels[index]  # (n, C), (n,)
+        self.update_bank(feats.detach(), labels, classes)
+        zero = features.sum() * 0.0
+        if labels.numel() == 0:
+            return zero
+
+        k = self.prototypes_per_class
+        protos = self.prototypes.reshape(-1, c)  # (num_classes*K, C)
+        logits = (feats @ protos.t() / self.temperature).view(-1, self.num_classes, k)  # (n, cls, K)
+        own = F.one_hot(labels, self.num_classes).bool()  # (n, cls)
+        positive = logits[own].max(dim=1).values  # (n,) nearest own prototype
+        negatives = logits.masked_fill(~self.initialized[None, :, None], float("-inf"))
+        negatives = negatives.masked_fill(own[:, :, None], float("-inf")).flatten(1)  # (n, cls*K)
+        if not torch.isfinite(negatives).any():
+            return zero
+        denom = torch.logsumexp(torch.cat([positive[:, None], negatives], dim=1), dim=1)
+        return (denom - positive).mean()

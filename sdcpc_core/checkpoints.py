@@ -1,0 +1,195 @@
+"""Checkpoints: our format, and loaders for the published MiT / SegFormer files.
+
+Our format is a dict saved with ``torch.save`` and read with ``weights_only=True`` (no pickled
+code runs on load)::
+
+    {"format": "sdcpc", "version": 1, "config": SDCPCConfig.to_dict(), "labels": LabelSet.to_dict(),
+     "mean": [r, g, b], "std": [r, g, b], "training": {...}, "state_dict": {...}}
+
+Published files: ImageNet ``mit_b*.pth`` (encoder keys without prefix, plus an unused ``head.*``
+classifier) and SegFormer ADE20K/Cityscapes checkpoints (``{"state_dict": ..., "meta": ...}`` with
+``backbone.`` / ``decode_head.`` prefixes and an unused ``decode_head.conv_seg``).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sdcpc_core.classes import LabelSet
+from sdcpc_core.models import MIT_SPECS, SDCPCConfig, build_model
+
+FORMAT = "sdcpc"
+VERSION = 1
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+ASSETS = Path(__file__).resolve().parent / "assets"
+DEFAULT_CHECKPOINT = ASSETS / "sdcpc_b0_synthetic.pt"
+BASELINE_CHECKPOINT = ASSETS / "segformer_b0_synthetic.pt"
+UNUSED_PUBLISHED_KEYS = ("decode_head.conv_seg.", "head.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used, with what is wrong and what to do."""
+
+
+def save_checkpoint(path, model: nn.Module, config: SDCPCConfig, labels: LabelSet,
+                    mean=IMAGENET_MEAN, std=IMAGENET_STD, training: dict | None = None,
+                    half: bool = False) -> Path:
+    """Write our checkpoint format; ``half`` stores floating tensors as fp16 (smaller files)."""
+    if labels.num_classes != config.num_classes:
+        raise CheckpointError(f"label set has {labels.num_classes} classes but the model config has "
+                              f"{config.num_classes}")
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
+             for k, v in model.state_dict().items()}
+    payload = {"format": FORMAT, "version": VERSION, "config": config.to_dict(),
+               "labels": labels.to_dict(), "mean": [float(m) for m in mean],
+               "std": [float(s) for s in std], "training": training or {}, "state_dict": state}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)  # never leave a half-written checkpoint under the real name
+    return path
+
+
+def read_file(path) -> dict:
+    """``torch.load(weights_only=True)`` with errors that say what is wrong with the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass an existing .pt/.pth file "
+                              "(or leave it empty for the embedded default model)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"refusing to load {path}: it contains Python objects other than tensors and plain "
+            f"containers ({str(e).splitlines()[0][:200]}). Only weights-only checkpoints are accepted; "
+            "re-save the state dict with torch.save(model.state_dict(), ...) from a trusted environment"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): "
+                              f"{str(e).splitlines()[0][:200]}. Re-download or re-export it") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected a dict of tensors "
+                              "or an sdcpc checkpoint")
+    return obj
+
+
+def detect_variant(state_dict: dict, prefix: str = "") -> str | None:
+    """Guess the MiT variant from encoder widths and depths; None if it is not a MiT encoder."""
+    w = state_dict.get(prefix + "patch_embed1.proj.weight")
+    if w is None:
+        return None
+    depths = tuple(len({k[len(prefix):].split(".")[1] for k in state_dict
+                        if k.startswith(f"{prefix}block{i}.")}) for i in range(1, 5))
+    for name, spec in MIT_SPECS.items():
+        if spec.embed_dims[0] == w.shape[0] and spec.depths == depths:
+            return name
+    return None
+
+
+def check_state_dict(model: nn.Module, state_dict: dict, what: str, source: str,
+                     ignore_prefixes=()) -> None:
+    """Raise a CheckpointError listing missing/unexpected keys and shape mismatches (expected vs found)."""
+    expected = model.state_dict()
+    found = {k: v for k, v in state_dict.items() if not k.startswith(tuple(ignore_prefixes))}
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    shapes = [f"{k}: expected {tuple(expected[k].shape)}, found {tuple(found[k].shape)}"
+              for k in sorted(set(expected) & set(found)) if expected[k].shape != found[k].shape]
+    if not (missing or unexpected or shapes):
+        return
+    lines = [f"{source} does not fit the {what}:"]
+    if shapes:
+        lines.append(f"  {len(shapes)} shape mismatches, e.g. " + "; ".join(shapes[:4]))
+    if missing:
+        lines.append(f"  {len(missing)} missing keys, e.g. {missing[:4]}")
+    if unexpected:
+        lines.append(f"  {len(unexpected)} unexpected keys, e.g. {unexpected[:4]}")
+    hint = _mismatch_hint(model, found)
+    if hint:
+        lines.append("  " + hint)
+    raise CheckpointError("\n".join(lines))
+
+
+def _mismatch_hint(model: nn.Module, found: dict) -> str:
+    expected = model.state_dict()
+    hints = []
+    for prefix in ("backbone.", ""):
+        variant = detect_variant(found, prefix)
+        if variant:
+            ours = detect_variant(expected, "backbone.")
+            if ours and variant != ours:
+                hints.append(f"the file holds a MiT-{variant.upper()} encoder but the model is "
+                             f"MiT-{ours.upper()}: build the model with variant='{variant}'")
+            break
+    key = "decode_head.linear_pred.weight"
+    if key in found and key in expected and found[key].shape[0] != expected[key].shape[0]:
+        hints.append(f"the file's head has {found[key].shape[0]} classes, the model "
+                     f"{expected[key].shape[0]}: set num_classes={found[key].shape[0]} or load the "
+                     "encoder only (load_head=False)")
+    return "what to do: " + "; ".join(hints) if hints else ""
+
+
+def load_checkpoint(path, map_location="cpu") -> tuple[nn.Module, dict]:
+    """Our checkpoint -> (model in eval mode, metadata with ``config``, ``labels`` (LabelSet), ...)."""
+    obj = read_file(path)
+    if obj.get("format") != FORMAT:
+        hint = ("it looks like a published MiT/SegFormer file: build a model and call "
+                "load_pretrained(model, path), or train/convert with `sdcpc train`"
+                if "state_dict" in obj or detect_variant(obj) else "it is not an sdcpc checkpoint")
+        raise CheckpointError(f"{path}: {hint}")
+    if obj.get("version") != VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {obj.get('version')} is not "
+                              f"supported (this sdcpc reads version {VERSION}); upgrade sdcpc")
+    try:
+        config = SDCPCConfig.from_dict(dict(obj["config"]))
+        labels = LabelSet.from_dict(obj["labels"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: broken metadata ({e}); re-export the checkpoint") from None
+    model = build_model(config)
+    state = obj["state_dict"]
+    check_state_dict(model, state, f"model it describes ({config.variant}, {config.num_classes} classes)",
+                     str(path))
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    meta = {k: v for k, v in obj.items() if k != "state_dict"}
+    meta["config"], meta["labels"] = config, labels
+    return model.to(map_location).eval(), meta
+
+
+def load_pretrained(model: nn.Module, source, load_head: bool = True) -> dict:
+    """Load a published ImageNet ``mit_b*.pth`` (encoder) or SegFormer checkpoint (encoder + head).
+
+    Temporal modules of an SD-CPC model are left as built (``temporal_proj`` is zero), so the
+    model starts out computing what the published per-frame SegFormer computes.
+    Returns a summary: which parts were loaded and which published keys were ignored.
+    """
+    obj = read_file(source) if isinstance(source, (str, Path)) else dict(source)
+    state = obj.get("state_dict", obj)
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    ignored = sorted(k for k in state if k.startswith(UNUSED_PUBLISHED_KEYS))
+    if any(k.startswith("backbone.") for k in state):
+        backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+        head = {k[len("decode_head."):]: v for k, v in state.items()
+                if k.startswith("decode_head.") and not k.startswith("decode_head.conv_seg.")}
+    elif detect_variant(state):
+        backbone = {k: v for k, v in state.items() if not k.startswith("head.")}
+        head = {}
+    else:
+        raise CheckpointError(f"{source}: neither a MiT encoder (patch_embed1.proj.weight …) nor a "
+                              "SegFormer checkpoint (backbone.* / decode_head.*); pass a mit_b*.pth "
+                              "or a SegFormer .pth file")
+    check_state_dict(model.backbone, backbone, "model's MiT encoder", str(source))
+    model.backbone.load_state_dict(backbone)
+    loaded = ["backbone"]
+    if head and load_head:
+        check_state_dict(model.decode_head, head, "model's SegFormer head", str(source))
+        model.decode_head.load_state_dict(head)
+        loaded.append("decode_head")
+    return {"loaded": loaded, "ignored_keys": ignored, "variant": detect_variant(backbone)}

@@ -1,0 +1,69 @@
+"""SegFormer all-MLP decode head (key names match published ``decode_head.*`` weights)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MLP(nn.Module):
+    """Per-pixel linear projection: (B, Cin, H, W) -> (B, N, C)."""
+
+    def __init__(self, in_dim: int, embed_dim: int):
+        super().__init__()
+        self.proj = nn.Linear(in_dim, embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x.flatten(2).transpose(1, 2))
+
+
+class ConvBNReLU(nn.Module):
+    """1×1 conv without bias + BatchNorm + ReLU (mmseg ``ConvModule`` layout: ``conv``, ``bn``)."""
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, out_ch, 1, bias=False)
+        self.bn = nn.BatchNorm2d(out_ch)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        return self.act(self.bn(self.conv(x)))
+
+
+class SegFormerHead(nn.Module):
+    """Project the four encoder maps to ``embed_dim``, upsample to stride 4, fuse, classify.
+
+    Split in two so temporal modules can add context to the fused feature before
+    classification: ``fuse(features) -> (B, E, H/4, W/4)`` and ``classify(fused) -> logits``.
+    """
+
+    def __init__(self, in_channels=(32, 64, 160, 256), embed_dim: int = 256, num_classes: int = 19,
+                 dropout: float = 0.1):
+        super().__init__()
+        self.in_channels = tuple(in_channels)
+        self.embed_dim = embed_dim
+        self.num_classes = num_classes
+        for i, c in enumerate(in_channels):
+            setattr(self, f"linear_c{i + 1}", MLP(c, embed_dim))
+        self.linear_fuse = ConvBNReLU(4 * embed_dim, embed_dim)
+        self.dropout = nn.Dropout2d(dropout)
+        self.linear_pred = nn.Conv2d(embed_dim, num_classes, 1)
+
+    def fuse(self, features: list[torch.Tensor]) -> torch.Tensor:
+        size = features[0].shape[2:]
+        maps = []
+        for i in (4, 3, 2, 1):  # published order of concatenation: c4, c3, c2, c1
+            f = features[i - 1]
+            b, _, h, w = f.shape
+            x = getattr(self, f"linear_c{i}")(f).transpose(1, 2).reshape(b, -1, h, w)
+            if (h, w) != tuple(size):
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            maps.append(x)
+        return self.linear_fuse(torch.cat(maps, dim=1))  # (B, E, H/4, W/4)
+
+    def classify(self, fused: torch.Tensor) -> torch.Tensor:
+        return self.linear_pred(self.dropout(fused))  # (B, K, H/4, W/4)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.classify(self.fuse(features))

@@ -1,0 +1,177 @@
+"""SD-CPC temporal modules: SSEA, static perceptual difference and DSSA (coarse + fine stages).
+
+A frame's *static perception* (``FrameCache``) depends on that frame alone, so a stream computes
+it once per frame and reuses it while the frame serves as a reference.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sdcpc_core.ops import window_attention
+
+DIFFERENCE_KINDS = ("bhattacharyya", "cosine", "argmax")
+
+
+class FrameCache(NamedTuple):
+    """Everything the model keeps about one frame (batch dimension B)."""
+
+    features: tuple[torch.Tensor, ...]  # encoder maps at strides 4, 8, 16, 32
+    static: torch.Tensor  # S: (B, C, H/8, W/8) aligned feature
+    static_logits: torch.Tensor  # (B, K, H/8, W/8) static class prediction
+
+
+class SSEA(nn.Module):
+    """Static semantic alignment: multi-level then multi-scale, within one frame.
+
+    Levels: the four maps are projected to width ``dim`` on the stride-8 grid and mixed with
+    per-pixel level weights. Scales: each pixel attends to the frame's context pooled on grids
+    ``pool_scales`` (1×1 … 8×8). Output: S and the static prediction's logits.
+    """
+
+    def __init__(self, in_channels, dim: int, num_classes: int, pool_scales=(1, 2, 4, 8)):
+        super().__init__()
+        self.dim = dim
+        self.pool_scales = tuple(pool_scales)
+        self.level_proj = nn.ModuleList(nn.Conv2d(c, dim, 1) for c in in_channels)
+        self.level_gate = nn.Conv2d(len(in_channels) * dim, len(in_channels), 1)
+        self.scale_query = nn.Conv2d(dim, dim, 1)
+        self.scale_key = nn.Conv2d(dim, dim, 1)
+        self.fuse = nn.Sequential(nn.Conv2d(2 * dim, dim, 1, bias=False), nn.BatchNorm2d(dim),
+                                  nn.ReLU(inplace=True))
+        self.classifier = nn.Conv2d(dim, num_classes, 1)
+
+    def forward(self, features) -> tuple[torch.Tensor, torch.Tensor]:
+        grid = features[1].shape[2:]  # stride-8 grid
+        levels = []
+        for proj, f in zip(self.level_proj, features):
+            x = proj(f)
+            if x.shape[2:] != grid:
+                x = (F.adaptive_avg_pool2d(x, grid) if x.shape[2] > grid[0]
+                     else F.interpolate(x, size=grid, mode="bilinear", align_corners=False))
+            levels.append(x)  # (B, C, h, w)
+        weights = self.level_gate(torch.cat(levels, 1)).softmax(1)  # (B, L, h, w)
+        x = sum(weights[:, i: i + 1] * lv for i, lv in enumerate(levels))  # (B, C, h, w)
+
+        contexts = torch.stack([  # (B, S, C, h, w)
+            F.interpolate(F.adaptive_avg_pool2d(x, s), size=grid, mode="bilinear",
+                          align_corners=False) for s in self.pool_scales], 1)
+        q = self.scale_query(x).unsqueeze(1)  # (B, 1, C, h, w)
+        k = self.scale_key(contexts.flatten(0, 1)).view_as(contexts)
+        scale_w = (q * k).sum(2, keepdim=True).div(math.sqrt(self.dim)).softmax(1)  # (B, S, 1, h, w)
+        context = (scale_w * contexts).sum(1)  # (B, C, h, w)
+        static = self.fuse(torch.cat([x, context], 1))
+        return static, self.classifier(static)
+
+
+def static_difference(target: FrameCache, reference: FrameCache,
+                      kind: str = "bhattacharyya") -> torch.Tensor:
+    """Per-location difference of two frames' static perceptions, (B, 1, h, w) in [0, 1]."""
+    if kind == "bhattacharyya":
+        p_t, p_r = target.static_logits.float().softmax(1), reference.static_logits.float().softmax(1)
+        return (1.0 - (p_t * p_r).clamp_min(0).sqrt().sum(1, keepdim=True)).clamp(0, 1)
+    if kind == "cosine":
+        cos = F.cosine_similarity(target.static.float(), reference.static.float(), dim=1)
+        return ((1.0 - cos) / 2).unsqueeze(1)
+    if kind == "argmax":
+        same = target.static_logits.argmax(1) == reference.static_logits.argmax(1)
+        return (~same).float().unsqueeze(1)
+    raise ValueError(f"unknown difference kind {kind!r}; choose one of {DIFFERENCE_KINDS}")
+
+
+class ClassPrototypeAttention(nn.Module):
+    """DSSA stage 1 (coarse, stride-32 grid): the target attends to each reference's class prototypes.
+
+    Prototype of class k in reference r = mean of S_r weighted by the static probability of k.
+    A class's logit gets the log of its share of the frame, so absent classes are not attended.
+    """
+
+    def __init__(self, dim: int, pool: int = 4):
+        super().__init__()
+        self.dim = dim
+        self.pool = pool
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(dim, dim)
+        self.value = nn.Linear(dim, dim)
+
+    def forward(self, static: torch.Tensor, references: list[FrameCache]) -> torch.Tensor:
+        b, c, h, w = static.shape
+        protos, log_mass = [], []
+        for ref in references:
+            p = ref.static_logits.float().softmax(1).flatten(2)  # (B, K, N)
+            mass = p.sum(2, keepdim=True)  # (B, K, 1)
+            protos.append(torch.bmm(p / mass.clamp_min(1e-6), ref.static.float().flatten(2).transpose(1, 2)))
+            log_mass.append(torch.log(mass.squeeze(2) / p.shape[2] + 1e-6))  # (B, K)
+        protos = torch.cat(protos, 1).to(static.dtype)  # (B, T*K, C)
+        bias = torch.cat(log_mass, 1).to(static.dtype)  # (B, T*K)
+
+        coarse = F.avg_pool2d(static, self.pool, ceil_mode=True)  # (B, C, h/4, w/4)
+        hc, wc = coarse.shape[2:]
+        q = self.query(coarse.flatten(2).transpose(1, 2))  # (B, Nc, C)
+        k, v = self.key(protos), self.value(protos)  # (B, T*K, C)
+        attn = (torch.bmm(q, k.transpose(1, 2)) / math.sqrt(c) + bias.unsqueeze(1)).softmax(-1)
+        out = torch.bmm(attn, v).transpose(1, 2).reshape(b, c, hc, wc)
+        return F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
+
+
+class WindowCrossFrameAttention(nn.Module):
+    """DSSA stage 2 (fine, stride-8 grid): window attention into every reference, selected queries only.
+
+    The ``selection_ratio`` fraction of locations with the largest perceptual difference are
+    queried (1.0 = all); the others receive zero context.
+    """
+
+    def __init__(self, dim: int, window: int = 9, dilation: int = 1, selection_ratio: float = 0.25):
+        super().__init__()
+        self.window, self.dilation, self.selection_ratio = window, dilation, selection_ratio
+        self.query = nn.Conv2d(dim, dim, 1)
+        self.key = nn.Conv2d(dim, dim, 1)
+        self.value = nn.Conv2d(dim, dim, 1)
+
+    def select(self, difference: torch.Tensor) -> torch.Tensor | None:
+        """(B, 1, h, w) -> (B, M) flat indices of the most different locations, or None for all."""
+        n = difference.shape[2] * difference.shape[3]
+        m = max(1, math.ceil(self.selection_ratio * n))
+        if m >= n:
+            return None
+        return difference.flatten(1).topk(m, dim=1, sorted=False).indices.sort(1).values
+
+    def forward(self, x: torch.Tensor, references: list[FrameCache],
+                difference: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        refs = torch.stack([r.static for r in references], 1)  # (B, T, C, h, w)
+        k = self.key(refs.flatten(0, 1)).view_as(refs)
+        v = self.value(refs.flatten(0, 1)).view_as(refs)
+        q = self.query(x)
+        index = self.select(difference)
+        out = window_attention(q, k, v, window=self.window, dilation=self.dilation, query_index=index)
+        if index is None:
+            return out  # (B, C, h, w)
+        dense = out.new_zeros(b, c, h * w)
+        return dense.scatter(2, index.unsqueeze(1).expand(-1, c, -1), out).view(b, c, h, w)
+
+
+class DSSA(nn.Module):
+    """Dynamic semantic alignment: coarse class-level context, then fine window context where needed."""
+
+    def __init__(self, dim: int, window: int = 9, dilation: int = 1, selection_ratio: float = 0.25,
+                 difference: str = "bhattacharyya"):
+        super().__init__()
+        if difference not in DIFFERENCE_KINDS:
+            raise ValueError(f"unknown difference kind {difference!r}; choose one of {DIFFERENCE_KINDS}")
+        self.difference = difference
+        self.coarse = ClassPrototypeAttention(dim)
+        self.fine = WindowCrossFrameAttention(dim, window, dilation, selection_ratio)
+        self.norm = nn.GroupNorm(1, dim)
+
+    def forward(self, target: FrameCache, references: list[FrameCache]):
+        """-> (enriched target feature (B, C, h, w), perceptual difference (B, 1, h, w))."""
+        diff = torch.stack([static_difference(target, r, self.difference) for r in references]).amax(0)
+        x = target.static + self.coarse(target.static, references)
+        x = x + self.fine(x, references, diff.to(x.dtype))
+        return self.norm(x), diff

@@ -119,21 +119,19 @@ def check_state_dict(model: nn.Module, state_dict: dict, what: str, source: str,
 
 
 def _mismatch_hint(model: nn.Module, found: dict) -> str:
+    """Name the likely cause (other variant, other class count) and the fix."""
     expected = model.state_dict()
     hints = []
-    for prefix in ("backbone.", ""):
-        variant = detect_variant(found, prefix)
-        if variant:
-            ours = detect_variant(expected, "backbone.")
-            if ours and variant != ours:
-                hints.append(f"the file holds a MiT-{variant.upper()} encoder but the model is "
-                             f"MiT-{ours.upper()}: build the model with variant='{variant}'")
-            break
-    key = "decode_head.linear_pred.weight"
-    if key in found and key in expected and found[key].shape[0] != expected[key].shape[0]:
-        hints.append(f"the file's head has {found[key].shape[0]} classes, the model "
-                     f"{expected[key].shape[0]}: set num_classes={found[key].shape[0]} or load the "
-                     "encoder only (load_head=False)")
+    ours = detect_variant(expected, "backbone.") or detect_variant(expected)
+    theirs = detect_variant(found, "backbone.") or detect_variant(found)
+    if ours and theirs and ours != theirs:
+        hints.append(f"the file holds a MiT-{theirs.upper()} encoder but the model is "
+                     f"MiT-{ours.upper()}: build the model with variant='{theirs}'")
+    for key in ("decode_head.linear_pred.weight", "linear_pred.weight"):
+        if key in found and key in expected and found[key].shape[0] != expected[key].shape[0]:
+            hints.append(f"the file's head has {found[key].shape[0]} classes, the model "
+                         f"{expected[key].shape[0]}: set num_classes={found[key].shape[0]} or load "
+                         "the encoder only (load_head=False)")
     return "what to do: " + "; ".join(hints) if hints else ""
 
 

@@ -1,0 +1,241 @@
+"""Command line: ``sdcpc segment | demo | info | palette | train``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def read_frames(source: Path):
+    """Yield RGB uint8 frames from a video file or an image folder (sorted by name)."""
+    if source.is_dir():
+        files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise SystemExit(f"error: {source} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        for p in files:
+            img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+            if img is None:
+                raise SystemExit(f"error: cannot decode image {p}")
+            yield cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        return
+    if not source.is_file():
+        raise SystemExit(f"error: input {source} does not exist (give a video file or an image folder)")
+    cap = cv2.VideoCapture(str(source))
+    if not cap.isOpened():
+        raise SystemExit(f"error: cannot open video {source} (unsupported container or codec?)")
+    try:
+        while True:
+            ok, img = cap.read()
+            if not ok:
+                break
+            yield cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    finally:
+        cap.release()
+
+
+def count_frames(source: Path) -> int | None:
+    if source.is_dir():
+        return sum(1 for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    cap = cv2.VideoCapture(str(source))
+    n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
+    cap.release()
+    return n or None
+
+
+class OutputWriter:
+    """Writes colour-mapped results as numbered PNGs (a folder) or one MP4 (``*.mp4``)."""
+
+    def __init__(self, out: Path, fps: float = 10.0):
+        self.out, self.fps, self.video, self.count = out, fps, None, 0
+        if out.suffix.lower() != ".mp4":
+            out.mkdir(parents=True, exist_ok=True)
+
+    def write(self, rgb: np.ndarray) -> None:
+        bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+        if self.out.suffix.lower() == ".mp4":
+            if self.video is None:
+                self.out.parent.mkdir(parents=True, exist_ok=True)
+                self.video = cv2.VideoWriter(str(self.out), cv2.VideoWriter_fourcc(*"mp4v"), self.fps,
+                                             (bgr.shape[1], bgr.shape[0]))
+            self.video.write(bgr)
+        else:
+            cv2.imwrite(str(self.out / f"{self.count:06d}.png"), bgr)
+        self.count += 1
+
+    def close(self) -> None:
+        if self.video is not None:
+            self.video.release()
+
+
+def render(frame: np.ndarray, labels_rgb: np.ndarray, style: str) -> np.ndarray:
+    """``color``: labels only; ``overlay``: blended; ``side``: input | labels."""
+    if style == "color":
+        return labels_rgb
+    if style == "overlay":
+        return cv2.addWeighted(frame, 0.5, labels_rgb, 0.5, 0)
+    return np.concatenate([frame, labels_rgb], axis=1)
+
+
+def _engine(args):
+    from sdcpc_core.engine import StreamingSegmenter
+
+    return StreamingSegmenter.from_checkpoint(
+        args.checkpoint or None, device=args.device, precision=args.precision,
+        channels_last=args.channels_last, input_size=tuple(args.input_size) if args.input_size else None)
+
+
+def cmd_segment(args) -> int:
+    from tqdm import tqdm
+
+    engine = _engine(args)
+    writer = OutputWriter(Path(args.output), args.fps)
+    latencies = []
+    try:
+        for frame in tqdm(read_frames(Path(args.input)), total=count_frames(Path(args.input)),
+                          unit="frame", desc="segment"):
+            res = engine.step(frame)
+            latencies.append(res.latency_ms)
+            writer.write(render(frame, engine.labels.colorize(res.labels), args.style))
+    finally:
+        writer.close()
+    if latencies:
+        print(f"wrote {writer.count} frames to {args.output}; median latency "
+              f"{np.median(latencies):.1f} ms/frame on {engine.device}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Generate a synthetic clip, segment it with the embedded model, write PNGs and a score."""
+    from tqdm import tqdm
+
+    from sdcpc_core.data.synthetic import generate_video
+    from sdcpc_core.metrics import VideoMetrics
+
+    engine = _engine(args)
+    size = engine.input_size or (256, 256)
+    frames, gt = generate_video(seed=args.seed, length=args.frames, height=size[0], width=size[1])
+    out = Path(args.output)
+    writer = OutputWriter(out)
+    metrics = VideoMetrics(engine.labels.num_classes)
+    metrics.start_video()
+    for frame, label in tqdm(zip(frames, gt), total=len(frames), unit="frame", desc="demo"):
+        res = engine.step(frame)
+        metrics.update(res.labels, label)
+        writer.write(np.concatenate([frame, engine.labels.colorize(res.labels),
+                                     engine.labels.colorize(label)], axis=1))
+    metrics.end_video()
+    writer.close()
+    scores = metrics.compute()
+    print(f"wrote {writer.count} frames (input | prediction | ground truth) to {out}/")
+    print(f"synthetic clip seed {args.seed}: mIoU {scores['miou']:.3f}, "
+          f"mVC8 {_fmt(scores.get('mvc8'))}, flicker {scores['flicker']:.3f}")
+    return 0
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None or x != x else f"{x:.3f}"
+
+
+def cmd_info(args) -> int:
+    from sdcpc_core.checkpoints import DEFAULT_CHECKPOINT, load_checkpoint
+
+    path = args.checkpoint or DEFAULT_CHECKPOINT
+    model, meta = load_checkpoint(path)
+    info = {"checkpoint": str(path), "config": meta["config"].to_dict(),
+            "classes": list(meta["labels"].names),
+            "dynamic_classes": [meta["labels"].names[i] for i in meta["labels"].dynamic],
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "mean": meta["mean"], "std": meta["std"], "training": meta.get("training", {})}
+    print(json.dumps(info, indent=2, default=str))
+    return 0
+
+
+def cmd_palette(args) -> int:
+    from sdcpc_core.checkpoints import DEFAULT_CHECKPOINT, load_checkpoint
+
+    _, meta = load_checkpoint(args.checkpoint or DEFAULT_CHECKPOINT)
+    text = meta["labels"].to_csv()
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from sdcpc_core.train import run_training
+
+    run_training(args)
+    return 0
+
+
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", default="", help="sdcpc checkpoint (default: the embedded model)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--channels-last", action="store_true", help="channels_last memory format")
+    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
+                   help="resolution the network sees (default: the input's own)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sdcpc", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("segment", help="segment a video file or an image folder")
+    p.add_argument("input", help="video file (.mp4, .avi, …) or folder of images")
+    p.add_argument("-o", "--output", required=True, help="output folder of PNGs, or a .mp4 file")
+    p.add_argument("--style", choices=["color", "overlay", "side"], default="side")
+    p.add_argument("--fps", type=float, default=10.0, help="frame rate of an MP4 output")
+    _add_engine_args(p)
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("demo", help="segment a generated synthetic clip with the embedded model")
+    p.add_argument("-o", "--output", default="sdcpc-demo", help="output folder")
+    p.add_argument("--frames", type=int, default=24)
+    p.add_argument("--seed", type=int, default=2024)
+    _add_engine_args(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("info", help="print a checkpoint's config, classes and training summary")
+    p.add_argument("checkpoint", nargs="?", default="", help="default: the embedded model")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("palette", help="export a checkpoint's class palette as CSV")
+    p.add_argument("checkpoint", nargs="?", default="", help="default: the embedded model")
+    p.add_argument("-o", "--output", help="CSV file (default: stdout)")
+    p.set_defaults(func=cmd_palette)
+
+    p = sub.add_parser("train", help="train SD-CPC or the baseline from a YAML config")
+    try:
+        from sdcpc_core.train import add_train_arguments
+    except ImportError:  # pragma: no cover - trainer not installed yet
+        add_train_arguments = None
+    if add_train_arguments:
+        add_train_arguments(p)
+    p.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv=None) -> int:
+    from sdcpc_core.checkpoints import CheckpointError
+    from sdcpc_core.engine import FrameError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (CheckpointError, FrameError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""MiT / SegFormer head / SD-CPC: shapes, published key layout, gradients, determinism."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from sdcpc_core.models import SDCPC, SDCPCConfig, SegFormer, build_model, static_difference
+from sdcpc_core.models.temporal import FrameCache
+SPEC_KEYS = Path(__file__).resolve().parents[1] / "data" / "segformer_state_dict_keys.json"
+
+PUBLISHED = json.load(open(SPEC_KEYS))
+
+
+def tiny(**kw):
+    base = dict(variant="b0", num_classes=5, embed_dim=32, reference_offsets=(-2, -1), window=3,
+                drop_path_rate=0.0)
+    base.update(kw)
+    return SDCPCConfig(**base)
+
+
+@pytest.mark.parametrize("variant", ["b0", "b1", "b2"])
+def test_segformer_state_dict_matches_published_layout(variant):
+    model = SegFormer(SDCPCConfig(variant=variant, num_classes=19, temporal=False))
+    ours = {k: list(v.shape) for k, v in model.state_dict().items()}
+    published = {k: v for k, v in PUBLISHED[variant].items() if not k.startswith("decode_head.conv_seg")}
+    assert set(ours) == set(published)
+    assert {k: ours[k] for k in published} == published
+
+
+def test_sdcpc_contains_segformer_layout_plus_temporal_modules():
+    model = SDCPC(SDCPCConfig(variant="b0", num_classes=19))
+    keys = set(model.state_dict())
+    published = {k for k in PUBLISHED["b0"] if not k.startswith("decode_head.conv_seg")}
+    assert published <= keys
+    assert {k.split(".")[0] for k in keys - published} == {"ssea", "dssa", "temporal_proj"}
+
+
+def test_output_shapes_at_odd_size():
+    model = build_model(tiny()).eval()
+    out = model(torch.randn(2, 3, 3, 72, 100))
+    assert out["logits"].shape == (2, 5, 18, 25)
+    assert out["static_logits"].shape == (2, 5, 9, 13)
+    assert out["embedding"].shape == (2, 32, 9, 13)
+    assert out["difference"].min() >= 0 and out["difference"].max() <= 1
+
+
+def test_fresh_sdcpc_equals_its_segformer():
+    """temporal_proj starts at zero: SD-CPC computes exactly the per-frame model's logits."""
+    sd = build_model(tiny()).eval()
+    base = build_model(tiny(temporal=False)).eval()
+    base.load_state_dict({k: v for k, v in sd.state_dict().items() if k in base.state_dict()})
+    x = torch.randn(1, 3, 3, 64, 64)
+    torch.testing.assert_close(sd(x)["logits"], base(x)["logits"])
+
+
+def test_gradients_reach_every_parameter():
+    model = build_model(tiny(selection_ratio=0.5)).train()
+    torch.nn.init.normal_(model.temporal_proj.weight, std=0.1)  # open the zero gate
+    out = model(torch.randn(2, 3, 3, 64, 64))
+    (out["logits"].square().mean() + out["static_logits"].square().mean()).backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert dead == []
+
+
+def test_temporal_context_changes_output_and_uses_references():
+    model = build_model(tiny()).eval()
+    torch.nn.init.normal_(model.temporal_proj.weight, std=0.5)
+    x = torch.randn(1, 3, 3, 64, 64)
+    y = x.clone()
+    y[:, 0] = torch.randn(3, 64, 64)  # change only the oldest reference
+    assert not torch.allclose(model(x)["logits"], model(y)["logits"])
+
+
+def test_deterministic_in_eval():
+    model = build_model(tiny()).eval()
+    x = torch.randn(1, 3, 3, 64, 64)
+    torch.testing.assert_close(model(x)["logits"], model(x)["logits"], rtol=0, atol=0)
+
+
+def test_static_difference_bounds_and_identity():
+    logits = torch.randn(1, 4, 5, 5)
+    a = FrameCache((), torch.randn(1, 8, 5, 5), logits)
+    b = FrameCache((), torch.randn(1, 8, 5, 5), torch.randn(1, 4, 5, 5))
+    for kind in ("bhattacharyya", "cosine", "argmax"):
+        same = static_difference(a, a, kind)
+        assert same.shape == (1, 1, 5, 5)
+        assert same.abs().max() < 1e-5
+        d = static_difference(a, b, kind)
+        assert 0 <= d.min() and d.max() <= 1
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(variant="b9"), "variant"), (dict(window=4), "window must be odd"),
+    (dict(reference_offsets=(0, -1)), "must not contain 0"), (dict(selection_ratio=0.0), "selection_ratio"),
+    (dict(difference="l2"), "difference")])
+def test_config_errors_name_the_field(bad, message):
+    with pytest.raises(ValueError, match=message):
+        tiny(**bad)
+
+
+def test_config_round_trip():
+    cfg = tiny()
+    assert SDCPCConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown SDCPCConfig fields"):
+        SDCPCConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+
+
+def test_param_groups_head_lr_and_no_decay():
+    model = build_model(tiny())
+    groups = model.param_groups(lr=1e-4, weight_decay=0.01)
+    names = {id(p): n for n, p in model.named_parameters()}
+    for g in groups:
+        for p in g["params"]:
+            name = names[id(p)]
+            assert g["lr"] == pytest.approx(1e-4 if name.startswith("backbone.") else 1e-3)
+            if p.ndim == 1:
+                assert g["weight_decay"] == 0.0
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))

@@ -28,6 +28,26 @@ IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
+def read_image(path) -> np.ndarray:
+    """Image file -> (H, W, 3) uint8 RGB."""
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise FileNotFoundError(f"cannot read image {path}")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def read_label(path) -> np.ndarray:
+    """Label PNG -> (H, W) raw ids. Palette PNGs give their indices (PIL, not OpenCV, which
+    would expand the palette to colours)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.mode not in ("P", "L", "I", "I;16"):
+            raise ValueError(f"{path}: label PNG must be single-channel or palette, got {im.mode}")
+        a = np.array(im)
+    return a.astype(np.uint8) if a.max(initial=0) < 256 else a.astype(np.int64)
+
+
 def reference_indices(index: int, offsets, length: int) -> list[int]:
     """Frame indices ``index + o`` for o in ``offsets``, clamped to ``[0, length)``."""
     return [min(max(index + int(o), 0), length - 1) for o in offsets]

@@ -56,7 +56,7 @@ class LabelSet:
 
     @classmethod
     def from_names(cls, names, palette=None, dynamic_names=DEFAULT_DYNAMIC_NAMES,
-                   ignore_index: int = IGNORE_INDEX) -> "LabelSet":
+                   ignore_index: int = IGNORE_INDEX) -> LabelSet:
         names = tuple(names)
         palette = default_palette(len(names)) if palette is None else palette
         dynamic = tuple(i for i, n in enumerate(names) if n in set(dynamic_names))
@@ -70,7 +70,7 @@ class LabelSet:
             raise ValueError(f"unknown class names {unknown}; known classes: {list(self.names)}")
         return tuple(sorted(index[n] for n in names))
 
-    def with_dynamic(self, names) -> "LabelSet":
+    def with_dynamic(self, names) -> LabelSet:
         return LabelSet(self.names, self.palette, self.ignore_index, self.ids_for(names))
 
     def colorize(self, labels: np.ndarray) -> np.ndarray:
@@ -98,7 +98,7 @@ class LabelSet:
                 "ignore_index": self.ignore_index, "dynamic": list(self.dynamic)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LabelSet":
+    def from_dict(cls, d: dict) -> LabelSet:
         return cls(tuple(d["names"]), np.asarray(d["palette"], dtype=np.uint8),
                    int(d.get("ignore_index", IGNORE_INDEX)), tuple(d.get("dynamic", ())))
 

@@ -107,7 +107,7 @@ class StreamingSegmenter:
         self._pending_reset: str | None = None
 
     @classmethod
-    def from_checkpoint(cls, path=None, **kwargs) -> "StreamingSegmenter":
+    def from_checkpoint(cls, path=None, **kwargs) -> StreamingSegmenter:
         """Build from our checkpoint; ``path=None`` (or "") is the embedded default model."""
         path = Path(path) if path else DEFAULT_CHECKPOINT
         if not path.exists() and path == DEFAULT_CHECKPOINT:

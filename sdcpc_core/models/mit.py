@@ -158,7 +158,7 @@ class MixVisionTransformer(nn.Module):
         self.apply(self._init_weights)
 
     @classmethod
-    def from_variant(cls, variant: str, drop_path_rate: float = 0.1) -> "MixVisionTransformer":
+    def from_variant(cls, variant: str, drop_path_rate: float = 0.1) -> MixVisionTransformer:
         try:
             spec = MIT_SPECS[variant]
         except KeyError:

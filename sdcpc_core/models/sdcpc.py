@@ -69,7 +69,7 @@ class SDCPCConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SDCPCConfig":
+    def from_dict(cls, d: dict) -> SDCPCConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

@@ -1,15 +1,14 @@
 """Our checkpoint format round trip; published MiT/SegFormer loading; refusals that explain."""
 
 import json
-import re
 import pickle
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
-from sdcpc_core.checkpoints import (CheckpointError, detect_variant, load_checkpoint, load_pretrained,
-                                    save_checkpoint)
+from sdcpc_core.checkpoints import CheckpointError, detect_variant, load_checkpoint, load_pretrained, save_checkpoint
 from sdcpc_core.classes import LabelSet
 from sdcpc_core.models import SDCPCConfig, build_model
 

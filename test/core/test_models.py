@@ -8,6 +8,7 @@ import torch
 
 from sdcpc_core.models import SDCPC, SDCPCConfig, SegFormer, build_model, static_difference
 from sdcpc_core.models.temporal import FrameCache
+
 SPEC_KEYS = Path(__file__).resolve().parents[1] / "data" / "segformer_state_dict_keys.json"
 
 PUBLISHED = json.load(open(SPEC_KEYS))

@@ -11,7 +11,8 @@ drawn in depth order (they occlude each other). Each frame is then degraded inde
   The classes also move at different speeds (person slow, bicycle medium, car fast);
 - confusable background pairs (road/sidewalk, vegetation/terrain) differ by subtle tints and
   patterns that a per-frame, spatially smooth colour field (fresh every frame) masks;
-- transient occluders (glare, dropout, smear blotches, rain streaks) hide 5–25 % of a frame at
+- transient occluders (glare, dropout, smear blotches, rain streaks) hide ~8 % of a frame on
+  average (p90 ~13 %) at
   new places every frame, while the labels keep the class underneath;
 - global brightness flicker (with occasional badly exposed frames), motion blur and sensor noise.
 

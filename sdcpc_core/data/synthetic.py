@@ -12,8 +12,7 @@ drawn in depth order (they occlude each other). Each frame is then degraded inde
 - confusable background pairs (road/sidewalk, vegetation/terrain) differ by subtle tints and
   patterns that a per-frame, spatially smooth colour field (fresh every frame) masks;
 - transient occluders (glare, dropout, smear blotches, rain streaks) hide ~8 % of a frame on
-  average (p90 ~13 %) at
-  new places every frame, while the labels keep the class underneath;
+  average (p90 ~13 %), at new places every frame, while the labels keep the class underneath;
 - global brightness flicker (with occasional badly exposed frames), motion blur and sensor noise.
 
 Motion is small (pan ≤ ~1.5 px/frame, objects ≤ ~3 px/frame at 256 px width, scaled with the

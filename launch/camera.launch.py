@@ -1,0 +1,51 @@
+"""A USB camera and the sdcpc node together.
+
+ros2 launch sdcpc_ros camera.launch.py driver:=v4l2_camera video_device:=/dev/video0
+The driver package (v4l2_camera or usb_cam) must be installed: apt install ros-$ROS_DISTRO-v4l2-camera
+"""
+
+# ruff: noqa: I001  (the repository's launch/ folder makes ruff take ROS 'launch' for first-party)
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription
+from launch.conditions import LaunchConfigurationEquals
+from launch.launch_description_sources import PythonLaunchDescriptionSource
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import Node
+from launch_ros.substitutions import FindPackageShare
+
+IMAGE_TOPIC = "/camera/image_raw"
+
+
+def generate_launch_description() -> LaunchDescription:
+    video_device = LaunchConfiguration("video_device")
+    return LaunchDescription([
+        DeclareLaunchArgument("driver", default_value="v4l2_camera",
+                              choices=["v4l2_camera", "usb_cam"],
+                              description="Camera driver package"),
+        DeclareLaunchArgument("video_device", default_value="/dev/video0",
+                              description="V4L2 device"),
+        DeclareLaunchArgument("device", default_value="auto",
+                              description="Torch device for the node: auto, cpu, cuda, cuda:N"),
+        DeclareLaunchArgument("checkpoint", default_value="",
+                              description="sdcpc checkpoint; empty = the embedded default model"),
+        Node(
+            condition=LaunchConfigurationEquals("driver", "v4l2_camera"),
+            package="v4l2_camera", executable="v4l2_camera_node", name="camera",
+            namespace="camera", output="screen",
+            parameters=[{"video_device": video_device, "image_size": [640, 480]}],
+        ),
+        Node(
+            condition=LaunchConfigurationEquals("driver", "usb_cam"),
+            package="usb_cam", executable="usb_cam_node_exe", name="camera",
+            namespace="camera", output="screen",
+            parameters=[{"video_device": video_device, "image_width": 640, "image_height": 480,
+                         "pixel_format": "yuyv2rgb"}],
+        ),
+        IncludeLaunchDescription(
+            PythonLaunchDescriptionSource(
+                PathJoinSubstitution([FindPackageShare("sdcpc_ros"), "launch", "sdcpc.launch.py"])),
+            launch_arguments={"image_topic": IMAGE_TOPIC,
+                              "device": LaunchConfiguration("device"),
+                              "checkpoint": LaunchConfiguration("checkpoint")}.items(),
+        ),
+    ])

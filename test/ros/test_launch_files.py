@@ -1,0 +1,52 @@
+"""Launch files and config checked without ROS launch installed: syntax, arguments, parameters."""
+
+import ast
+from pathlib import Path
+
+import yaml
+
+from sdcpc_ros.node import PARAMETERS
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def declared_arguments(path: Path) -> dict[str, ast.Call]:
+    tree = ast.parse(path.read_text(), filename=str(path))  # a syntax error fails here
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)
+             and getattr(n.func, "id", None) == "DeclareLaunchArgument"]
+    assert any(isinstance(n, ast.FunctionDef) and n.name == "generate_launch_description"
+               for n in tree.body), f"{path.name} has no generate_launch_description()"
+    return {c.args[0].value: c for c in calls}
+
+
+def keywords(call: ast.Call) -> dict:
+    return {k.arg: k.value for k in call.keywords}
+
+
+def test_sdcpc_launch_declares_the_documented_arguments_and_remaps_image():
+    path = REPO / "launch" / "sdcpc.launch.py"
+    args = declared_arguments(path)
+    assert set(args) == {"image_topic", "params_file", "checkpoint", "device", "use_sim_time"}
+    assert all("description" in keywords(c) for c in args.values())
+    default = ast.unparse(keywords(args["params_file"])["default_value"])
+    assert "'config'" in default and "'sdcpc.yaml'" in default
+    source = path.read_text()
+    assert '("image", image_topic)' in source
+    assert 'executable="sdcpc_node"' in source and 'name="sdcpc"' in source
+
+
+def test_camera_launch_starts_a_driver_and_includes_the_node_launch():
+    path = REPO / "launch" / "camera.launch.py"
+    args = declared_arguments(path)
+    assert {"driver", "video_device", "device", "checkpoint"} <= set(args)
+    source = path.read_text()
+    assert "v4l2_camera_node" in source and "usb_cam_node_exe" in source
+    assert '"sdcpc.launch.py"' in source and '"image_topic": IMAGE_TOPIC' in source
+
+
+def test_config_yaml_sets_exactly_the_declared_parameters_to_their_defaults():
+    config = yaml.safe_load((REPO / "config" / "sdcpc.yaml").read_text())
+    params = config["sdcpc"]["ros__parameters"]
+    assert set(params) == set(PARAMETERS) | {"use_sim_time"}
+    for name, (default, _descriptor) in PARAMETERS.items():
+        assert params[name] == ([] if default is None else default), name

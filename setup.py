@@ -42,7 +42,6 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
-        (f"share/{PACKAGE}/msg", glob("msg/*.msg")),
     ],
     install_requires=[
         "torch>=2.4",  # CI and the README pin torch==2.13.0 (the CPU build) before installing this

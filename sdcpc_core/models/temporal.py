@@ -58,12 +58,14 @@ class SSEA(nn.Module):
         weights = self.level_gate(torch.cat(levels, 1)).softmax(1)  # (B, L, h, w)
         x = sum(weights[:, i: i + 1] * lv for i, lv in enumerate(levels))  # (B, C, h, w)
 
-        contexts = torch.stack([  # (B, S, C, h, w)
-            F.interpolate(F.adaptive_avg_pool2d(x, s), size=grid, mode="bilinear",
-                          align_corners=False) for s in self.pool_scales], 1)
+        # The 1×1 key projection commutes with pooling and bilinear upsampling (both are linear,
+        # weights summing to one), so it runs on the tiny pooled grids, not on S full maps.
+        pooled = [F.adaptive_avg_pool2d(x, s) for s in self.pool_scales]
+        up = lambda t: F.interpolate(t, size=grid, mode="bilinear", align_corners=False)
+        contexts = torch.stack([up(p) for p in pooled], 1)  # (B, S, C, h, w)
+        keys = torch.stack([up(self.scale_key(p)) for p in pooled], 1)  # (B, S, C, h, w)
         q = self.scale_query(x).unsqueeze(1)  # (B, 1, C, h, w)
-        k = self.scale_key(contexts.flatten(0, 1)).view_as(contexts)
-        scale_w = (q * k).sum(2, keepdim=True).div(math.sqrt(self.dim)).softmax(1)  # (B, S, 1, h, w)
+        scale_w = (q * keys).sum(2, keepdim=True).div(math.sqrt(self.dim)).softmax(1)  # (B, S, 1, h, w)
         context = (scale_w * contexts).sum(1)  # (B, C, h, w)
         static = self.fuse(torch.cat([x, context], 1))
         return static, self.classifier(static)

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
@@ -38,6 +39,7 @@ from sdcpc_core.losses import MCPContrastiveLoss
 from sdcpc_core.metrics import VideoMetrics, nan_to_none
 from sdcpc_core.models import build_model
 from sdcpc_core.train.config import TrainConfig, load_config
+from sdcpc_core.train.data import build_datasets
 from sdcpc_core.train.optim import build_optimizer, build_scheduler
 
 
@@ -104,7 +106,6 @@ class Trainer:
         self.is_main = self.rank == 0
         self.output_dir = Path(cfg.output_dir)
         if train_set is None:
-            from sdcpc_core.train.data import build_datasets
             train_set, val_set, labels, mean, std = build_datasets(cfg)
         self.train_set, self.val_set = train_set, val_set
         self.labels = labels or LabelSet.from_names([f"class{i}" for i in range(cfg.model.num_classes)])
@@ -119,6 +120,8 @@ class Trainer:
         if cfg.pretrained and resume is None:
             summary = load_pretrained(model, cfg.pretrained)
             self._print(f"pretrained weights from {cfg.pretrained}: loaded {summary['loaded']}")
+        if self.world_size > 1 and self.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # the head's BN, as mmseg (CUDA only)
         model.to(self.device)
         self.model = model
         self.ddp = (DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda"

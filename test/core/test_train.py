@@ -3,15 +3,18 @@
 import json
 import math
 
+import cv2
+import numpy as np
 import pytest
 import torch
 
 from sdcpc_core.checkpoints import load_checkpoint
-from sdcpc_core.data.synthetic import SYNTHETIC_LABELS, SyntheticClips
+from sdcpc_core.data import SYNTHETIC_LABELS, VSPW_LABELS, SyntheticClips
 from sdcpc_core.models import SDCPCConfig, build_model
 from sdcpc_core.train import Trainer, WarmupPoly, build_optimizer, build_scheduler, config_from_dict, load_config
 from sdcpc_core.train.__main__ import main as train_main
 from sdcpc_core.train.config import CONFIG_DIR, OptimConfig, ScheduleConfig
+from sdcpc_core.train.data import build_datasets
 
 TINY_MODEL = dict(variant="b0", num_classes=9, embed_dim=16, reference_offsets=[-1], window=3,
                   pool_scales=[1, 2], drop_path_rate=0.0)
@@ -160,3 +163,25 @@ def test_module_entry_point_trains_bundled_config(tmp_path):
     assert meta["training"]["step"] == 1
     assert meta["training"]["train_config"]["output_dir"] == str(out)
     assert (out / "config.yaml").is_file() and (out / "best.pt").is_file()
+
+
+def test_build_datasets_reads_vspw_layout(tmp_path):
+    for video in ("v1", "v2"):
+        for t in range(3):
+            for sub, name, img in (("origin", f"{t:04d}.jpg", np.full((40, 48, 3), 60 * t, np.uint8)),
+                                   ("mask", f"{t:04d}.png", np.full((40, 48), t + 1, np.uint8))):
+                (tmp_path / "data" / video / sub).mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(tmp_path / "data" / video / sub / name), img)
+    (tmp_path / "train.txt").write_text("v1\n")
+    (tmp_path / "val.txt").write_text("v2\n")
+    cfg = load_config("vspw_b0", [f"data.root={tmp_path}", "data.crop_size=[32,32]"])
+    train, val, labels, mean, std = build_datasets(cfg)
+    assert labels is VSPW_LABELS and len(train) == 3 and len(val) == 3
+    item = train[2]
+    assert item["frames"].shape == (4, 3, 32, 32) and item["label"].shape == (32, 32)
+    assert set(item["label"].unique().tolist()) <= {2, 255}  # raw 3 -> 2, padding -> ignore
+    assert val[0]["frames"].shape == (4, 3, 40, 48) and val[1]["video"] == "v2"
+    with pytest.raises(ValueError, match="124 classes"):
+        build_datasets(load_config("vspw_b0", [f"data.root={tmp_path}", "model.num_classes=19"]))
+    with pytest.raises(ValueError, match="data.root"):
+        build_datasets(load_config("vspw_b0", ["data.root=null"]))

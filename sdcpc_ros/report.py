@@ -1,0 +1,161 @@
+"""Evaluation report files: report.json (every number, NaN -> null), report.md (tables), PNG plots
+(per-class IoU, VC8 per window, latency histogram) and samples.png (input | prediction | GT)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+MODEL_TITLES = {"sdcpc": "SD-CPC", "baseline": "baseline", "node": "node (live)",
+                "ground_truth": "GT vs GT"}
+COUNT_TITLES = (("scored", "scored"), ("unlabelled", "unlabelled"), ("label_error", "label errors"),
+                ("unreadable", "unreadable"), ("dropped", "dropped"), ("not_read", "not read"))
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(r) + " |" for r in rows]
+
+
+def markdown(report: dict, plots: list[str]) -> str:
+    models = list(report["models"])
+    titles = [MODEL_TITLES.get(m, m) for m in models]
+    s = report["settings"]
+    lines = [f"# Evaluation of `{report['bag']}` ({report['mode']})", "",
+             f"Status: **{report['status']}**. Checkpoint: `{s.get('checkpoint')}`"
+             + (f", baseline: `{s['baseline']}`" if s.get("baseline") else "")
+             + f". Images `{s.get('image_topic')}`, ground truth `{s.get('label_topic') or 'none'}`. "
+             f"{len(report['videos'])} videos (a stream reset starts a new one).", ""]
+    m = report["models"]
+    rows = [["mIoU"] + [_fmt(m[k]["miou"]) for k in models],
+            ["pixel accuracy"] + [_fmt(m[k]["pixel_acc"]) for k in models],
+            ["mVC8"] + [_fmt(m[k]["mvc8"]) for k in models],
+            ["mVC16"] + [_fmt(m[k]["mvc16"]) for k in models],
+            ["VC windows (8 / 16)"] + [f"{m[k]['mvc_windows']['8']} / {m[k]['mvc_windows']['16']}"
+                                       for k in models],
+            ["label flicker"] + [_fmt(m[k]["flicker"], 4) for k in models],
+            ["latency p50 (ms)"] + [_fmt(m[k]["latency_ms"]["p50"], 1) for k in models],
+            ["latency p95 (ms)"] + [_fmt(m[k]["latency_ms"]["p95"], 1) for k in models]]
+    lines += _table(["metric"] + titles, rows) + ["", "## Frames", ""]
+    f = report["frames"]
+    lines += _table(["in bag"] + [t for _, t in COUNT_TITLES],
+                    [[_fmt(f["in_bag"])] + [_fmt(f[k]) for k, _ in COUNT_TITLES]])
+    lines += ["", "## Per-class IoU", ""]
+    class_rows = [[name] + [_fmt(m[k]["per_class_iou"][i]) for k in models]
+                  for i, name in enumerate(report["classes"])]
+    lines += _table(["class"] + titles, class_rows)
+    for title, items in (("Errors", report["errors"]), ("Problems", report["problems"])):
+        if items:
+            lines += ["", f"## {title}", ""] + [f"- {x}" for x in items[:50]]
+            if len(items) > 50:
+                lines.append(f"- … {len(items) - 50} more in report.json")
+    bad = [fr for fr in report["frame_log"] if fr["status"] in ("unreadable", "label_error")]
+    if bad:
+        lines += ["", "## Frames not scored", ""] + [
+            f"- frame {fr['index']} (stamp {fr['stamp']}): {fr['status']}: {fr['reason']}" for fr in bad[:50]]
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out_dir, report: dict, labels, samples: list[dict]) -> Path:
+    """Write report.json, report.md and the plots into ``out_dir``; returns the report.md path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
+    plots = []
+    try:
+        plots = _plots(out, report, labels, samples)
+    except Exception as exc:  # noqa: BLE001 - numbers matter more than pictures
+        report.setdefault("problems", []).append(f"plots not written: {type(exc).__name__}: {exc}")
+    path = out / "report.md"
+    path.write_text(markdown(report, plots))
+    return path
+
+
+def _plots(out: Path, report: dict, labels, samples) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    models = list(report["models"])
+    names = report["classes"]
+    if any(report["models"][m]["miou"] is not None for m in models):
+        fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(names) * len(models)), 4))
+        width = 0.8 / len(models)
+        for j, m in enumerate(models):
+            iou = [np.nan if v is None else v for v in report["models"][m]["per_class_iou"]]
+            ax.bar(np.arange(len(names)) + j * width, iou, width, label=MODEL_TITLES.get(m, m))
+        ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=60, ha="right")
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("IoU")
+        ax.legend()
+        written.append(_save(fig, out / "per_class_iou.png"))
+    if any(report["models"][m]["vc8_windows"] for m in models):
+        fig, ax = plt.subplots(figsize=(8, 3))
+        for m in models:
+            w = np.asarray(report["models"][m]["vc8_windows"], dtype=float).reshape(-1, 2)
+            ax.plot(w[:, 0], w[:, 1], ".-", ms=3, label=MODEL_TITLES.get(m, m))
+        for v in report["videos"][1:]:
+            ax.axvline(v["first_frame"], color="grey", lw=0.5)
+        ax.set_xlabel("frame index (end of the 8-frame window)")
+        ax.set_ylabel("VC8 of the window")
+        ax.set_ylim(0, 1.02)
+        ax.legend()
+        written.append(_save(fig, out / "vc_windows.png"))
+    lat = {m: [fr["latency_ms"][m] for fr in report["frame_log"] if m in fr.get("latency_ms", {})]
+           for m in models}
+    if any(lat.values()):
+        fig, ax = plt.subplots(figsize=(6, 3))
+        for m, values in lat.items():
+            if values:
+                ax.hist(values, bins=30, alpha=0.6, label=MODEL_TITLES.get(m, m))
+        ax.set_xlabel("latency (ms)" + (", publish to ~/labels" if report["mode"] == "live" else
+                                        ", engine step"))
+        ax.set_ylabel("frames")
+        ax.legend()
+        written.append(_save(fig, out / "latency.png"))
+    if samples:
+        written.append(_strip(out / "samples.png", samples, labels, plt))
+    return written
+
+
+def _strip(path: Path, samples, labels, plt) -> str:
+    keys = list(samples[0]["preds"])
+    cols = 1 + len(keys) + 1
+    fig, axes = plt.subplots(len(samples), cols, figsize=(2.6 * cols, 2.0 * len(samples)), squeeze=False)
+    for r, s in enumerate(samples):
+        panels = [("input", s["image"])] + [(MODEL_TITLES.get(k, k), labels.colorize(s["preds"][k]))
+                                            for k in keys]
+        panels.append(("ground truth", labels.colorize(s["gt"]) if s["gt"] is not None
+                       else np.zeros_like(s["image"])))
+        for c, (title, img) in enumerate(panels):
+            ax = axes[r][c]
+            ax.imshow(img)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(f"frame {s['index']}", fontsize=8)
+            if r == 0:
+                ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path.name

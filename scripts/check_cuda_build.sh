@@ -53,4 +53,16 @@ if [ -n "$(find "$root/sdcpc_core" -name '_window_attention_cuda*.so' -newer "$t
   echo "check_cuda_build: FAILED, the build wrote a .so into the source tree" >&2
   exit 1
 fi
-echo "check_cuda_build: OK, built $(basename "$so") ($(du -k "$so" | cut -f1) KiB) in $(( $(date +%s) - start )) s"
+# load it (with the CUDA torch; no GPU needed): catches unresolved symbols that a link does not
+"$venv/bin/python" - "$so" <<'PY'
+import importlib.util
+import sys
+
+import torch  # noqa: F401  (loads libtorch / libc10_cuda for the extension)
+
+spec = importlib.util.spec_from_file_location("_window_attention_cuda", sys.argv[1])
+mod = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(mod)
+assert callable(mod.forward) and callable(mod.backward), dir(mod)
+PY
+echo "check_cuda_build: OK, built and loaded $(basename "$so") ($(du -k "$so" | cut -f1) KiB) in $(( $(date +%s) - start )) s"

@@ -10,7 +10,7 @@ Two implementations give the same numbers:
   for the attention weights plus O(inputs); no dense N x N and no per-offset gathered copy of k / v is
   saved for autograd (backward recomputes the gathers from the saved inputs).
 - the CUDA extension ``sdcpc_core.ops._window_attention_cuda`` (sdcpc_core/csrc), used for CUDA tensors
-  when it imports and window <= 15.
+  when it imports, window <= 15 and the dtype is fp32/fp16/bf16.
 """
 
 import math
@@ -22,7 +22,8 @@ try:  # built by setup.py / cuda_build.py only when a CUDA torch and nvcc are pr
 except ImportError:  # not built, or built against CUDA torch and imported under CPU torch
     _ext = None
 
-MAX_CUDA_WINDOW = 15
+MAX_CUDA_WINDOW = 15  # larger windows, and float64, use the PyTorch path also on CUDA
+_CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def backend():
@@ -173,7 +174,7 @@ def window_attention(q, k, v, window=9, dilation=1, query_index=None):
     dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     dense = query_index is None
-    if q.is_cuda and _ext is not None and window <= MAX_CUDA_WINDOW:
+    if q.is_cuda and _ext is not None and window <= MAX_CUDA_WINDOW and dtype in _CUDA_DTYPES:
         idx = None if dense else query_index.long().contiguous()
         out = _WindowAttentionCUDA.apply(q, k, v, idx, window, dilation)
     else:

@@ -152,17 +152,30 @@ class SDCPC(SegFormer):
         return {"logits": self.decode_head.classify(fused + context),
                 "static_logits": target.static_logits, "embedding": enriched, "difference": diff}
 
-    def forward(self, frames: torch.Tensor) -> dict:
-        """frames: (B, T+1, 3, H, W), references in ``reference_offsets`` order, target last."""
+    def forward(self, frames: torch.Tensor, reference_grad: bool = True) -> dict:
+        """frames: (B, T+1, 3, H, W), references in ``reference_offsets`` order, target last.
+
+        ``reference_grad=False`` encodes the references without autograd (as a stream would reuse
+        them): training then costs about one backward pass per clip instead of T+1.
+        """
         if frames.ndim != 5:
             raise ValueError(f"SDCPC expects frames (B, T+1, 3, H, W), got {tuple(frames.shape)}")
         b, t1 = frames.shape[:2]
-        cache = self.encode(frames.flatten(0, 1))
-        per_frame = [FrameCache(*(tuple(f.unflatten(0, (b, t1))[:, i] for f in cache.features),
-                                  cache.static.unflatten(0, (b, t1))[:, i],
-                                  cache.static_logits.unflatten(0, (b, t1))[:, i]))
-                     for i in range(t1)]
-        return self.forward_cached(per_frame[-1], per_frame[:-1])
+        if reference_grad:
+            caches = _unbatch(self.encode(frames.flatten(0, 1)), b, t1)
+        else:
+            with torch.no_grad():
+                caches = _unbatch(self.encode(frames[:, :-1].flatten(0, 1)), b, t1 - 1)
+            caches.append(self.encode(frames[:, -1]))
+        return self.forward_cached(caches[-1], caches[:-1])
+
+
+def _unbatch(cache: FrameCache, b: int, t: int) -> list[FrameCache]:
+    """A cache of B*T frames (frame-major within each clip) -> T caches of B frames."""
+    split = lambda x: x.unflatten(0, (b, t))  # noqa: E731
+    feats = [split(f) for f in cache.features]
+    static, logits = split(cache.static), split(cache.static_logits)
+    return [FrameCache(tuple(f[:, i] for f in feats), static[:, i], logits[:, i]) for i in range(t)]
 
 
 def build_model(config: SDCPCConfig) -> SegFormer:

@@ -119,3 +119,14 @@ def test_param_groups_head_lr_and_no_decay():
             if p.ndim == 1:
                 assert g["weight_decay"] == 0.0
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_reference_grad_off_same_output_no_grad_through_references():
+    model = build_model(tiny()).eval()
+    torch.nn.init.normal_(model.temporal_proj.weight, std=0.1)
+    x = torch.randn(1, 3, 3, 64, 64, requires_grad=True)
+    full = model(x)["logits"]
+    cheap = model(x, reference_grad=False)["logits"]
+    torch.testing.assert_close(full, cheap, atol=1e-5, rtol=1e-5)
+    cheap.sum().backward()
+    assert x.grad[:, :-1].abs().sum() == 0 and x.grad[:, -1].abs().sum() > 0

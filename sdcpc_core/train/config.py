@@ -98,6 +98,7 @@ class TrainConfig:
     log_interval: int = 50
     checkpoint_interval: int = 4000
     find_unused_parameters: bool = False  # DDP option
+    dist_timeout_min: float = 120  # process-group timeout; ranks > 0 wait while rank 0 validates
 
     def to_dict(self) -> dict:
         """Plain YAML/JSON types (tuples become lists)."""

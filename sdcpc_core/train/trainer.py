@@ -15,6 +15,7 @@ import math
 import os
 import random
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -43,13 +44,14 @@ from sdcpc_core.train.data import build_datasets
 from sdcpc_core.train.optim import build_optimizer, build_scheduler
 
 
-def init_distributed(device: str) -> tuple[int, int, torch.device]:
+def init_distributed(device: str, timeout_min: float = 120) -> tuple[int, int, torch.device]:
     """(rank, world_size, device). Joins the process group when started by torchrun
-    (``WORLD_SIZE`` > 1 in the environment): nccl on CUDA, gloo on CPU."""
+    (``WORLD_SIZE`` > 1 in the environment): nccl on CUDA, gloo on CPU. The timeout covers the
+    other ranks' wait while rank 0 validates."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=timeout_min))
     rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1
     if use_cuda:
@@ -102,7 +104,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, train_set: Dataset | None = None, val_set: Dataset | None = None,
                  labels: LabelSet | None = None, mean=IMAGENET_MEAN, std=IMAGENET_STD):
         self.cfg = cfg
-        self.rank, self.world_size, self.device = init_distributed(cfg.device)
+        self.rank, self.world_size, self.device = init_distributed(cfg.device, cfg.dist_timeout_min)
         self.is_main = self.rank == 0
         self.output_dir = Path(cfg.output_dir)
         if train_set is None:
@@ -216,7 +218,7 @@ class Trainer:
         if self.criterion is not None and "criterion" in training:
             self.criterion.load_state_dict(training["criterion"])
         self.step = int(training["step"])
-        self.best_miou = float(training.get("best_miou") or -math.inf)
+        self.best_miou = float(training.get("best_miou", -math.inf))
         rngs = training.get("rng", [])
         if len(rngs) == self.world_size:
             set_rng_state(rngs[self.rank])

@@ -93,6 +93,7 @@ class TrainConfig:
     pretrained: str | None = None  # mit_b*.pth or a SegFormer checkpoint; ignored when resuming
     resume: str | None = "auto"  # "auto": output_dir/last.pt if present; a path; or None
     seed: int = 0
+    reference_grad: bool = True  # False: references encoded without autograd (cheaper; not the paper's)
     amp: str = "auto"  # auto (fp16 on CUDA, off on CPU) | fp16 | bf16 | off
     device: str = "auto"  # auto | cpu | cuda
     log_interval: int = 50

@@ -246,8 +246,9 @@ class Trainer:
         frames = batch["frames"].to(self.device, non_blocking=True)
         label = batch["label"].to(self.device, non_blocking=True).long()
         lc = self.cfg.loss
+        kwargs = {} if self.cfg.reference_grad or not self.cfg.model.temporal else {"reference_grad": False}
         with self._autocast():
-            out = (self.ddp or self.model)(frames)
+            out = (self.ddp or self.model)(frames, **kwargs)
         losses = {"ce": segmentation_loss(out["logits"], label, lc.ignore_index)}
         total = losses["ce"]
         if "static_logits" in out and lc.static_weight > 0:

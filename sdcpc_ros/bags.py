@@ -299,7 +299,8 @@ class BagReader:
             self._salvage = mcaps
             self.damage = (f"bag {self.path} is damaged ({exc}); its MCAP records were scanned up to "
                            "the damage and the messages before it are used")
-            self.topics = {t: TopicInfo(m, None) for t, m in _scan_channels(mcaps).items()}
+            counts = _metadata_counts(self.path / "metadata.yaml") if self.path.is_dir() else {}
+            self.topics = {t: TopicInfo(m, counts.get(t)) for t, m in _scan_channels(mcaps).items()}
             return self
         self.topics = {name: TopicInfo(info.msgtype, info.msgcount)
                        for name, info in self._reader.topics.items()}
@@ -350,12 +351,13 @@ class BagReader:
             raise BagDamaged(f"bag {self.path} could not be read {where}: "
                              f"{type(exc).__name__}: {exc}") from None
 
-    def decode(self, message: BagMessage):
+    def decode(self, message: BagMessage, what: str = "message"):
+        """The deserialized message; BagError naming bag, topic, ``what`` + index and log time."""
         try:
             return TYPESTORE.deserialize_cdr(message.data, message.msgtype)
         except Exception as exc:  # noqa: BLE001
-            raise BagError(f"bag {self.path}: topic {message.topic} message {message.index} (log time "
-                           f"{format_stamp(message.log_time)}) cannot be decoded: "
+            raise BagError(f"bag {self.path}, topic {message.topic}, {what} {message.index} (log time "
+                           f"{format_stamp(message.log_time)}): cannot be decoded: "
                            f"{type(exc).__name__}: {exc}") from None
 
 
@@ -423,6 +425,18 @@ def _scan(path: Path, schemas: dict, channels: dict) -> Iterator[tuple[int, int,
                 raise _Truncated(f"cannot salvage a {compression}-compressed chunk")
             records = body[pos + 8:]
             stack.append(_records(records, 0))
+
+
+def _metadata_counts(path: Path) -> dict[str, int]:
+    """Per-topic message counts from a rosbag2 metadata.yaml (what the recorder meant to write)."""
+    import yaml
+
+    try:
+        info = yaml.safe_load(path.read_text())["rosbag2_bagfile_information"]
+        return {t["topic_metadata"]["name"]: int(t["message_count"])
+                for t in info["topics_with_message_count"]}
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+        return {}
 
 
 def _scan_channels(paths) -> dict[str, str]:

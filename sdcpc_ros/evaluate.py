@@ -108,7 +108,7 @@ def paired_frames(bag: BagReader, image_topic: str, label_topic: str | None,
             pair = Pair(m.index, m.log_time, raw=m.data)
             msg = None
             try:
-                msg = bag.decode(m)
+                msg = bag.decode(m, "frame")
                 pair.stamp, pair.frame_id = stamp_to_ns(msg.header.stamp), str(msg.header.frame_id)
             except BagError as exc:
                 pair.stamp, pair.error = m.log_time, str(exc)
@@ -310,10 +310,10 @@ def evaluate_offline(bag_path, out_dir, *, checkpoint=None, baseline=None, segme
                 "predict_gt": predict_gt}
     ev = Evaluation(str(bag_path), "offline", labelset, ["ground_truth"] if predict_gt else list(models),
                     settings)
-    try:
-        with BagReader(bag_path) as bag:
-            label_topic = _open_bag(bag, image_topic, label_topic, explicit_label_topic, ev)
-            ev.sample_targets = _sample_targets(ev.total, samples)
+    with BagReader(bag_path) as bag:  # an unopenable bag or a missing topic: error, no report
+        label_topic = _open_bag(bag, image_topic, label_topic, explicit_label_topic, ev)
+        ev.sample_targets = _sample_targets(ev.total, samples)
+        try:
             previous = None
             for pair in tqdm(paired_frames(bag, image_topic, label_topic, ev.problems), total=ev.total,
                              unit="frame", desc="evaluating", disable=None if progress is None else not progress):
@@ -343,12 +343,12 @@ def evaluate_offline(bag_path, out_dir, *, checkpoint=None, baseline=None, segme
                     continue
                 previous = current
                 ev.add(pair, preds, latencies)
-    except BagError as exc:
-        ev.errors.append(str(exc))
-        ev.status = "partial"
-    except KeyboardInterrupt:
-        ev.errors.append(f"interrupted (Ctrl-C) after {len(ev.frames)} frames of {bag_path}")
-        ev.status = "interrupted"
+        except BagError as exc:
+            ev.errors.append(str(exc))
+            ev.status = "partial"
+        except KeyboardInterrupt:
+            ev.errors.append(f"interrupted (Ctrl-C) after {len(ev.frames)} frames of {bag_path}")
+            ev.status = "interrupted"
     report = ev.report()
     write_report(out_dir, report, labelset, ev.samples)
     return report
@@ -408,6 +408,10 @@ def evaluate_live(bag_path, out_dir, *, rate=1.0, checkpoint=None, connect=False
                 "max_time_gap": max_time_gap, "input_size": list(input_size) if input_size else None,
                 "device": device}
     ev = Evaluation(str(bag_path), "live", labelset, ["node"], settings)
+    with BagReader(bag_path) as probe:  # fail fast, before a node is started
+        probe.require(image_topic)
+        if explicit_label_topic:
+            probe.require(label_topic)
 
     answers: dict[int, tuple[float, np.ndarray]] = {}
     sent: dict[int, float] = {}

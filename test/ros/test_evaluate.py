@@ -1,0 +1,190 @@
+"""Offline bag evaluation: same numbers as scoring in memory, GT vs GT = 1, damaged bags, Ctrl-C."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sdcpc_core.checkpoints import save_checkpoint
+from sdcpc_core.data.synthetic import SYNTHETIC_LABELS, generate_video
+from sdcpc_core.engine import StreamingSegmenter
+from sdcpc_core.metrics import VideoMetrics
+from sdcpc_core.models import SDCPCConfig, build_model
+from sdcpc_ros import bags, evaluate
+from sdcpc_ros.bags import TYPESTORE, BagError
+
+H, W, LENGTH, SEEDS = 40, 48, 10, (3, 4)
+
+
+def make_checkpoint(path, temporal=True, seed=0):
+    """Tiny random-weight model on the synthetic classes."""
+    torch.manual_seed(seed)
+    config = SDCPCConfig(variant="b0", num_classes=SYNTHETIC_LABELS.num_classes, embed_dim=32,
+                         decoder_dim=32, reference_offsets=(-2, -1), window=3, temporal=temporal)
+    return save_checkpoint(path, build_model(config), config, SYNTHETIC_LABELS)
+
+
+def make_bag(path, videos=2, length=LENGTH, seed=SEEDS[0], **kwargs):
+    bags.write_bag(path, bags.synthetic_frames(videos, length, H, W, seed=seed), progress=False, **kwargs)
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+
+
+@pytest.fixture(scope="module")
+def bag(tmp_path_factory):
+    return make_bag(tmp_path_factory.mktemp("bag") / "synthetic")
+
+
+def test_round_trip_matches_in_memory_engine_scoring(tmp_path, checkpoint, bag):
+    report = evaluate.evaluate_offline(bag, tmp_path / "out", checkpoint=checkpoint, progress=False)
+    seg = StreamingSegmenter.from_checkpoint(checkpoint, device="cpu", max_time_gap=0.5)
+    expected = VideoMetrics(SYNTHETIC_LABELS.num_classes)
+    stamp = bags.DEFAULT_START_STAMP
+    for seed in SEEDS:
+        expected.start_video()
+        frames, labels = generate_video(seed, LENGTH, H, W)
+        for frame, gt in zip(frames, labels):
+            expected.update(seg.step(frame, stamp=stamp, frame_id="camera").labels, gt)
+            stamp += 0.1
+        stamp += bags.DEFAULT_VIDEO_GAP - 0.1
+    expected = expected.compute()
+    got = report["models"]["sdcpc"]
+    assert report["status"] == "complete" and len(report["videos"]) == 2
+    assert report["frames"]["scored"] == report["frames"]["in_bag"] == 2 * LENGTH
+    assert got["mvc_windows"] == expected["mvc_windows"] == {"8": 4, "16": 0}
+    for key in ("miou", "pixel_acc", "mvc8", "flicker"):
+        assert got[key] == pytest.approx(expected[key], abs=1e-12), key
+    assert got["per_class_iou"] == pytest.approx([None if np.isnan(v) else v for v in
+                                                  expected["per_class_iou"]], abs=1e-12)
+    assert got["mvc16"] is None  # strict JSON: NaN -> null
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert saved["models"]["sdcpc"]["miou"] == pytest.approx(expected["miou"])
+    for name in ("report.md", "per_class_iou.png", "vc_windows.png", "latency.png", "samples.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0, name
+    assert "| mIoU |" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_baseline_is_scored_side_by_side_on_the_same_frames(tmp_path, checkpoint, bag):
+    base = make_checkpoint(tmp_path / "base.pt", temporal=False, seed=1)
+    report = evaluate.evaluate_offline(bag, tmp_path / "out", checkpoint=checkpoint, baseline=base,
+                                       progress=False)
+    assert set(report["models"]) == {"sdcpc", "baseline"}
+    assert report["models"]["baseline"]["latency_ms"]["count"] == 2 * LENGTH
+    assert report["models"]["baseline"]["miou"] != report["models"]["sdcpc"]["miou"]
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "| metric | SD-CPC | baseline |" in text
+
+
+def test_prediction_equal_to_ground_truth_scores_one(tmp_path, bag):
+    report = evaluate.evaluate_offline(bag, tmp_path / "out", predict_gt=True, progress=False)
+    m = report["models"]["ground_truth"]
+    assert m["miou"] == 1.0 and m["mvc8"] == 1.0 and m["pixel_acc"] == 1.0
+    assert len(report["videos"]) == 2  # the 10 s stamp jump starts the second video
+
+
+def test_truncated_bag_gives_partial_report_and_accounts_for_every_frame(tmp_path):
+    path = make_bag(tmp_path / "big", videos=1, length=30, seed=1)
+    big = path / "big.mcap"
+    # 40x48 frames: ~8 KB per image+label, 1 MiB chunks -> keep a prefix of the single chunk
+    big.write_bytes(big.read_bytes()[: int(big.stat().st_size * 0.5)])
+    code = evaluate.main(["offline", str(path), "--out", str(tmp_path / "out"), "--predict-gt"])
+    assert code == 1
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    f = report["frames"]
+    assert report["status"] == "partial" and str(path) in report["errors"][0]
+    assert 0 < f["scored"] < 30 and f["in_bag"] == 30
+    assert f["scored"] + f["unlabelled"] + f["unreadable"] + f["not_read"] == 30
+    assert report["models"]["ground_truth"]["miou"] == 1.0
+    assert "partial" in (tmp_path / "out" / "report.md").read_text()
+
+
+def _write_raw(path, items):
+    """items: (topic, stamp_ns, message or raw bytes)."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as w:
+        conns = {}
+        for topic, stamp, msg in items:
+            if topic not in conns:
+                conns[topic] = w.add_connection(topic, bags.IMAGE_TYPE, typestore=TYPESTORE)
+            data = msg if isinstance(msg, bytes) else TYPESTORE.serialize_cdr(msg, bags.IMAGE_TYPE)
+            w.write(conns[topic], stamp, data)
+
+
+def test_bad_messages_are_listed_with_bag_topic_frame_and_stamp(tmp_path):
+    img, lbl = bags.DEFAULT_IMAGE_TOPIC, bags.DEFAULT_LABEL_TOPIC
+    frames, labels = generate_video(9, 5, H, W)
+    t = [int(1e9) * 100 + i * 100_000_000 for i in range(5)]
+    bad_encoding = bags.image_message(frames[2], t[2], "camera")
+    bad_encoding.encoding = "yuv422_weird"
+    items = []
+    for i in range(5):
+        items.append((img, t[i], b"\x00\x01garbage" if i == 1 else
+                      bad_encoding if i == 2 else bags.image_message(frames[i], t[i], "camera")))
+        gt = labels[i][:20] if i == 3 else labels[i]  # frame 3: label size differs
+        items.append((lbl, t[i], bags.image_message(gt, t[i], "camera")))
+    _write_raw(tmp_path / "b", items)
+    report = evaluate.evaluate_offline(tmp_path / "b", tmp_path / "out", predict_gt=True, progress=False)
+    log = {fr["index"]: fr for fr in report["frame_log"]}
+    assert [log[i]["status"] for i in range(5)] == ["scored", "unreadable", "unreadable", "unlabelled",
+                                                    "scored"]
+    assert f"bag {tmp_path / 'b'}" in log[1]["reason"] and "frame 1" in log[1]["reason"]
+    assert "yuv422_weird" in log[2]["reason"] and "stamp 100.200000000" in log[2]["reason"]
+    assert "label size 48x20 differs from image 48x40" in log[3]["reason"]
+    assert report["status"] == "complete" and report["models"]["ground_truth"]["miou"] == 1.0
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "frame 2 (stamp 100.200000000): unreadable" in md
+
+
+def test_missing_topic_lists_available_topics(tmp_path, bag, capsys):
+    code = evaluate.main(["offline", str(bag), "--out", str(tmp_path / "o"), "--predict-gt",
+                          "--image-topic", "/nope"])
+    err = capsys.readouterr().err
+    assert code == 2 and "/nope" in err and bags.DEFAULT_IMAGE_TOPIC in err and str(bag) in err
+    with pytest.raises(BagError, match="/camera/labels_gt"):  # an explicit label topic must exist
+        evaluate.evaluate_offline(bag, tmp_path / "o", predict_gt=True, label_topic="/gt",
+                                  explicit_label_topic=True, progress=False)
+
+
+def test_bag_without_labels_still_reports_flicker_and_latency(tmp_path, checkpoint):
+    path = make_bag(tmp_path / "nolabels", videos=1, length=4, label_topic=None)
+    report = evaluate.evaluate_offline(path, tmp_path / "out", checkpoint=checkpoint, progress=False)
+    m = report["models"]["sdcpc"]
+    assert m["miou"] is None and m["mvc8"] is None
+    assert m["flicker"] is not None and m["latency_ms"]["count"] == 4
+    assert report["frames"]["unlabelled"] == 4 and "no label topic" in report["problems"][0]
+
+
+class _Interrupting:
+    """Wraps a segmenter; Ctrl-C arrives during the third frame."""
+
+    def __init__(self, seg):
+        self.seg, self.labels, self.calls = seg, seg.labels, 0
+
+    def step(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == 3:
+            raise KeyboardInterrupt
+        return self.seg.step(*args, **kwargs)
+
+
+def test_ctrl_c_writes_a_partial_report(tmp_path, checkpoint, bag):
+    seg = _Interrupting(StreamingSegmenter.from_checkpoint(checkpoint, device="cpu"))
+    report = evaluate.evaluate_offline(bag, tmp_path / "out", segmenter=seg, progress=False)
+    assert report["status"] == "interrupted" and "interrupted" in report["errors"][0]
+    assert report["frames"]["scored"] == 2 and report["frames"]["not_read"] == 2 * LENGTH - 2
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["status"] == "interrupted"
+
+
+def test_convert_cli_then_offline_cli(tmp_path):
+    out = tmp_path / "s.db3dir"
+    assert evaluate.main(["convert", "synthetic", str(out), "--videos", "1", "--length", "3",
+                          "--size", "32", "40", "--storage", "sqlite3", "--fps", "5"]) == 0
+    assert evaluate.main(["offline", str(out), "--out", str(tmp_path / "r"), "--predict-gt"]) == 0
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["frames"]["scored"] == 3 and report["models"]["ground_truth"]["miou"] == 1.0

@@ -300,9 +300,9 @@ class Trainer:
             record = self.train_step(next(batches))
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
-            if not math.isfinite(record["loss"]):
+            if not math.isfinite(record["loss"]) and not self.scaler.is_enabled():  # fp16: the scaler skips
                 raise FloatingPointError(f"loss is {record['loss']} at step {self.step}: {record}")
-            if self.step % cfg.log_interval == 0 or self.step == max_iters:
+            if (cfg.log_interval and self.step % cfg.log_interval == 0) or self.step == max_iters:
                 record.update(step=self.step, time_s=round(time.perf_counter() - t0, 3))
                 self._log(record)
             last = self.step == max_iters

@@ -1,0 +1,405 @@
+"""Soak test: a synthetic camera stream into a running ``sdcpc_node`` for minutes or hours.
+
+    python benchmarks/soak.py --seconds 60 --tiny-checkpoint --input-size 64 80 --out out/soak
+    python benchmarks/soak.py --seconds 3600 --checkpoint model.pt --input-size 480 640 --out out/soak_1h
+    python benchmarks/soak.py --seconds 60 --mode overload --tiny-checkpoint --input-size 64 80
+
+Starts the node as its own process on a private ROS domain (localhost discovery, through
+``test/ros/ros_harness.py``), publishes 640x480 rgb8 frames (``--size``) reliably at ``--rate`` Hz
+(``--mode camera``, default 30 Hz) or at twice what the node was measured to sustain during the
+warm-up (``--mode overload``), and every second records the node process's RSS (psutil), its GPU
+memory (``nvidia-smi``, when present), how many frames were sent, answered (``~/labels``) and
+dropped (``~/frame_info`` / ``/diagnostics``). Latency is publish -> ``~/labels`` received, per frame.
+
+Pass criteria (checked and printed; exit code 1 when one fails):
+  * memory: RSS growth after the warm-up < 5 % (median of the last 5 samples against the median of
+    the first 5 after the warm-up);
+  * bounded queue: the backlog (sent - answered - dropped) does not grow over the run (least-squares
+    trend over the whole run < 10 frames) and never exceeds ``2 + 2 * rate`` frames, and the
+    buffer length in diagnostics never exceeds the number of references + 1;
+  * accounting: after the stream stops, sent = answered + dropped + rejected + failed, allowing
+    only frames in flight (<= 2);
+  * the node is still running at the end and exits cleanly on SIGINT.
+Writes ``soak.json`` (configuration, machine, samples, summary, criteria) and ``soak.png`` (RSS and
+latency over time) into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "test" / "ros"))  # the node harness the end-to-end tests use
+
+MEMORY_GROWTH_LIMIT = 0.05
+IN_FLIGHT_LIMIT = 2
+BACKLOG_TREND_LIMIT = 10.0
+
+
+def make_tiny_checkpoint(path: Path) -> Path:
+    """A small random-weight SD-CPC (b0, 9 synthetic classes, embed 32, window 3, refs -2, -1)."""
+    import torch
+
+    from sdcpc_core.checkpoints import save_checkpoint
+    from sdcpc_core.data.synthetic import SYNTHETIC_LABELS
+    from sdcpc_core.models import SDCPCConfig, build_model
+
+    torch.manual_seed(0)
+    config = SDCPCConfig(variant="b0", num_classes=9, embed_dim=32, decoder_dim=32,
+                         reference_offsets=(-2, -1), window=3)
+    return save_checkpoint(path, build_model(config), config, SYNTHETIC_LABELS)
+
+
+def buffer_bound(checkpoint: str) -> int:
+    """Most frames the engine may cache: -min(reference_offsets) of the checkpoint."""
+    from sdcpc_core.checkpoints import DEFAULT_CHECKPOINT, read_file
+
+    offsets = read_file(checkpoint or DEFAULT_CHECKPOINT)["config"]["reference_offsets"]
+    return -min(offsets)
+
+
+def gpu_memory_mb(pid: int) -> float | None:
+    """GPU memory used by ``pid`` (nvidia-smi), None without an NVIDIA GPU."""
+    if not shutil.which("nvidia-smi"):
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True,
+                             timeout=5).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    used = [float(line.split(",")[1]) for line in out.splitlines()
+            if line.strip() and line.split(",")[0].strip() == str(pid)]
+    return sum(used) if used else 0.0
+
+
+def percentiles(values) -> dict:
+    if not values:
+        return {"p50": None, "p95": None, "p99": None, "max": None}
+    a = np.asarray(values)
+    return {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)),
+            "p99": float(np.percentile(a, 99)), "max": float(a.max())}
+
+
+class Observer:
+    """Everything the benchmark hears from the node, updated from the executor thread."""
+
+    def __init__(self, client, frame_info_type):
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+
+        self.lock = threading.Lock()
+        self.sent_at: dict[tuple, float] = {}  # stamp -> perf_counter at publish
+        self.latency: list[tuple[float, float]] = []  # (seconds since start, ms)
+        self.answered = 0
+        self.dropped = self.rejected = 0  # from ~/frame_info
+        self.node_latency_ms: list[float] = []
+        self.diag: dict[str, str] = {}
+        self.max_buffer = 0
+        self.t0 = time.perf_counter()
+        reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+        node = client.node
+        node.create_subscription(Image, "/sdcpc/labels", self._on_labels, reliable)
+        node.create_subscription(frame_info_type, "/sdcpc/frame_info", self._on_info, reliable)
+        node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
+
+    def _on_labels(self, msg) -> None:
+        now = time.perf_counter()
+        key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+        with self.lock:
+            sent = self.sent_at.pop(key, None)
+            self.answered += 1
+            if sent is not None:
+                self.latency.append((now - self.t0, (now - sent) * 1e3))
+
+    def _on_info(self, msg) -> None:
+        if hasattr(msg, "dropped_frames"):
+            dropped, rejected, node_ms = msg.dropped_frames, msg.rejected_frames, msg.node_latency_ms
+        else:  # std_msgs/String JSON
+            d = json.loads(msg.data)
+            dropped, rejected, node_ms = d["dropped_frames"], d["rejected_frames"], d["node_latency_ms"]
+        with self.lock:
+            self.dropped = max(self.dropped, int(dropped))
+            self.rejected = max(self.rejected, int(rejected))
+            self.node_latency_ms.append(float(node_ms))
+
+    def _on_diag(self, msg) -> None:
+        for status in msg.status:
+            if status.name.startswith("sdcpc"):
+                values = {kv.key: kv.value for kv in status.values}
+                with self.lock:
+                    self.diag = values
+                    self.dropped = max(self.dropped, int(values.get("dropped frames", 0)))
+                    self.rejected = max(self.rejected, int(values.get("rejected frames", 0)))
+                    self.max_buffer = max(self.max_buffer, int(values.get("buffer length", 0)))
+
+    def failed(self) -> int:
+        with self.lock:
+            return int(self.diag.get("failed frames", 0))
+
+
+def synthetic_frames(h: int, w: int, n: int = 8) -> list[np.ndarray]:
+    """A bright square moving over a noisy gradient."""
+    rng = np.random.default_rng(0)
+    base = np.stack(np.meshgrid(np.linspace(0, 255, w), np.linspace(0, 255, h)), -1).astype(np.uint8)
+    frames = []
+    for t in range(n):
+        f = np.zeros((h, w, 3), np.uint8)
+        f[..., :2] = base
+        f[..., 2] = rng.integers(0, 60, (h, w))
+        x = (t * w // n) % max(w - h // 4, 1)
+        f[h // 3: h // 3 + h // 4, x: x + h // 4] = (250, 240, 30)
+        frames.append(f)
+    return frames
+
+
+def backlog_trend(samples: list[dict]) -> float:
+    """Least-squares growth of the backlog over the run, in frames (slope x duration)."""
+    if len(samples) < 3:
+        return 0.0
+    t = np.array([s["t"] for s in samples])
+    b = np.array([s["backlog"] for s in samples], dtype=float)
+    if np.ptp(t) == 0:
+        return 0.0
+    slope = np.polyfit(t, b, 1)[0]
+    return float(slope * np.ptp(t))
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    samples = report["samples"]
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    t = [s["t"] for s in samples]
+    ax1.plot(t, [s["rss_mb"] for s in samples], label="node RSS (MB)")
+    if any(s["gpu_mb"] is not None for s in samples):
+        ax1.plot(t, [s["gpu_mb"] or 0 for s in samples], label="node GPU memory (MB)")
+    ax1.axvline(report["config"]["warmup_s"], color="grey", ls="--", lw=0.8, label="end of warm-up")
+    ax1.set_ylabel("MB")
+    ax1.legend(loc="lower right")
+    lat = report["latency_samples"]
+    if lat:
+        ax2.scatter([x for x, _ in lat], [y for _, y in lat], s=2, alpha=0.5,
+                    label="publish -> ~/labels (ms)")
+    ax2.plot(t, [s["backlog"] for s in samples], color="C3", label="backlog (frames)")
+    ax2.set_xlabel("seconds")
+    ax2.set_ylabel("ms / frames")
+    ax2.legend(loc="upper right")
+    s = report["summary"]
+    fig.suptitle(f"sdcpc soak: {report['config']['mode']} {s['input_rate_hz']:.1f} Hz in, "
+                 f"{s['output_rate_hz']:.1f} Hz out, {s['dropped']} dropped, RSS growth "
+                 f"{s['rss_growth_pct']:+.2f} %")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=60.0, help="stream duration (CI 60, on demand 3600)")
+    ap.add_argument("--mode", choices=("camera", "overload"), default="camera",
+                    help="camera: --rate Hz; overload: twice the rate the node sustained in the warm-up")
+    ap.add_argument("--rate", type=float, default=30.0, help="camera mode frame rate (Hz)")
+    ap.add_argument("--size", type=int, nargs=2, default=(480, 640), metavar=("H", "W"))
+    ap.add_argument("--input-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                    help="network input size (default: the image's own)")
+    ap.add_argument("--checkpoint", default="", help="empty = the embedded default model")
+    ap.add_argument("--tiny-checkpoint", action="store_true",
+                    help="use a small random-weight checkpoint written to --out (for CI)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--warmup", type=float, default=None,
+                    help="seconds excluded from the memory baseline (default: min(10, 20 %% of run))")
+    ap.add_argument("--out", type=Path, default=REPO / "out" / "soak")
+    ap.add_argument("--domain", type=int, default=None, help="ROS domain (default: from the pid)")
+    args = ap.parse_args(argv)
+    warmup = args.warmup if args.warmup is not None else min(10.0, 0.2 * args.seconds)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    import psutil
+    from ros_harness import Client, domain_id_for, node_output, run_node, stop_node
+    from sensor_msgs.msg import Image
+
+    from sdcpc_ros.conversions import array_to_image
+    from sdcpc_ros.node import FrameInfo
+
+    checkpoint = args.checkpoint
+    if args.tiny_checkpoint:
+        checkpoint = str(make_tiny_checkpoint(args.out / "tiny_random.pt"))
+    params = {"device": args.device, "reliable_qos": "true", "publish_color": "false",
+              "diagnostics_period": "0.5", "max_time_gap": "1.0"}
+    if checkpoint:
+        params["checkpoint"] = checkpoint
+    if args.input_size:
+        params["input_size"] = f"[{args.input_size[0]},{args.input_size[1]}]"
+    domain = args.domain if args.domain is not None else domain_id_for("soak")
+    proc = run_node(params, domain, args.out)
+    client = Client(domain)
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from std_msgs.msg import String
+
+    obs = Observer(client, FrameInfo or String)
+    pub = client.node.create_publisher(Image, "/image",
+                                       QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+    h, w = args.size
+    templates = [array_to_image(f, "rgb8") for f in synthetic_frames(h, w)]
+    for m in templates:
+        m.header.frame_id = "camera"
+    criteria: dict[str, dict] = {}
+    samples: list[dict] = []
+    sent = 0
+    rate = args.rate
+    node_ps = psutil.Process(proc.pid)
+    try:
+        client.wait_for(lambda: pub.get_subscription_count() > 0
+                        and client.node.count_publishers("/sdcpc/labels") > 0
+                        and client.node.count_publishers("/sdcpc/frame_info") > 0,
+                        "the node to start", timeout=180, proc=proc)
+        spinner = threading.Thread(target=client.executor.spin, daemon=True)
+        spinner.start()
+        obs.t0 = t0 = time.perf_counter()
+        stamp0 = 1_000_000.0
+        next_send, next_sample, stamp = t0, t0, stamp0
+        overload_set = args.mode == "camera"
+        while True:
+            now = time.perf_counter()
+            elapsed = now - t0
+            if elapsed >= args.seconds:
+                break
+            if proc.poll() is not None:
+                raise RuntimeError(f"node exited ({proc.returncode}):\n{node_output(proc)[-3000:]}")
+            if not overload_set and elapsed >= warmup:
+                with obs.lock:
+                    service = float(np.median(obs.node_latency_ms[-50:])) if obs.node_latency_ms else 33.0
+                rate = min(2000.0 / max(service, 1.0), 1000.0)
+                overload_set = True
+                print(f"overload: node took {service:.1f} ms per frame in the warm-up; "
+                      f"publishing at {rate:.1f} Hz")
+            if now >= next_send:
+                msg = templates[sent % len(templates)]
+                stamp += 1.0 / rate
+                msg.header.stamp.sec = int(stamp)
+                msg.header.stamp.nanosec = int(round((stamp - int(stamp)) * 1e9)) % 1_000_000_000
+                with obs.lock:
+                    obs.sent_at[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = time.perf_counter()
+                pub.publish(msg)
+                sent += 1
+                next_send += 1.0 / rate
+                if next_send < now - 1.0:  # the publisher fell behind by a second: do not burst
+                    next_send = now
+            if now >= next_sample:
+                with obs.lock:
+                    answered, dropped = obs.answered, obs.dropped
+                samples.append({"t": round(elapsed, 3), "rss_mb": node_ps.memory_info().rss / 2**20,
+                                "gpu_mb": gpu_memory_mb(proc.pid), "sent": sent,
+                                "answered": answered, "dropped": dropped,
+                                "backlog": sent - answered - dropped,
+                                "buffer_length": obs.max_buffer})
+                next_sample += 1.0
+            time.sleep(max(0.0, min(next_send, next_sample) - time.perf_counter()))
+
+        # drain: wait for the last outputs and one more diagnostics message with the final counts
+        drain_end = time.perf_counter() + 10.0
+        while time.perf_counter() < drain_end:
+            with obs.lock:
+                accounted = obs.answered + obs.dropped + obs.rejected
+            if accounted + obs.failed() >= sent:
+                break
+            time.sleep(0.1)
+        time.sleep(1.2)  # > 2 diagnostics periods
+        alive = proc.poll() is None
+    finally:
+        client.executor.shutdown()
+        client.close()
+        stop_node(proc)
+
+    with obs.lock:
+        answered, dropped, rejected = obs.answered, obs.dropped, obs.rejected
+        latency = list(obs.latency)
+        diag = dict(obs.diag)
+        max_buffer = obs.max_buffer
+    failed = int(diag.get("failed frames", 0))
+    in_flight = sent - answered - dropped - rejected - failed
+    post = [s for s in samples if s["t"] >= warmup]
+    rss_base = float(np.median([s["rss_mb"] for s in post[:5]])) if post else float("nan")
+    rss_final = float(np.median([s["rss_mb"] for s in post[-5:]])) if post else float("nan")
+    growth = (rss_final - rss_base) / rss_base if post else float("nan")
+    lat_ms = [ms for t, ms in latency if t >= warmup]
+    buffer_limit = buffer_bound(checkpoint)
+    trend = backlog_trend(post)
+    backlog_limit = 2 + 2 * rate
+    max_backlog = max((s["backlog"] for s in post), default=0)
+    duration = args.seconds
+    criteria["memory_growth_below_5pct"] = {
+        "pass": bool(post) and growth < MEMORY_GROWTH_LIMIT, "value_pct": 100 * growth,
+        "limit_pct": 100 * MEMORY_GROWTH_LIMIT, "baseline_mb": rss_base, "final_mb": rss_final}
+    criteria["bounded_queue"] = {
+        "pass": trend < BACKLOG_TREND_LIMIT and max_backlog <= backlog_limit
+        and max_buffer <= buffer_limit,
+        "backlog_trend_frames": trend, "trend_limit": BACKLOG_TREND_LIMIT,
+        "max_backlog": max_backlog, "backlog_limit": backlog_limit,
+        "max_buffer_length": max_buffer, "buffer_limit": buffer_limit}
+    criteria["every_frame_accounted"] = {
+        "pass": 0 <= in_flight <= IN_FLIGHT_LIMIT, "sent": sent, "answered": answered,
+        "dropped": dropped, "rejected": rejected, "failed": failed, "in_flight": in_flight,
+        "in_flight_limit": IN_FLIGHT_LIMIT}
+    criteria["node_alive_and_clean_exit"] = {"pass": alive and proc.returncode == 0,
+                                             "alive_at_end": alive, "exit_code": proc.returncode}
+    passed = all(c["pass"] for c in criteria.values())
+    load = os.getloadavg()
+    report = {
+        "config": {"seconds": duration, "mode": args.mode, "rate_hz": rate, "size": [h, w],
+                   "input_size": args.input_size, "checkpoint": checkpoint or "(embedded default)",
+                   "device": args.device, "warmup_s": warmup, "qos": "reliable",
+                   "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])])},
+        "machine": {"cpus": os.cpu_count(), "load_average_at_end": load,
+                    "platform": platform.platform(), "python": platform.python_version(),
+                    "gpu": shutil.which("nvidia-smi") is not None},
+        "summary": {"sent": sent, "answered": answered, "dropped": dropped, "rejected": rejected,
+                    "failed": failed, "in_flight": in_flight,
+                    "input_rate_hz": sent / duration, "output_rate_hz": answered / duration,
+                    "latency_ms": percentiles(lat_ms),
+                    "rss_mb": {"baseline": rss_base, "final": rss_final,
+                               "max": max((s["rss_mb"] for s in samples), default=None)},
+                    "rss_growth_pct": 100 * growth, "diagnostics_at_end": diag},
+        "criteria": criteria, "passed": passed, "samples": samples,
+        "latency_samples": [(round(t, 3), round(ms, 2)) for t, ms in latency],
+    }
+    (args.out / "soak.json").write_text(json.dumps(report, indent=1))
+    plot(report, args.out / "soak.png")
+
+    s = report["summary"]
+    lat = s["latency_ms"]
+    fmt = lambda v: "n/a" if v is None else f"{v:.1f}"  # noqa: E731
+    print(f"soak {duration:.0f} s, {args.mode}, {h}x{w} -> network {args.input_size or 'native'}, "
+          f"{os.cpu_count()} CPUs, load average {load[0]:.2f}")
+    print(f"  sent {sent} ({s['input_rate_hz']:.1f} Hz), answered {answered} "
+          f"({s['output_rate_hz']:.1f} Hz), dropped {dropped}, rejected {rejected}, failed {failed}, "
+          f"in flight {in_flight}")
+    print(f"  latency publish->labels after warm-up: p50 {fmt(lat['p50'])} ms, p95 {fmt(lat['p95'])} ms,"
+          f" p99 {fmt(lat['p99'])} ms, max {fmt(lat['max'])} ms")
+    print(f"  node RSS {rss_base:.1f} MB after warm-up -> {rss_final:.1f} MB at the end "
+          f"({100 * growth:+.2f} %)")
+    for name, c in criteria.items():
+        detail = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in c.items() if k != "pass"}
+        print(f"  {'PASS' if c['pass'] else 'FAIL'} {name}: {detail}")
+    print(f"  wrote {args.out / 'soak.json'} and {args.out / 'soak.png'}")
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

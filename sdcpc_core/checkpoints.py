@@ -4,7 +4,8 @@ Our format is a dict saved with ``torch.save`` and read with ``weights_only=True
 code runs on load)::
 
     {"format": "sdcpc", "version": 1, "config": SDCPCConfig.to_dict(), "labels": LabelSet.to_dict(),
-     "mean": [r, g, b], "std": [r, g, b], "training": {...}, "state_dict": {...}}
+     "mean": [r, g, b], "std": [r, g, b], "training": {...}, "input_size": [H, W] | None,
+     "state_dict": {...}}
 
 Published files: ImageNet ``mit_b*.pth`` (encoder keys without prefix, plus an unused ``head.*``
 classifier) and SegFormer ADE20K/Cityscapes checkpoints (``{"state_dict": ..., "meta": ...}`` with
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sdcpc_core.classes import LabelSet
+from sdcpc_core.classes import CITYSCAPES, LabelSet
 from sdcpc_core.models import MIT_SPECS, SDCPCConfig, build_model
 
 FORMAT = "sdcpc"
@@ -40,8 +41,12 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(path, model: nn.Module, config: SDCPCConfig, labels: LabelSet,
                     mean=IMAGENET_MEAN, std=IMAGENET_STD, training: dict | None = None,
-                    half: bool = False) -> Path:
-    """Write our checkpoint format; ``half`` stores floating tensors as fp16 (smaller files)."""
+                    half: bool = False, input_size: tuple[int, int] | None = None) -> Path:
+    """Write our checkpoint format; ``half`` stores floating tensors as fp16 (smaller files).
+
+    ``input_size`` ([H, W]) is the resolution the model was trained for; the engine uses it when
+    the caller does not choose one.
+    """
     if labels.num_classes != config.num_classes:
         raise CheckpointError(f"label set has {labels.num_classes} classes but the model config has "
                               f"{config.num_classes}")
@@ -49,7 +54,8 @@ def save_checkpoint(path, model: nn.Module, config: SDCPCConfig, labels: LabelSe
              for k, v in model.state_dict().items()}
     payload = {"format": FORMAT, "version": VERSION, "config": config.to_dict(),
                "labels": labels.to_dict(), "mean": [float(m) for m in mean],
-               "std": [float(s) for s in std], "training": training or {}, "state_dict": state}
+               "std": [float(s) for s in std], "training": training or {},
+               "input_size": [int(v) for v in input_size] if input_size else None, "state_dict": state}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -64,6 +70,11 @@ def read_file(path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass an existing .pt/.pth file "
                               "(or leave it empty for the embedded default model)")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK") or head[:1] == b"\x80"):  # torch zip archive or legacy pickle
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (neither a torch zip archive "
+                              "nor a pickle); check the path, or re-download / re-export the file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -191,3 +202,43 @@ def load_pretrained(model: nn.Module, source, load_head: bool = True) -> dict:
         model.decode_head.load_state_dict(head)
         loaded.append("decode_head")
     return {"loaded": loaded, "ignored_keys": ignored, "variant": detect_variant(backbone)}
+
+
+def convert_checkpoint(source, output, *, temporal: bool = True, labels: LabelSet | None = None,
+                       half: bool = False, input_size=None, **config_overrides) -> Path:
+    """Any supported file -> our format (what the engine, node and evaluation load).
+
+    ``source`` may be a published SegFormer checkpoint (variant and class count read from it),
+    an ImageNet ``mit_b*.pth`` (give ``num_classes``; the head starts untrained) or one of ours
+    (re-exported, e.g. as fp16 or with a recorded ``input_size``).
+    """
+    obj = read_file(source)
+    if obj.get("format") == FORMAT:
+        model, meta = load_checkpoint(source)
+        return save_checkpoint(output, model, meta["config"], labels or meta["labels"], meta["mean"],
+                               meta["std"], meta.get("training"), half=half,
+                               input_size=input_size or meta.get("input_size"))
+    state = obj.get("state_dict", obj)
+    variant = detect_variant(state, "backbone.") or detect_variant(state)
+    if variant is None:
+        raise CheckpointError(f"{source}: no MiT encoder found (patch_embed1.proj.weight); pass a "
+                              "SegFormer .pth, a mit_b*.pth or an sdcpc checkpoint")
+    pred = state.get("decode_head.linear_pred.weight")
+    settings = {"variant": variant, "temporal": temporal}
+    if pred is not None:
+        settings["num_classes"] = pred.shape[0]
+        settings["decoder_dim"] = pred.shape[1]
+    settings.update(config_overrides)
+    if "num_classes" not in settings:
+        raise CheckpointError(f"{source} holds only an encoder: say how many classes the head has "
+                              "(num_classes / --num-classes)")
+    config = SDCPCConfig(**settings)
+    if labels is None:
+        labels = (LabelSet.from_dict(CITYSCAPES.to_dict()) if config.num_classes == 19 else
+                  LabelSet.from_names([f"class_{i:03d}" for i in range(config.num_classes)]))
+    model = build_model(config)
+    report = load_pretrained(model, source)
+    training = {"initialised_from": str(source), "loaded": report["loaded"],
+                "note": "converted, not trained by sdcpc"}
+    return save_checkpoint(output, model, config, labels, training=training, half=half,
+                           input_size=input_size)

@@ -23,7 +23,7 @@ def default_palette(num_classes: int, seed: int = 7) -> np.ndarray:
     return rng.integers(0, 256, size=(num_classes, 3), dtype=np.uint8)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LabelSet:
     """What the model's class ids mean.
 
@@ -49,6 +49,14 @@ class LabelSet:
         bad = [i for i in self.dynamic if not 0 <= i < len(self.names)]
         if bad:
             raise ValueError(f"dynamic class ids {bad} are outside [0, {len(self.names)})")
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, LabelSet):
+            return NotImplemented
+        return (self.names == other.names and np.array_equal(self.palette, other.palette)
+                and self.ignore_index == other.ignore_index and self.dynamic == other.dynamic)
+
+    __hash__ = None
 
     @property
     def num_classes(self) -> int:

@@ -170,6 +170,24 @@ def cmd_palette(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    from sdcpc_core.checkpoints import convert_checkpoint
+    from sdcpc_core.classes import LabelSet
+
+    labels = None
+    if args.class_names:
+        names = [n.strip() for n in Path(args.class_names).read_text().splitlines() if n.strip()]
+        labels = LabelSet.from_names(names)
+    overrides = {k: v for k, v in (("num_classes", args.num_classes),
+                                   ("reference_offsets", args.reference_offsets)) if v}
+    if labels is not None:
+        overrides.setdefault("num_classes", labels.num_classes)
+    out = convert_checkpoint(args.source, args.output, temporal=not args.per_frame, labels=labels,
+                             half=args.half, input_size=args.input_size, **overrides)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
 def cmd_train(args) -> int:
     from sdcpc_core.train import run_training
 
@@ -213,6 +231,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", nargs="?", default="", help="default: the embedded model")
     p.add_argument("-o", "--output", help="CSV file (default: stdout)")
     p.set_defaults(func=cmd_palette)
+
+    p = sub.add_parser("convert", help="published SegFormer / mit_b*.pth / sdcpc file -> sdcpc checkpoint")
+    p.add_argument("source", help="SegFormer .pth, ImageNet mit_b*.pth, or an sdcpc checkpoint")
+    p.add_argument("-o", "--output", required=True, help="sdcpc checkpoint to write")
+    p.add_argument("--per-frame", action="store_true", help="the SegFormer baseline instead of SD-CPC")
+    p.add_argument("--num-classes", type=int, help="needed for an encoder-only mit_b*.pth")
+    p.add_argument("--class-names", help="text file, one class name per line (default: Cityscapes "
+                   "names for 19 classes, else class_000…)")
+    p.add_argument("--reference-offsets", type=int, nargs="+", help="e.g. -9 -6 -3")
+    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
+                   help="resolution the engine should use by default")
+    p.add_argument("--half", action="store_true", help="store weights as fp16 (half the size)")
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("train", help="train SD-CPC or the baseline from a YAML config")
     try:

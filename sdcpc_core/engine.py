@@ -108,12 +108,17 @@ class StreamingSegmenter:
 
     @classmethod
     def from_checkpoint(cls, path=None, **kwargs) -> StreamingSegmenter:
-        """Build from our checkpoint; ``path=None`` (or "") is the embedded default model."""
+        """Build from our checkpoint; ``path=None`` (or "") is the embedded default model.
+
+        ``input_size`` defaults to the checkpoint's recorded training resolution, if any.
+        """
         path = Path(path) if path else DEFAULT_CHECKPOINT
         if not path.exists() and path == DEFAULT_CHECKPOINT:
             raise CheckpointError(f"the embedded default model {path} is missing from this install; "
                                   "reinstall sdcpc or pass a checkpoint path")
         model, meta = load_checkpoint(path)
+        if kwargs.get("input_size") is None and meta.get("input_size"):
+            kwargs["input_size"] = tuple(meta["input_size"])
         return cls(model, meta["labels"], meta["mean"], meta["std"], **kwargs)
 
     # -- buffer -------------------------------------------------------------------------------

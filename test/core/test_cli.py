@@ -1,0 +1,121 @@
+"""The `sdcpc` command line, in process: convert, info, palette, segment (folder and video), demo."""
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from sdcpc_core.checkpoints import load_checkpoint, save_checkpoint
+from sdcpc_core.classes import LabelSet
+from sdcpc_core.cli import main
+from sdcpc_core.data.synthetic import SYNTHETIC_LABELS, generate_video
+from sdcpc_core.models import SDCPCConfig, build_model
+
+PUBLISHED = json.load(open(Path(__file__).resolve().parents[1] / "data" / "segformer_state_dict_keys.json"))
+
+
+@pytest.fixture()
+def tiny_checkpoint(tmp_path):
+    cfg = SDCPCConfig(variant="b0", num_classes=9, embed_dim=16, reference_offsets=(-2, -1), window=3)
+    return save_checkpoint(tmp_path / "tiny.pt", build_model(cfg), cfg, SYNTHETIC_LABELS, input_size=(64, 64))
+
+
+@pytest.fixture()
+def clip(tmp_path):
+    frames, _ = generate_video(seed=1, length=4, height=48, width=64)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, f in enumerate(frames):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    return folder, frames
+
+
+def test_segment_folder_writes_one_png_per_frame(tmp_path, tiny_checkpoint, clip, capsys):
+    folder, frames = clip
+    out = tmp_path / "out"
+    assert main(["segment", str(folder), "-o", str(out), "--checkpoint", str(tiny_checkpoint),
+                 "--device", "cpu", "--style", "side"]) == 0
+    pngs = sorted(out.glob("*.png"))
+    assert len(pngs) == 4
+    img = cv2.imread(str(pngs[0]))
+    assert img.shape == (48, 128, 3)  # input | labels side by side, at input resolution
+    assert "wrote 4 frames" in capsys.readouterr().out
+
+
+def test_segment_video_to_mp4(tmp_path, tiny_checkpoint, clip):
+    _, frames = clip
+    video = tmp_path / "in.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (64, 48))
+    for f in frames:
+        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    writer.release()
+    out = tmp_path / "out.mp4"
+    assert main(["segment", str(video), "-o", str(out), "--checkpoint", str(tiny_checkpoint),
+                 "--style", "color", "--device", "cpu"]) == 0
+    cap = cv2.VideoCapture(str(out))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 4
+    cap.release()
+
+
+def test_info_and_palette(tmp_path, tiny_checkpoint, capsys):
+    assert main(["info", str(tiny_checkpoint)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["classes"] == list(SYNTHETIC_LABELS.names) and info["config"]["embed_dim"] == 16
+    assert set(info["dynamic_classes"]) == {"person", "car", "bicycle"}
+    csv_path = tmp_path / "palette.csv"
+    assert main(["palette", str(tiny_checkpoint), "-o", str(csv_path)]) == 0
+    rows = csv_path.read_text().splitlines()
+    assert rows[0] == "id,name,red,green,blue,dynamic" and len(rows) == 10
+    assert rows[7].startswith("6,person,") and rows[7].endswith(",1")
+
+
+def test_convert_published_segformer_and_half(tmp_path, capsys):
+    state = {k: (torch.rand(v) + 0.5 if k.endswith("running_var") else 0.02 * torch.randn(v)) if v
+             else torch.tensor(0) for k, v in PUBLISHED["b0"].items()}
+    src = tmp_path / "segformer.b0.city.pth"
+    torch.save({"state_dict": state, "meta": {}}, src)
+    out = tmp_path / "city.pt"
+    assert main(["convert", str(src), "-o", str(out), "--half", "--input-size", "256", "512"]) == 0
+    model, meta = load_checkpoint(out)
+    assert meta["config"].num_classes == 19 and meta["config"].temporal
+    assert meta["labels"].names[0] == "road" and meta["input_size"] == [256, 512]
+    torch.testing.assert_close(model.decode_head.linear_pred.weight,
+                               state["decode_head.linear_pred.weight"].half().float())
+
+
+def test_convert_encoder_only_needs_class_count(tmp_path, capsys):
+    state = {k[len("backbone."):]: torch.zeros(v) for k, v in PUBLISHED["b0"].items() if k.startswith("backbone.")}
+    src = tmp_path / "mit_b0.pth"
+    torch.save(state, src)
+    assert main(["convert", str(src), "-o", str(tmp_path / "x.pt")]) == 2
+    assert "num_classes" in capsys.readouterr().err
+    names = tmp_path / "names.txt"
+    names.write_text("floor\nwall\nperson\n")
+    assert main(["convert", str(src), "-o", str(tmp_path / "x.pt"), "--class-names", str(names),
+                 "--per-frame"]) == 0
+    _, meta = load_checkpoint(tmp_path / "x.pt")
+    assert meta["labels"] == LabelSet.from_names(["floor", "wall", "person"])
+    assert not meta["config"].temporal
+
+
+def test_errors_exit_nonzero_with_message(tmp_path, tiny_checkpoint, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert main(["segment", str(tmp_path), "-o", str(tmp_path / "o"), "--checkpoint", str(bad)]) == 2
+    assert "not a readable PyTorch checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(["segment", str(tmp_path / "missing.mp4"), "-o", str(tmp_path / "o"),
+              "--checkpoint", str(tiny_checkpoint)])
+
+
+def test_demo_scores_against_ground_truth(tmp_path, tiny_checkpoint, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "-o", str(out), "--frames", "3", "--checkpoint", str(tiny_checkpoint),
+                 "--device", "cpu"]) == 0
+    assert len(list(out.glob("*.png"))) == 3
+    assert "mIoU" in capsys.readouterr().out
+    strip = cv2.imread(str(out / "000000.png"))
+    assert strip.shape == (64, 192, 3) and np.isfinite(strip).all()

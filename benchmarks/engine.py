@@ -67,7 +67,7 @@ def main() -> None:
     labels = LabelSet.from_names([f"class_{i}" for i in range(124)])
     print(f"device {args.device}, precision {args.precision}, {args.size}x{args.size}, "
           f"{args.frames} frames, torch threads {torch.get_num_threads()}")
-    print(f"| model | mode | params (M) | GFLOPs/frame | ms/frame | FPS |")
+    print("| model | mode | params (M) | GFLOPs/frame | ms/frame | FPS |")
     print("|---|---|---|---|---|---|")
     for variant in args.variants:
         ms = {}

@@ -69,6 +69,25 @@ def reference_indices(target: int, offsets, first_available: int) -> list[int]:
     return [max(target + o, first_available) for o in offsets]
 
 
+def continuity_break(previous, current, max_time_gap: float | None) -> str | None:
+    """The stream's reset rules on ``(stamp_s, frame_id, (H, W))`` pairs: why ``current`` cannot
+    continue ``previous`` (size or frame_id change, stamp going backwards, gap above
+    ``max_time_gap``), or None. ``None`` stamps / frame_ids disable their rules."""
+    if previous is None:
+        return None
+    (last_stamp, last_id, last_size), (stamp, frame_id, size) = previous, current
+    if tuple(size) != tuple(last_size):
+        return f"frame size changed from {last_size[1]}x{last_size[0]} to {size[1]}x{size[0]}"
+    if frame_id is not None and last_id is not None and frame_id != last_id:
+        return f"frame_id changed from {last_id!r} to {frame_id!r}"
+    if stamp is not None and last_stamp is not None:
+        if stamp < last_stamp:
+            return f"stamp went backwards by {last_stamp - stamp:.3f} s"
+        if max_time_gap is not None and stamp - last_stamp > max_time_gap:
+            return f"gap of {stamp - last_stamp:.3f} s exceeds max_time_gap {max_time_gap} s"
+    return None
+
+
 class StreamingSegmenter:
     """Segment a stream frame by frame with SD-CPC (or the per-frame baseline)."""
 
@@ -142,19 +161,7 @@ class StreamingSegmenter:
         self._pending_reset = reason
 
     def _check_continuity(self, stamp, frame_id, size) -> None:
-        if self._last is None:
-            return
-        last_stamp, last_id, last_size = self._last
-        reason = None
-        if size != last_size:
-            reason = f"frame size changed from {last_size[1]}x{last_size[0]} to {size[1]}x{size[0]}"
-        elif frame_id is not None and last_id is not None and frame_id != last_id:
-            reason = f"frame_id changed from {last_id!r} to {frame_id!r}"
-        elif stamp is not None and last_stamp is not None:
-            if stamp < last_stamp:
-                reason = f"stamp went backwards by {last_stamp - stamp:.3f} s"
-            elif self.max_time_gap is not None and stamp - last_stamp > self.max_time_gap:
-                reason = f"gap of {stamp - last_stamp:.3f} s exceeds max_time_gap {self.max_time_gap} s"
+        reason = continuity_break(self._last, (stamp, frame_id, size), self.max_time_gap)
         if reason:
             self._clear(reason)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sdcpc_core.engine import continuity_break
 from sdcpc_ros import bags
 from sdcpc_ros.bags import BagError, BagReader, format_stamp, stamp_to_ns
 from sdcpc_ros.conversions import ImageConversionError, image_to_array
@@ -120,23 +121,6 @@ def paired_frames(bag: BagReader, image_topic: str, label_topic: str | None,
     if labels:
         problems.append(f"{len(labels)} label messages on {label_topic} match no image stamp, e.g. "
                         f"{', '.join(format_stamp(s) for s in sorted(labels)[:3])}")
-
-
-def continuity_break(previous, current, max_time_gap: float | None) -> str | None:
-    """The engine's reset rules on ``(stamp_s, frame_id, size)``; the reason, or None."""
-    if previous is None:
-        return None
-    (s0, f0, z0), (s1, f1, z1) = previous, current
-    if z0 != z1:
-        return "frame size changed"
-    if f0 and f1 and f0 != f1:
-        return f"frame_id changed from {f0!r} to {f1!r}"
-    if s0 is not None and s1 is not None:
-        if s1 < s0:
-            return "stamp went backwards"
-        if max_time_gap is not None and s1 - s0 > max_time_gap:
-            return f"gap of {s1 - s0:.3f} s exceeds max_time_gap {max_time_gap} s"
-    return None
 
 
 # ---------------------------------------------------------------------------------------------

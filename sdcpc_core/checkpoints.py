@@ -14,9 +14,9 @@ classifier) and SegFormer ADE20K/Cityscapes checkpoints (``{"state_dict": ..., "
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
-import zipfile
 from pathlib import Path
 
 import torch
@@ -80,16 +80,21 @@ def read_file(path) -> dict:
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"refusing to load {path}: it contains Python objects other than tensors and plain "
-            f"containers ({str(e).splitlines()[0][:200]}). Only weights-only checkpoints are accepted; "
+            f"containers ({_first_line(e)}). Only weights-only checkpoints are accepted; "
             "re-save the state dict with torch.save(model.state_dict(), ...) from a trusted environment"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+    except Exception as e:  # noqa: BLE001 - damaged files make torch.load raise almost anything
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): "
-                              f"{str(e).splitlines()[0][:200]}. Re-download or re-export it") from None
+                              f"{_first_line(e)}. Re-download or re-export it") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected a dict of tensors "
                               "or an sdcpc checkpoint")
     return obj
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).splitlines()
+    return (lines[0][:200] if lines else "") or type(exc).__name__
 
 
 def detect_variant(state_dict: dict, prefix: str = "") -> str | None:
@@ -162,8 +167,21 @@ def load_checkpoint(path, map_location="cpu") -> tuple[nn.Module, dict]:
         labels = LabelSet.from_dict(obj["labels"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: broken metadata ({e}); re-export the checkpoint") from None
+    if labels.num_classes != config.num_classes:
+        raise CheckpointError(f"{path}: broken metadata: the model has {config.num_classes} classes "
+                              f"but the label set {labels.num_classes} class names; re-export the checkpoint")
+    for key in ("mean", "std"):
+        value = obj.get(key)
+        if not (isinstance(value, (list, tuple)) and len(value) == 3
+                and all(isinstance(v, (int, float)) and math.isfinite(v) for v in value)
+                and (key == "mean" or min(value) > 0)):
+            raise CheckpointError(f"{path}: broken metadata: {key} must be 3 finite numbers (RGB)"
+                                  f"{', all > 0' if key == 'std' else ''}, got {value!r}")
+    state = obj.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: broken checkpoint: 'state_dict' must be a dict of tensors, "
+                              f"got {type(state).__name__}; re-export the checkpoint")
     model = build_model(config)
-    state = obj["state_dict"]
     check_state_dict(model, state, f"model it describes ({config.variant}, {config.num_classes} classes)",
                      str(path))
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})

@@ -1,7 +1,8 @@
 """``sdcpc`` node: camera images in, per-pixel semantic labels out (see docs/ros.md).
 
 The subscription callback only keeps the newest message; one worker thread converts, segments and
-publishes it (latest frame wins: a frame replaced before the worker took it is counted as dropped).
+publishes it (latest frame wins: a frame replaced before the worker took it is counted as dropped,
+and so is one that never reached the callback, seen as a gap in its publisher's sequence numbers).
 ``sdcpc_core.engine.StreamingSegmenter`` does all the model work, including the buffer resets.
 """
 
@@ -193,6 +194,8 @@ class SegmentationNode(Node):
         self._pending = None  # (msg, perf_counter at receipt)
         self._stopping = False
         self._received = self._dropped = self._rejected = self._failed = self._published = 0
+        self._lost = 0  # part of _dropped: never reached the callback (queue overflow, transport)
+        self._last_sequence: dict[bytes, int] = {}  # publisher gid -> last publication sequence
         self._latencies = deque(maxlen=200)  # (node latency ms, inference ms)
         self._last_reset = ""
         self._diag_counts = (0, 0, time.monotonic())
@@ -233,13 +236,33 @@ class SegmentationNode(Node):
             f"custom messages: {'sdcpc_interfaces' if LabelInfo else 'no (std_msgs/String JSON)'}")
 
     # -- executor callbacks (cheap) ----------------------------------------------------------
-    def _on_image(self, msg) -> None:
+    def _on_image(self, msg, info) -> None:
+        lost = self._lost_before(info)
         with self._cv:
-            self._received += 1
+            self._received += 1 + lost
+            self._dropped += lost
+            self._lost += lost
             if self._pending is not None:
                 self._dropped += 1
             self._pending = (msg, time.perf_counter())
             self._cv.notify()
+
+    def _lost_before(self, info) -> int:
+        """Messages of this publisher that never reached the callback, from gaps in its publication
+        sequence numbers: the subscription queue overflowed (a burst faster than the executor) or
+        the transport lost them (best effort). 0 where the RMW gives no sequence numbers."""
+        try:
+            seq = int(info["publication_sequence_number"])
+            gid = bytes(info["publisher_gid"]["data"])
+        except (KeyError, TypeError, ValueError):
+            return 0
+        if not 0 < seq < 2**63:  # unsupported by this RMW
+            return 0
+        last = self._last_sequence.pop(gid, None)
+        self._last_sequence[gid] = seq  # most recent publisher last; a few are kept
+        if len(self._last_sequence) > 64:
+            del self._last_sequence[next(iter(self._last_sequence))]
+        return seq - last - 1 if last is not None and seq > last + 1 else 0
 
     def _on_reset(self, request, response):
         self._seg.reset(reason="service")
@@ -373,6 +396,7 @@ class SegmentationNode(Node):
             "latency p95 (ms)": f"{np.percentile(node_ms, 95):.1f}",
             "inference p50 (ms)": f"{np.percentile(infer_ms, 50):.1f}",
             "dropped frames": str(self._dropped),
+            "dropped before the node (queue, transport)": str(self._lost),
             "rejected frames": str(self._rejected),
             "failed frames": str(self._failed),
             "buffer length": str(self._seg.buffer_length),

@@ -37,40 +37,41 @@ def _offsets(window, dilation):
 
 
 class _WindowAttentionTorch(torch.autograd.Function):
-    """Forward/backward with plain torch ops on channels-last rows.
+    """Forward/backward with plain torch ops on channels-last rows, one offset at a time.
 
-    Saved for backward: q, k, v (the inputs, no copy), query_index, the softmax weights (B, T, K, M)
-    and the output (B, M, C), both in the accumulation dtype. Gathers of k / v are recomputed per offset in backward.
+    Per offset the keys / values of all queries are gathered as (B*M, T, C) so that the logits and the
+    aggregation are small batched matmuls. Saved for backward: q, k, v (the inputs, no copy),
+    query_index, the softmax weights (B*M, K, T) and the output (B*M, C), both in the accumulation
+    dtype; the gathers of k / v are recomputed per offset in backward, never stored.
     """
 
     @staticmethod
     def forward(ctx, q, k, v, query_index, window, dilation):
         B, T, C, H, W = k.shape
-        N, M = H * W, query_index.shape[1]
+        M = query_index.shape[1]
         scale = 1.0 / math.sqrt(C)
         acc = _acc_dtype(q.dtype)
-        qs = q.flatten(2).gather(2, query_index[:, None].expand(B, C, M))  # B, C, M
-        qs = qs.transpose(1, 2).to(acc)  # B, M, C
-        k_rows = k.permute(0, 1, 3, 4, 2).reshape(B * T * N, C)  # input dtype, channels last
-        v_rows = v.permute(0, 1, 3, 4, 2).reshape(B * T * N, C)
+        qs = _gather_queries(q, query_index).to(acc)  # B*M, C, 1
+        k_rows, v_rows = _rows(k), _rows(v)  # B*T*N, C (input dtype)
         offsets = _offsets(window, dilation)
-        rows, valid = _key_rows(query_index, T, H, W, offsets)  # K x (B*T*M,), K x (B, 1, M)
+        rows, valid = _key_rows(query_index, T, H, W, offsets)  # K x (B*M*T,), K x (B*M, 1)
 
-        logits = q.new_empty((B, T, len(offsets), M), dtype=acc)
+        logits = qs.new_empty((B * M, len(offsets), T))
         for o, (r, ok) in enumerate(zip(rows, valid)):
-            kg = k_rows.index_select(0, r).view(B, T, M, C).to(acc)
-            lo = torch.einsum("bmc,btmc->btm", qs, kg) * scale
-            logits[:, :, o] = lo.masked_fill_(~ok, float("-inf"))
-        attn = logits.view(B, T * len(offsets), M).softmax(dim=1).view(logits.shape)  # joint over T * K
+            kg = k_rows.index_select(0, r).view(B * M, T, C).to(acc)
+            lo = torch.bmm(kg, qs).squeeze(-1) * scale  # B*M, T
+            logits[:, o] = lo.masked_fill_(~ok, float("-inf"))
+        attn = logits.view(B * M, len(offsets) * T).softmax(dim=1).view(logits.shape)  # joint over K * T
 
-        out = qs.new_zeros((B, M, C))
+        out = qs.new_zeros((B * M, 1, C))
         for o, r in enumerate(rows):
-            vg = v_rows.index_select(0, r).view(B, T, M, C).to(acc)
-            out += torch.einsum("btm,btmc->bmc", attn[:, :, o], vg)
+            vg = v_rows.index_select(0, r).view(B * M, T, C).to(acc)
+            out.baddbmm_(attn[:, o, None], vg)
+        out = out.view(B, M, C)
 
         ctx.save_for_backward(q, k, v, query_index, attn, out)
         ctx.window, ctx.dilation = window, dilation
-        res = q.new_empty((B, C, M))  # a fresh tensor, never a view of the saved fp32 out
+        res = q.new_empty((B, C, M))  # a fresh tensor, never a view of the saved out
         res.copy_(out.transpose(1, 2))
         return res  # B, C, M
 
@@ -81,28 +82,28 @@ class _WindowAttentionTorch(torch.autograd.Function):
         N, M = H * W, query_index.shape[1]
         scale = 1.0 / math.sqrt(C)
         acc = _acc_dtype(q.dtype)
-        g = grad_out.transpose(1, 2).to(acc)  # B, M, C
-        qs = q.flatten(2).gather(2, query_index[:, None].expand(B, C, M)).transpose(1, 2).to(acc)
-        k_rows = k.permute(0, 1, 3, 4, 2).reshape(B * T * N, C)
-        v_rows = v.permute(0, 1, 3, 4, 2).reshape(B * T * N, C)
+        g = grad_out.transpose(1, 2).to(acc).reshape(B * M, C, 1)
+        qs = _gather_queries(q, query_index).to(acc).view(B * M, 1, C)
+        k_rows, v_rows = _rows(k), _rows(v)
         rows, _ = _key_rows(query_index, T, H, W, _offsets(ctx.window, ctx.dilation))
 
-        # softmax backward: dlogit_j = a_j * (g.v_j - sum_i a_i g.v_i) and sum_i a_i v_i = out
-        g_out = (g * out).sum(-1)[:, None]  # B, 1, M
-        gq = torch.zeros_like(qs)  # B, M, C
-        gk = k_rows.new_zeros(k_rows.shape, dtype=acc)  # B*T*N, C
+        # softmax backward: dlogit_j = a_j * (g.v_j - sum_i a_i g.v_i), and sum_i a_i v_i = out
+        g_out = torch.bmm(out.view(B * M, 1, C), g).view(B * M, 1)
+        gq = qs.new_zeros((B * M, 1, C))
+        gk = qs.new_zeros((B * T * N, C))
         gv = torch.zeros_like(gk)
         for o, r in enumerate(rows):
-            a = attn[:, :, o]  # B, T, M  (0 for keys outside the frame)
-            vg = v_rows.index_select(0, r).view(B, T, M, C).to(acc)
-            dl = a * (torch.einsum("bmc,btmc->btm", g, vg) - g_out) * scale  # B, T, M
-            kg = k_rows.index_select(0, r).view(B, T, M, C).to(acc)
-            gq += torch.einsum("btm,btmc->bmc", dl, kg)
-            gk.index_add_(0, r, (dl[..., None] * qs[:, None]).reshape(-1, C))
-            gv.index_add_(0, r, (a[..., None] * g[:, None]).reshape(-1, C))
+            a = attn[:, o]  # B*M, T  (0 for keys outside the frame)
+            vg = v_rows.index_select(0, r).view(B * M, T, C).to(acc)
+            dl = a * (torch.bmm(vg, g).squeeze(-1) - g_out) * scale  # B*M, T
+            kg = k_rows.index_select(0, r).view(B * M, T, C).to(acc)
+            gq.baddbmm_(dl[:, None], kg)
+            ri = r[:, None].expand(-1, C)  # scatter_add_: CPU index_add_ on rows loops per row
+            gk.scatter_add_(0, ri, (dl[..., None] * qs).view(-1, C))
+            gv.scatter_add_(0, ri, (a[..., None] * g.view(B * M, 1, C)).view(-1, C))
 
         grad_q = gq.new_zeros((B, C, N))
-        grad_q.scatter_add_(2, query_index[:, None].expand(B, C, M), gq.transpose(1, 2))
+        grad_q.scatter_add_(2, query_index[:, None].expand(B, C, M), gq.view(B, M, C).transpose(1, 2))
         grad_q = grad_q.view(B, C, H, W).to(q.dtype)
         grad_k = gk.view(B, T, H, W, C).permute(0, 1, 4, 2, 3).to(k.dtype)
         grad_v = gv.view(B, T, H, W, C).permute(0, 1, 4, 2, 3).to(v.dtype)
@@ -114,18 +115,32 @@ def _acc_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _gather_queries(q, query_index):
+    """(B, C, H, W), (B, M) -> (B*M, C, 1) selected query vectors."""
+    B, C = q.shape[:2]
+    M = query_index.shape[1]
+    qs = q.flatten(2).gather(2, query_index[:, None].expand(B, C, M))  # B, C, M
+    return qs.transpose(1, 2).reshape(B * M, C, 1)
+
+
+def _rows(k):
+    """(B, T, C, H, W) -> (B*T*H*W, C) channels-last rows (a copy unless k is already laid out so)."""
+    return k.permute(0, 1, 3, 4, 2).reshape(-1, k.shape[2])
+
+
 def _key_rows(query_index, T, H, W, offsets):
-    """Per offset: flat row in (B*T*H*W) of each query's key (clamped inside), and its validity."""
+    """Per offset: row in (B*T*H*W) of each (query, frame) key, ordered (B, M, T), clamped inside the
+    frame; and whether the key is inside, (B*M, 1)."""
     B = query_index.shape[0]
     y, x = query_index // W, query_index % W  # B, M
-    base = (torch.arange(B * T, device=query_index.device) * (H * W)).view(B, T, 1)
+    base = (torch.arange(B * T, device=query_index.device) * (H * W)).view(B, 1, T)
     rows, valid = [], []
     for dy, dx in offsets:
         ny, nx = y + dy, x + dx
         ok = (ny >= 0) & (ny < H) & (nx >= 0) & (nx < W)
         n = ny.clamp(0, H - 1) * W + nx.clamp(0, W - 1)
-        rows.append((base + n[:, None]).reshape(-1))
-        valid.append(ok[:, None])
+        rows.append((base + n[..., None]).reshape(-1))
+        valid.append(ok.reshape(-1, 1))
     return rows, valid
 
 

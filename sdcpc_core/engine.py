@@ -25,6 +25,7 @@ from sdcpc_core.checkpoints import DEFAULT_CHECKPOINT, CheckpointError, load_che
 from sdcpc_core.classes import LabelSet
 from sdcpc_core.models.temporal import FrameCache
 
+MIN_SIDE = 32  # stride 4 then spatial reduction 8 in MiT stage 1: smaller inputs cannot be encoded
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -99,8 +100,8 @@ class StreamingSegmenter:
             raise ValueError(f"precision {precision!r} is not one of {sorted(PRECISIONS)}")
         if input_size is not None:
             input_size = tuple(int(s) for s in input_size)
-            if len(input_size) != 2 or min(input_size) < 32:
-                raise ValueError(f"input_size must be [height, width], each >= 32; got {list(input_size)}")
+            if len(input_size) != 2 or min(input_size) < MIN_SIDE:
+                raise ValueError(f"input_size must be [height, width], each >= {MIN_SIDE}; got {list(input_size)}")
         offsets = tuple(model.reference_offsets if reference_offsets is None else reference_offsets)
         if any(o >= 0 for o in offsets):
             raise ValueError(f"reference_offsets {list(offsets)}: a stream has only past frames, use negative offsets")
@@ -177,6 +178,10 @@ class StreamingSegmenter:
         if x.ndim != 3 or x.shape[2] != 3 or x.dtype != torch.uint8 or min(x.shape[:2]) < 1:
             raise FrameError(f"expected an (H, W, 3) uint8 RGB frame, got shape {tuple(x.shape)} "
                              f"dtype {x.dtype}; convert the image to rgb8 first")
+        if self.input_size is None and min(x.shape[:2]) < MIN_SIDE:  # the network's strides need it
+            raise FrameError(f"frame {x.shape[1]}x{x.shape[0]} is smaller than {MIN_SIDE} pixels on a "
+                             "side, the least the network takes at its own size; set input_size to "
+                             "resize frames (the node's input_size parameter)")
         x = x.to(self.device, non_blocking=True).permute(2, 0, 1).unsqueeze(0).float()
         if self.input_size is not None and tuple(x.shape[2:]) != self.input_size:
             x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=True)

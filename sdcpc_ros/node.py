@@ -166,7 +166,9 @@ class SegmentationNode(Node):
             validate_parameter(name, p[name])
 
         # torch is imported only once the parameters are known to be valid
-        from sdcpc_core.engine import StreamingSegmenter, resolve_device
+        from sdcpc_core.engine import FrameError, StreamingSegmenter, resolve_device
+
+        self._input_errors = (ImageConversionError, FrameError)  # the message's fault: "refused"
 
         try:
             resolve_device(p["device"])
@@ -304,7 +306,7 @@ class SegmentationNode(Node):
                 (msg, received_at), self._pending = self._pending, None
             try:
                 self._segment(msg, received_at)
-            except ImageConversionError as exc:
+            except self._input_errors as exc:
                 self._rejected += 1
                 self.get_logger().warning(f"image refused: {exc}",
                                           throttle_duration_sec=THROTTLE_S)

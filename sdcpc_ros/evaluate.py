@@ -200,7 +200,7 @@ class Evaluation:
             self.samples.append(_sample(pair, preds))
 
     def counts(self) -> dict:
-        out = dict.fromkeys(("scored", "unlabelled", "label_error", "unreadable", "dropped"), 0)
+        out = dict.fromkeys(("scored", "unlabelled", "label_error", "unreadable", "failed", "dropped"), 0)
         for f in self.frames:
             out[f["status"]] += 1
         out["in_bag"] = self.total
@@ -324,6 +324,12 @@ def evaluate_offline(bag_path, out_dir, *, checkpoint=None, baseline=None, segme
                             ev.start_video(pair.index, res.reset_reason)
                 except FrameError as exc:
                     ev.skip(pair, "unreadable", f"{_where(bag, image_topic, pair.index, pair.stamp)}: {exc}")
+                    continue
+                except (RuntimeError, MemoryError) as exc:  # the model failed (e.g. out of memory)
+                    for seg in models.values():
+                        seg.reset(f"segmentation failed on the previous frame: {type(exc).__name__}")
+                    ev.skip(pair, "failed", f"{_where(bag, image_topic, pair.index, pair.stamp)}: "
+                                            f"{type(exc).__name__}: {exc}")
                     continue
                 previous = current
                 ev.add(pair, preds, latencies)

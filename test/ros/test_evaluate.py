@@ -181,6 +181,28 @@ def test_ctrl_c_writes_a_partial_report(tmp_path, checkpoint, bag):
     assert json.loads((tmp_path / "out" / "report.json").read_text())["status"] == "interrupted"
 
 
+class _RunningOutOfMemory(_Interrupting):
+    """Wraps a segmenter; the model fails on the third frame as a GPU out of memory would."""
+
+    def step(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.seg.step(*args, **kwargs)
+
+    def reset(self, reason):
+        self.seg.reset(reason)
+
+
+def test_model_failure_on_one_frame_is_listed_and_evaluation_goes_on(tmp_path, checkpoint, bag):
+    seg = _RunningOutOfMemory(StreamingSegmenter.from_checkpoint(checkpoint, device="cpu"))
+    report = evaluate.evaluate_offline(bag, tmp_path / "out", segmenter=seg, progress=False)
+    assert report["frames"]["failed"] == 1 and report["frames"]["scored"] == 2 * LENGTH - 1
+    failed = [f for f in report["frame_log"] if f["status"] == "failed"]
+    assert failed[0]["index"] == 2 and "OutOfMemoryError" in failed[0]["reason"]
+    assert "failed" in (tmp_path / "out" / "report.md").read_text()
+
+
 def test_convert_cli_then_offline_cli(tmp_path):
     out = tmp_path / "s.db3dir"
     assert evaluate.main(["convert", "synthetic", str(out), "--videos", "1", "--length", "3",

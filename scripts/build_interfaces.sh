@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the sdcpc_interfaces messages (sdcpc_interfaces/) into a Python virtual environment that
 # holds the PyPI ROS 2 wheels (pip install -e '.[ros]'), so that `import sdcpc_interfaces.msg` works
-# there. On a full ROS 2 install use colcon instead (see docs/ros.md, "Messages").
+# there. On a full ROS 2 install use colcon instead (see README.md, "Messages").
 #
 #   scripts/build_interfaces.sh VENV        # e.g. scripts/build_interfaces.sh .venv
 #

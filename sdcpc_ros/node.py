@@ -1,4 +1,4 @@
-"""``sdcpc`` node: camera images in, per-pixel semantic labels out (see docs/ros.md).
+"""``sdcpc`` node: camera images in, per-pixel semantic labels out (see README.md, "Running the node").
 
 The subscription callback only keeps the newest message; one worker thread converts, segments and
 publishes it (latest frame wins: a frame replaced before the worker took it is counted as dropped,

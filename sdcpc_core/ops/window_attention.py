@@ -6,9 +6,11 @@ the softmax runs jointly over all T * window**2 valid keys of a query. The centr
 every query has at least T valid keys.
 
 Two implementations give the same numbers:
-- ``_WindowAttentionTorch``: plain torch ops, a loop over the window**2 offsets. Memory is O(M*T*w*w)
-  for the attention weights plus O(inputs); no dense N x N and no per-offset gathered copy of k / v is
-  saved for autograd (backward recomputes the gathers from the saved inputs).
+- ``_WindowAttentionTorch``: plain torch ops. Selected queries are grouped by 8 x 8 tile; a tile's
+  queries attend to the tile's halo (the keys any of them can see) with batched matmuls, keys outside a
+  query's window or the frame masked. Memory is O(inputs) plus per chunk of tiles the halos and
+  O(queries * T * (8 + 2R)**2) logits; no dense N x N, no gathered (M, T, C, w*w) tensor; only the
+  inputs and the (M, C) output are saved for autograd (backward recomputes halos and softmax).
 - the CUDA extension ``sdcpc_core.ops._window_attention_cuda`` (sdcpc_core/csrc), used for CUDA tensors
   when it imports, window <= 15 and the dtype is fp32/fp16/bf16.
 """
@@ -37,77 +39,168 @@ def _offsets(window, dilation):
 
 
 class _WindowAttentionTorch(torch.autograd.Function):
-    """Forward/backward with plain torch ops on channels-last rows, one offset at a time.
+    """Forward/backward with plain torch ops: queries grouped by tile, one batched matmul per tile chunk.
 
-    Per offset the keys / values of all queries are gathered as (B*M, T, C) so that the logits and the
-    aggregation are small batched matmuls. Saved for backward: q, k, v (the inputs, no copy),
-    query_index, the softmax weights (B*M, K, T) and the output (B*M, C), both in the accumulation
-    dtype; the gathers of k / v are recomputed per offset in backward, never stored.
+    The frame is cut into TILE x TILE tiles. All keys a query of a tile can see lie in the tile's halo,
+    the (TILE + 2R)^2 block around it (R = dilation * (window // 2)) in each reference frame, so a tile's
+    selected queries attend to its halo with two small matmuls (logits, aggregation); keys outside the
+    query's window or outside the frame get a -inf logit, and the softmax runs jointly over the T halos.
+    Queries are sorted by tile and padded to the largest count per tile (padding rows are dropped).
+    Tiles are processed in chunks (``_chunk_groups``) so the temporaries stay O(chunk), and tiles
+    without a selected query are skipped. Saved for backward: q, k, v (the inputs, no copy),
+    query_index and the output (B*M, C) in the accumulation dtype; backward recomputes the halos and the
+    softmax per chunk, so nothing of size M*T*w*w or larger is stored.
     """
 
     @staticmethod
     def forward(ctx, q, k, v, query_index, window, dilation):
         B, T, C, H, W = k.shape
         M = query_index.shape[1]
-        scale = 1.0 / math.sqrt(C)
         acc = _acc_dtype(q.dtype)
-        qs = _gather_queries(q, query_index).to(acc)  # B*M, C, 1
-        k_rows, v_rows = _rows(k), _rows(v)  # B*T*N, C (input dtype)
-        offsets = _offsets(window, dilation)
-        rows, valid = _key_rows(query_index, T, H, W, offsets)  # K x (B*M*T,), K x (B*M, 1)
-
-        logits = qs.new_empty((B * M, len(offsets), T))
-        for o, (r, ok) in enumerate(zip(rows, valid)):
-            kg = k_rows.index_select(0, r).view(B * M, T, C).to(acc)
-            lo = torch.bmm(kg, qs).squeeze(-1) * scale  # B*M, T
-            logits[:, o] = lo.masked_fill_(~ok, float("-inf"))
-        attn = logits.view(B * M, len(offsets) * T).softmax(dim=1).view(logits.shape)  # joint over K * T
-
-        out = qs.new_zeros((B * M, 1, C))
-        for o, r in enumerate(rows):
-            vg = v_rows.index_select(0, r).view(B * M, T, C).to(acc)
-            out.baddbmm_(attn[:, o, None], vg)
-        out = out.view(B, M, C)
-
-        ctx.save_for_backward(q, k, v, query_index, attn, out)
         ctx.window, ctx.dilation = window, dilation
+        if M == 0:
+            out = q.new_zeros((B * M, C), dtype=acc)
+            ctx.save_for_backward(q, k, v, query_index, out)
+            return q.new_zeros((B, C, M))
+        plan = _Plan(query_index, H, W, window, dilation)
+        qs = _gather_queries(q, query_index).to(acc)  # B*M, C
+        qp = qs.new_zeros((plan.rows, C))
+        qp.index_copy_(0, plan.row, qs)  # queries in tile-grouped, padded order
+        qp = qp.view(plan.groups, plan.maxc, C)
+        kc, vc = _channels_last(k, acc), _channels_last(v, acc)  # B, T, H, W, C
+        op = torch.empty_like(qp)
+        scale = 1.0 / math.sqrt(C)
+        for g0, g1 in plan.chunks(C, T):
+            kh, vh = plan.halo(kc, g0, g1), plan.halo(vc, g0, g1)  # G, T*S*S, C
+            attn = plan.softmax(torch.bmm(qp[g0:g1] * scale, kh.transpose(1, 2)), g0, g1, T)  # G, maxc, T*S*S
+            torch.bmm(attn, vh, out=op[g0:g1])
+        out = op.view(plan.rows, C).index_select(0, plan.row)  # B*M, C
+        ctx.save_for_backward(q, k, v, query_index, out)
         res = q.new_empty((B, C, M))  # a fresh tensor, never a view of the saved out
-        res.copy_(out.transpose(1, 2))
+        res.copy_(out.view(B, M, C).transpose(1, 2))
         return res  # B, C, M
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, query_index, attn, out = ctx.saved_tensors
+        q, k, v, query_index, out = ctx.saved_tensors
         B, T, C, H, W = k.shape
-        N, M = H * W, query_index.shape[1]
-        scale = 1.0 / math.sqrt(C)
+        M = query_index.shape[1]
+        if M == 0:
+            return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), None, None, None
         acc = _acc_dtype(q.dtype)
-        g = grad_out.transpose(1, 2).to(acc).reshape(B * M, C, 1)
-        qs = _gather_queries(q, query_index).to(acc).view(B * M, 1, C)
-        k_rows, v_rows = _rows(k), _rows(v)
-        rows, _ = _key_rows(query_index, T, H, W, _offsets(ctx.window, ctx.dilation))
-
-        # softmax backward: dlogit_j = a_j * (g.v_j - sum_i a_i g.v_i), and sum_i a_i v_i = out
-        g_out = torch.bmm(out.view(B * M, 1, C), g).view(B * M, 1)
-        gq = qs.new_zeros((B * M, 1, C))
-        gk = qs.new_zeros((B * T * N, C))
-        gv = torch.zeros_like(gk)
-        for o, r in enumerate(rows):
-            a = attn[:, o]  # B*M, T  (0 for keys outside the frame)
-            vg = v_rows.index_select(0, r).view(B * M, T, C).to(acc)
-            dl = a * (torch.bmm(vg, g).squeeze(-1) - g_out) * scale  # B*M, T
-            kg = k_rows.index_select(0, r).view(B * M, T, C).to(acc)
-            gq.baddbmm_(dl[:, None], kg)
-            ri = r[:, None].expand(-1, C)  # scatter_add_: CPU index_add_ on rows loops per row
-            gk.scatter_add_(0, ri, (dl[..., None] * qs).view(-1, C))
-            gv.scatter_add_(0, ri, (a[..., None] * g.view(B * M, 1, C)).view(-1, C))
-
-        grad_q = gq.new_zeros((B, C, N))
-        grad_q.scatter_add_(2, query_index[:, None].expand(B, C, M), gq.view(B, M, C).transpose(1, 2))
-        grad_q = grad_q.view(B, C, H, W).to(q.dtype)
-        grad_k = gk.view(B, T, H, W, C).permute(0, 1, 4, 2, 3).to(k.dtype)
-        grad_v = gv.view(B, T, H, W, C).permute(0, 1, 4, 2, 3).to(v.dtype)
+        scale = 1.0 / math.sqrt(C)
+        plan = _Plan(query_index, H, W, ctx.window, ctx.dilation)
+        qp = out.new_zeros((plan.rows, C))
+        qp.index_copy_(0, plan.row, _gather_queries(q, query_index).to(acc))
+        gp = torch.zeros_like(qp)
+        gp.index_copy_(0, plan.row, grad_out.transpose(1, 2).reshape(B * M, C).to(acc))
+        # softmax backward: dlogit_j = a_j * (g.v_j - g.out), per query (padding rows: g = 0)
+        gdo = qp.new_zeros((plan.rows, 1))
+        gdo.index_copy_(0, plan.row, (grad_out.transpose(1, 2).reshape(B * M, C).to(acc) * out).sum(1, True))
+        qp, gp, gdo = (t.view(plan.groups, plan.maxc, -1) for t in (qp, gp, gdo))
+        kc, vc = _channels_last(k, acc), _channels_last(v, acc)  # B, T, H, W, C
+        gkc, gvc = torch.zeros_like(kc), torch.zeros_like(vc)
+        gq = torch.empty_like(qp)
+        for g0, g1 in plan.chunks(C, T):
+            kh, vh = plan.halo(kc, g0, g1), plan.halo(vc, g0, g1)  # G, T*S*S, C
+            attn = plan.softmax(torch.bmm(qp[g0:g1] * scale, kh.transpose(1, 2)), g0, g1, T)
+            dl = torch.bmm(gp[g0:g1], vh.transpose(1, 2)).sub_(gdo[g0:g1]).mul_(attn).mul_(scale)
+            torch.bmm(dl, kh, out=gq[g0:g1])  # dl: G, maxc, T*S*S
+            del kh, vh
+            plan.fold(gkc, torch.bmm(dl.transpose(1, 2), qp[g0:g1]), g0, g1)
+            plan.fold(gvc, torch.bmm(attn.transpose(1, 2), gp[g0:g1]), g0, g1)
+        gq = gq.view(plan.rows, C).index_select(0, plan.row)  # B*M, C
+        grad_q = gq.new_zeros((B * H * W, C))
+        grad_q.index_add_(0, (query_index + torch.arange(B, device=q.device)[:, None] * (H * W)).view(-1), gq)
+        grad_q = grad_q.view(B, H, W, C).permute(0, 3, 1, 2).to(q.dtype)
+        del kc, vc
+        grad_k, grad_v = gkc.permute(0, 1, 4, 2, 3).to(k.dtype), gvc.permute(0, 1, 4, 2, 3).to(v.dtype)
         return grad_q, grad_k, grad_v, None, None, None
+
+
+TILE = 8  # query tile side of the PyTorch path (halo overhead (TILE + 2R)^2 / TILE^2 vs wasted logits)
+CHUNK_ELEMS = 1 << 22  # per chunk of tiles: about this many elements of halos + logits
+
+
+class _Plan:
+    """Grouping of the selected queries by tile, and the halo / mask / fold helpers for one call."""
+
+    def __init__(self, query_index, H, W, window, dilation):
+        dev = query_index.device
+        B, M = query_index.shape
+        self.H, self.W, self.R, self.d = H, W, dilation * (window // 2), dilation
+        b = self.b = TILE
+        self.S = b + 2 * self.R
+        self.Ly, self.Lx = -(-H // b), -(-W // b)
+        L = self.Ly * self.Lx
+        y, x = query_index // W, query_index % W
+        grp = ((y // b) * self.Lx + x // b + torch.arange(B, device=dev)[:, None] * L).view(-1)  # B*M
+        counts = torch.bincount(grp, minlength=B * L)
+        order = torch.argsort(grp, stable=True)
+        start = counts.cumsum(0) - counts
+        slot = torch.empty_like(grp)
+        slot[order] = torch.arange(B * M, device=dev) - start[grp[order]]
+        used = counts.nonzero().squeeze(1)  # groups with at least one query
+        self.groups, self.maxc = used.numel(), int(counts.max())
+        self.rows = self.groups * self.maxc
+        pos = torch.full((B * L,), -1, dtype=torch.long, device=dev)
+        pos[used] = torch.arange(self.groups, device=dev)
+        self.row = pos[grp] * self.maxc + slot  # B*M: row of each query in the padded layout
+        self.gb = (used // L).tolist()
+        self.gy, self.gx = ((used % L) // self.Lx).tolist(), ((used % L) % self.Lx).tolist()
+        # in-tile position of each padded row (padding rows: -1 -> see every in-frame halo key)
+        ry = torch.full((self.rows,), -1, dtype=torch.long, device=dev)
+        rx = torch.full_like(ry, -1)
+        ry[self.row], rx[self.row] = (y % b).view(-1), (x % b).view(-1)
+        self.ry, self.rx = ry.view(self.groups, self.maxc), rx.view(self.groups, self.maxc)
+        s = torch.arange(self.S, device=dev)
+        rel = s[None, :] - self.R - torch.arange(b, device=dev)[:, None]  # b, S: key offset from query
+        win = (rel.abs() <= self.R) & (rel % dilation == 0)
+        self.win = torch.cat([win, torch.ones(1, self.S, dtype=torch.bool, device=dev)])  # row -1: all
+        ty = torch.tensor(self.gy, device=dev)[:, None] * b + s - self.R  # G, S: frame row of halo key
+        tx = torch.tensor(self.gx, device=dev)[:, None] * b + s - self.R
+        self.fy, self.fx = (ty >= 0) & (ty < H), (tx >= 0) & (tx < W)
+
+    def chunks(self, C, T):
+        per = T * self.S * self.S * (2 * C + 3 * self.maxc)
+        step = max(1, CHUNK_ELEMS // per)
+        return [(g, min(g + step, self.groups)) for g in range(0, self.groups, step)]
+
+    def _clip(self, i):
+        """Tile i's halo rows / cols: frame slices and the matching slices inside the S x S halo."""
+        S, R, b = self.S, self.R, self.b
+        y0, x0 = self.gy[i] * b - R, self.gx[i] * b - R
+        fy = slice(max(y0, 0), min(y0 + S, self.H))
+        fx = slice(max(x0, 0), min(x0 + S, self.W))
+        return fy, fx, slice(fy.start - y0, fy.stop - y0), slice(fx.start - x0, fx.stop - x0)
+
+    def halo(self, kc, g0, g1):
+        """Halo blocks of tiles g0..g1 from channels-last (B, T, H, W, C): (g1 - g0, T*S*S, C), zero
+        outside the frame (those keys are masked; zeros keep 0 * value finite)."""
+        B, T, H, W, C = kc.shape
+        S = self.S
+        h = kc.new_zeros((g1 - g0, T, S, S, C))
+        for j, i in enumerate(range(g0, g1)):
+            fy, fx, hy, hx = self._clip(i)
+            h[j, :, hy, hx] = kc[self.gb[i], :, fy, fx]
+        return h.view(g1 - g0, T * S * S, C)
+
+    def fold(self, gkc, gh, g0, g1):
+        """Add halo gradients (g1 - g0, T*S*S, C) back into the channels-last (B, T, H, W, C) buffer."""
+        S = self.S
+        gh = gh.view(g1 - g0, gkc.shape[1], S, S, gkc.shape[4])
+        for j, i in enumerate(range(g0, g1)):
+            fy, fx, hy, hx = self._clip(i)
+            gkc[self.gb[i], :, fy, fx] += gh[j, :, hy, hx]
+
+    def softmax(self, logits, g0, g1, T):
+        """Mask keys outside the window or the frame, softmax jointly over T*S*S."""
+        G, S = g1 - g0, self.S
+        my = self.win[self.ry[g0:g1]] & self.fy[g0:g1, None]  # G, maxc, S
+        mx = self.win[self.rx[g0:g1]] & self.fx[g0:g1, None]
+        mask = my[..., :, None] & mx[..., None, :]  # G, maxc, S, S
+        logits = logits.view(G, self.maxc, T, S, S).masked_fill_(~mask[:, :, None], float("-inf"))
+        return logits.view(G, self.maxc, T * S * S).softmax(-1)
 
 
 def _acc_dtype(dtype):
@@ -115,33 +208,20 @@ def _acc_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _channels_last(k, dtype):
+    """(B, T, C, H, W) -> (B, T, H, W, C) contiguous in dtype (one copy)."""
+    B, T, C, H, W = k.shape
+    out = k.new_empty((B, T, H, W, C), dtype=dtype)
+    out.copy_(k.permute(0, 1, 3, 4, 2))
+    return out
+
+
 def _gather_queries(q, query_index):
-    """(B, C, H, W), (B, M) -> (B*M, C, 1) selected query vectors."""
+    """(B, C, H, W), (B, M) -> (B*M, C) selected query vectors."""
     B, C = q.shape[:2]
     M = query_index.shape[1]
     qs = q.flatten(2).gather(2, query_index[:, None].expand(B, C, M))  # B, C, M
-    return qs.transpose(1, 2).reshape(B * M, C, 1)
-
-
-def _rows(k):
-    """(B, T, C, H, W) -> (B*T*H*W, C) channels-last rows (a copy unless k is already laid out so)."""
-    return k.permute(0, 1, 3, 4, 2).reshape(-1, k.shape[2])
-
-
-def _key_rows(query_index, T, H, W, offsets):
-    """Per offset: row in (B*T*H*W) of each (query, frame) key, ordered (B, M, T), clamped inside the
-    frame; and whether the key is inside, (B*M, 1)."""
-    B = query_index.shape[0]
-    y, x = query_index // W, query_index % W  # B, M
-    base = (torch.arange(B * T, device=query_index.device) * (H * W)).view(B, 1, T)
-    rows, valid = [], []
-    for dy, dx in offsets:
-        ny, nx = y + dy, x + dx
-        ok = (ny >= 0) & (ny < H) & (nx >= 0) & (nx < W)
-        n = ny.clamp(0, H - 1) * W + nx.clamp(0, W - 1)
-        rows.append((base + n[..., None]).reshape(-1))
-        valid.append(ok.reshape(-1, 1))
-    return rows, valid
+    return qs.transpose(1, 2).reshape(B * M, C)
 
 
 def _check(q, k, v, window, dilation, query_index):

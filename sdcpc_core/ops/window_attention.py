@@ -39,17 +39,17 @@ def _offsets(window, dilation):
 
 
 class _WindowAttentionTorch(torch.autograd.Function):
-    """Forward/backward with plain torch ops: queries grouped by tile, one batched matmul per tile chunk.
+    """Forward/backward with plain torch ops: queries grouped by tile, batched matmuls per chunk of tiles.
 
     The frame is cut into TILE x TILE tiles. All keys a query of a tile can see lie in the tile's halo,
     the (TILE + 2R)^2 block around it (R = dilation * (window // 2)) in each reference frame, so a tile's
     selected queries attend to its halo with two small matmuls (logits, aggregation); keys outside the
     query's window or outside the frame get a -inf logit, and the softmax runs jointly over the T halos.
-    Queries are sorted by tile and padded to the largest count per tile (padding rows are dropped).
-    Tiles are processed in chunks (``_chunk_groups``) so the temporaries stay O(chunk), and tiles
-    without a selected query are skipped. Saved for backward: q, k, v (the inputs, no copy),
-    query_index and the output (B*M, C) in the accumulation dtype; backward recomputes the halos and the
-    softmax per chunk, so nothing of size M*T*w*w or larger is stored.
+    Tiles without a selected query are skipped; the others are sorted by query count and processed in
+    chunks (``_Plan.chunks``), each padded to its largest count (padding rows are dropped), so the
+    temporaries stay O(chunk). Saved for backward: q, k, v (the inputs, no copy), query_index and the
+    output (B*M, C) in the accumulation dtype; backward recomputes the halos and the softmax per chunk,
+    so nothing of size M*T*w*w or larger is stored.
     """
 
     @staticmethod
@@ -59,22 +59,18 @@ class _WindowAttentionTorch(torch.autograd.Function):
         acc = _acc_dtype(q.dtype)
         ctx.window, ctx.dilation = window, dilation
         if M == 0:
-            out = q.new_zeros((B * M, C), dtype=acc)
-            ctx.save_for_backward(q, k, v, query_index, out)
+            ctx.save_for_backward(q, k, v, query_index, q.new_zeros((0, C), dtype=acc))
             return q.new_zeros((B, C, M))
-        plan = _Plan(query_index, H, W, window, dilation)
-        qs = _gather_queries(q, query_index).to(acc)  # B*M, C
-        qp = qs.new_zeros((plan.rows, C))
-        qp.index_copy_(0, plan.row, qs)  # queries in tile-grouped, padded order
-        qp = qp.view(plan.groups, plan.maxc, C)
+        plan = _Plan(query_index, H, W, window, dilation, T, C)
+        qp = plan.scatter(_gather_queries(q, query_index).to(acc))  # rows, C: tile-grouped, padded
         kc, vc = _channels_last(k, acc), _channels_last(v, acc)  # B, T, H, W, C
         op = torch.empty_like(qp)
         scale = 1.0 / math.sqrt(C)
-        for g0, g1 in plan.chunks(C, T):
-            kh, vh = plan.halo(kc, g0, g1), plan.halo(vc, g0, g1)  # G, T*S*S, C
-            attn = plan.softmax(torch.bmm(qp[g0:g1] * scale, kh.transpose(1, 2)), g0, g1, T)  # G, maxc, T*S*S
-            torch.bmm(attn, vh, out=op[g0:g1])
-        out = op.view(plan.rows, C).index_select(0, plan.row)  # B*M, C
+        for ch in plan.chunks:
+            kh, vh = plan.halo(kc, ch), plan.halo(vc, ch)  # G, T*S*S, C
+            attn = plan.softmax(torch.bmm(ch.view(qp) * scale, kh.transpose(1, 2)), ch)  # G, mc, T*S*S
+            torch.bmm(attn, vh, out=ch.view(op))
+        out = op.index_select(0, plan.row)  # B*M, C
         ctx.save_for_backward(q, k, v, query_index, out)
         res = q.new_empty((B, C, M))  # a fresh tensor, never a view of the saved out
         res.copy_(out.view(B, M, C).transpose(1, 2))
@@ -89,48 +85,58 @@ class _WindowAttentionTorch(torch.autograd.Function):
             return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), None, None, None
         acc = _acc_dtype(q.dtype)
         scale = 1.0 / math.sqrt(C)
-        plan = _Plan(query_index, H, W, ctx.window, ctx.dilation)
-        qp = out.new_zeros((plan.rows, C))
-        qp.index_copy_(0, plan.row, _gather_queries(q, query_index).to(acc))
-        gp = torch.zeros_like(qp)
-        gp.index_copy_(0, plan.row, grad_out.transpose(1, 2).reshape(B * M, C).to(acc))
-        # softmax backward: dlogit_j = a_j * (g.v_j - g.out), per query (padding rows: g = 0)
-        gdo = qp.new_zeros((plan.rows, 1))
-        gdo.index_copy_(0, plan.row, (grad_out.transpose(1, 2).reshape(B * M, C).to(acc) * out).sum(1, True))
-        qp, gp, gdo = (t.view(plan.groups, plan.maxc, -1) for t in (qp, gp, gdo))
+        plan = _Plan(query_index, H, W, ctx.window, ctx.dilation, T, C)
+        g = grad_out.transpose(1, 2).reshape(B * M, C).to(acc)
+        qp = plan.scatter(_gather_queries(q, query_index).to(acc))
+        gp = plan.scatter(g)  # padding rows: g = 0, so they add nothing below
+        # softmax backward: dlogit_j = a_j * (g.v_j - g.out)
+        gdo = plan.scatter((g * out).sum(1, True))
         kc, vc = _channels_last(k, acc), _channels_last(v, acc)  # B, T, H, W, C
         gkc, gvc = torch.zeros_like(kc), torch.zeros_like(vc)
         gq = torch.empty_like(qp)
-        for g0, g1 in plan.chunks(C, T):
-            kh, vh = plan.halo(kc, g0, g1), plan.halo(vc, g0, g1)  # G, T*S*S, C
-            attn = plan.softmax(torch.bmm(qp[g0:g1] * scale, kh.transpose(1, 2)), g0, g1, T)
-            dl = torch.bmm(gp[g0:g1], vh.transpose(1, 2)).sub_(gdo[g0:g1]).mul_(attn).mul_(scale)
-            torch.bmm(dl, kh, out=gq[g0:g1])  # dl: G, maxc, T*S*S
+        for ch in plan.chunks:
+            kh, vh = plan.halo(kc, ch), plan.halo(vc, ch)  # G, T*S*S, C
+            qc, gc = ch.view(qp), ch.view(gp)
+            attn = plan.softmax(torch.bmm(qc * scale, kh.transpose(1, 2)), ch)
+            dl = torch.bmm(gc, vh.transpose(1, 2)).sub_(ch.view(gdo)).mul_(attn).mul_(scale)
+            torch.bmm(dl, kh, out=ch.view(gq))  # dl: G, mc, T*S*S
             del kh, vh
-            plan.fold(gkc, torch.bmm(dl.transpose(1, 2), qp[g0:g1]), g0, g1)
-            plan.fold(gvc, torch.bmm(attn.transpose(1, 2), gp[g0:g1]), g0, g1)
-        gq = gq.view(plan.rows, C).index_select(0, plan.row)  # B*M, C
-        grad_q = gq.new_zeros((B * H * W, C))
-        grad_q.index_add_(0, (query_index + torch.arange(B, device=q.device)[:, None] * (H * W)).view(-1), gq)
-        grad_q = grad_q.view(B, H, W, C).permute(0, 3, 1, 2).to(q.dtype)
+            plan.fold(gkc, torch.bmm(dl.transpose(1, 2), qc), ch)
+            plan.fold(gvc, torch.bmm(attn.transpose(1, 2), gc), ch)
         del kc, vc
+        grad_q = gq.new_zeros((B * H * W, C))
+        flat = (query_index + torch.arange(B, device=q.device)[:, None] * (H * W)).view(-1)
+        grad_q.index_add_(0, flat, gq.index_select(0, plan.row))
+        grad_q = grad_q.view(B, H, W, C).permute(0, 3, 1, 2).to(q.dtype)
         grad_k, grad_v = gkc.permute(0, 1, 4, 2, 3).to(k.dtype), gvc.permute(0, 1, 4, 2, 3).to(v.dtype)
         return grad_q, grad_k, grad_v, None, None, None
 
 
 TILE = 8  # query tile side of the PyTorch path (halo overhead (TILE + 2R)^2 / TILE^2 vs wasted logits)
-CHUNK_ELEMS = 1 << 22  # per chunk of tiles: about this many elements of halos + logits
+CHUNK_ELEMS = 1 << 19  # per chunk of tiles: about this many elements of halos + logits (cache-sized)
+
+
+class _Chunk:
+    """Tiles g0..g1 (in the plan's order), their padded rows r0..r1 = (g1 - g0) * mc."""
+
+    def __init__(self, g0, g1, r0, mc):
+        self.g0, self.g1, self.r0, self.mc = g0, g1, r0, mc
+        self.r1 = r0 + (g1 - g0) * mc
+
+    def view(self, t):
+        """This chunk's rows of a (rows, X) buffer as (g1 - g0, mc, X)."""
+        return t[self.r0:self.r1].view(self.g1 - self.g0, self.mc, t.shape[1])
 
 
 class _Plan:
     """Grouping of the selected queries by tile, and the halo / mask / fold helpers for one call."""
 
-    def __init__(self, query_index, H, W, window, dilation):
+    def __init__(self, query_index, H, W, window, dilation, T, C):
         dev = query_index.device
         B, M = query_index.shape
-        self.H, self.W, self.R, self.d = H, W, dilation * (window // 2), dilation
+        self.H, self.W, self.R = H, W, dilation * (window // 2)
         b = self.b = TILE
-        self.S = b + 2 * self.R
+        S = self.S = b + 2 * self.R
         self.Ly, self.Lx = -(-H // b), -(-W // b)
         L = self.Ly * self.Lx
         y, x = query_index // W, query_index % W
@@ -138,33 +144,43 @@ class _Plan:
         counts = torch.bincount(grp, minlength=B * L)
         order = torch.argsort(grp, stable=True)
         start = counts.cumsum(0) - counts
-        slot = torch.empty_like(grp)
+        slot = torch.empty_like(grp)  # rank of each query inside its tile
         slot[order] = torch.arange(B * M, device=dev) - start[grp[order]]
-        used = counts.nonzero().squeeze(1)  # groups with at least one query
-        self.groups, self.maxc = used.numel(), int(counts.max())
-        self.rows = self.groups * self.maxc
+        # tiles with queries, most queries first; chunks of tiles padded to their first tile's count
+        n_used = int((counts > 0).sum())
+        used = torch.argsort(counts, descending=True, stable=True)[:n_used]
+        cnt = counts[used].tolist()
+        self.chunks, base, g, r = [], [], 0, 0
+        while g < n_used:
+            mc = cnt[g]
+            step = max(1, CHUNK_ELEMS // (T * S * S * (2 * C + 3 * mc)))
+            ch = _Chunk(g, min(g + step, n_used), r, mc)
+            base += range(r, ch.r1, mc)
+            self.chunks.append(ch)
+            g, r = ch.g1, ch.r1
+        self.rows = r
         pos = torch.full((B * L,), -1, dtype=torch.long, device=dev)
-        pos[used] = torch.arange(self.groups, device=dev)
-        self.row = pos[grp] * self.maxc + slot  # B*M: row of each query in the padded layout
+        pos[used] = torch.arange(n_used, device=dev)
+        self.row = torch.tensor(base, dtype=torch.long, device=dev)[pos[grp]] + slot  # B*M: padded row
         self.gb = (used // L).tolist()
         self.gy, self.gx = ((used % L) // self.Lx).tolist(), ((used % L) % self.Lx).tolist()
         # in-tile position of each padded row (padding rows: -1 -> see every in-frame halo key)
         ry = torch.full((self.rows,), -1, dtype=torch.long, device=dev)
         rx = torch.full_like(ry, -1)
         ry[self.row], rx[self.row] = (y % b).view(-1), (x % b).view(-1)
-        self.ry, self.rx = ry.view(self.groups, self.maxc), rx.view(self.groups, self.maxc)
-        s = torch.arange(self.S, device=dev)
+        self.ry, self.rx = ry[:, None], rx[:, None]
+        s = torch.arange(S, device=dev)
         rel = s[None, :] - self.R - torch.arange(b, device=dev)[:, None]  # b, S: key offset from query
         win = (rel.abs() <= self.R) & (rel % dilation == 0)
-        self.win = torch.cat([win, torch.ones(1, self.S, dtype=torch.bool, device=dev)])  # row -1: all
-        ty = torch.tensor(self.gy, device=dev)[:, None] * b + s - self.R  # G, S: frame row of halo key
+        self.win = torch.cat([win, torch.ones(1, S, dtype=torch.bool, device=dev)])  # row -1: all
+        ty = torch.tensor(self.gy, device=dev)[:, None] * b + s - self.R  # tiles, S: frame row of halo key
         tx = torch.tensor(self.gx, device=dev)[:, None] * b + s - self.R
         self.fy, self.fx = (ty >= 0) & (ty < H), (tx >= 0) & (tx < W)
 
-    def chunks(self, C, T):
-        per = T * self.S * self.S * (2 * C + 3 * self.maxc)
-        step = max(1, CHUNK_ELEMS // per)
-        return [(g, min(g + step, self.groups)) for g in range(0, self.groups, step)]
+    def scatter(self, x):
+        """(B*M, X) per query -> (rows, X) in the padded tile order, zero on padding rows."""
+        out = x.new_zeros((self.rows, x.shape[1]))
+        return out.index_copy_(0, self.row, x)
 
     def _clip(self, i):
         """Tile i's halo rows / cols: frame slices and the matching slices inside the S x S halo."""
@@ -174,33 +190,35 @@ class _Plan:
         fx = slice(max(x0, 0), min(x0 + S, self.W))
         return fy, fx, slice(fy.start - y0, fy.stop - y0), slice(fx.start - x0, fx.stop - x0)
 
-    def halo(self, kc, g0, g1):
-        """Halo blocks of tiles g0..g1 from channels-last (B, T, H, W, C): (g1 - g0, T*S*S, C), zero
+    def halo(self, kc, ch):
+        """Halo blocks of the chunk's tiles from channels-last (B, T, H, W, C): (G, T*S*S, C), zero
         outside the frame (those keys are masked; zeros keep 0 * value finite)."""
-        B, T, H, W, C = kc.shape
-        S = self.S
-        h = kc.new_zeros((g1 - g0, T, S, S, C))
-        for j, i in enumerate(range(g0, g1)):
+        T, C, S = kc.shape[1], kc.shape[4], self.S
+        h = kc.new_empty((ch.g1 - ch.g0, T, S, S, C))
+        for j, i in enumerate(range(ch.g0, ch.g1)):
             fy, fx, hy, hx = self._clip(i)
+            if fy.stop - fy.start < S or fx.stop - fx.start < S:
+                h[j].zero_()
             h[j, :, hy, hx] = kc[self.gb[i], :, fy, fx]
-        return h.view(g1 - g0, T * S * S, C)
+        return h.view(ch.g1 - ch.g0, T * S * S, C)
 
-    def fold(self, gkc, gh, g0, g1):
-        """Add halo gradients (g1 - g0, T*S*S, C) back into the channels-last (B, T, H, W, C) buffer."""
+    def fold(self, gkc, gh, ch):
+        """Add halo gradients (G, T*S*S, C) back into the channels-last (B, T, H, W, C) buffer."""
         S = self.S
-        gh = gh.view(g1 - g0, gkc.shape[1], S, S, gkc.shape[4])
-        for j, i in enumerate(range(g0, g1)):
+        gh = gh.view(ch.g1 - ch.g0, gkc.shape[1], S, S, gkc.shape[4])
+        for j, i in enumerate(range(ch.g0, ch.g1)):
             fy, fx, hy, hx = self._clip(i)
             gkc[self.gb[i], :, fy, fx] += gh[j, :, hy, hx]
 
-    def softmax(self, logits, g0, g1, T):
+    def softmax(self, logits, ch):
         """Mask keys outside the window or the frame, softmax jointly over T*S*S."""
-        G, S = g1 - g0, self.S
-        my = self.win[self.ry[g0:g1]] & self.fy[g0:g1, None]  # G, maxc, S
-        mx = self.win[self.rx[g0:g1]] & self.fx[g0:g1, None]
-        mask = my[..., :, None] & mx[..., None, :]  # G, maxc, S, S
-        logits = logits.view(G, self.maxc, T, S, S).masked_fill_(~mask[:, :, None], float("-inf"))
-        return logits.view(G, self.maxc, T * S * S).softmax(-1)
+        G, S = ch.g1 - ch.g0, self.S
+        ry, rx = ch.view(self.ry).view(G, ch.mc), ch.view(self.rx).view(G, ch.mc)
+        my = self.win[ry] & self.fy[ch.g0:ch.g1, None]  # G, mc, S
+        mx = self.win[rx] & self.fx[ch.g0:ch.g1, None]
+        mask = my[..., :, None] & mx[..., None, :]  # G, mc, S, S
+        logits = logits.view(G, ch.mc, -1, S, S).masked_fill_(~mask[:, :, None], float("-inf"))
+        return logits.view(G, ch.mc, -1).softmax(-1)
 
 
 def _acc_dtype(dtype):

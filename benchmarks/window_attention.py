@@ -141,8 +141,8 @@ def main():
                 continue
             rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
     dense = {r["selection"]: r for r in rows if r["method"] == "dense"}
-    print(f"| method | sel | M | fwd ms | fwd+bwd ms | peak MiB (fwd+bwd) | GB/s (fwd) | "
-          f"time vs dense (fwd) | mem vs dense |")
+    print("| method | sel | M | fwd ms | fwd+bwd ms | peak MiB (fwd+bwd) | GB/s (fwd) | "
+          "time vs dense (fwd) | mem vs dense |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         d = dense.get(r["selection"])

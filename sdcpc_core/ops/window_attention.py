@@ -66,8 +66,9 @@ class _WindowAttentionTorch(torch.autograd.Function):
         kc, vc = _channels_last(k, acc), _channels_last(v, acc)  # B, T, H, W, C
         op = torch.empty_like(qp)
         scale = 1.0 / math.sqrt(C)
+        kbuf, vbuf = plan.workspace(kc), plan.workspace(vc)  # reused by every chunk (no page faults)
         for ch in plan.chunks:
-            kh, vh = plan.halo(kc, ch), plan.halo(vc, ch)  # G, T*S*S, C
+            kh, vh = plan.halo(kc, ch, kbuf), plan.halo(vc, ch, vbuf)  # G, T*S*S, C
             attn = plan.softmax(torch.bmm(ch.view(qp) * scale, kh.transpose(1, 2)), ch)  # G, mc, T*S*S
             torch.bmm(attn, vh, out=ch.view(op))
         out = op.index_select(0, plan.row)  # B*M, C
@@ -94,15 +95,16 @@ class _WindowAttentionTorch(torch.autograd.Function):
         kc, vc = _channels_last(k, acc), _channels_last(v, acc)  # B, T, H, W, C
         gkc, gvc = torch.zeros_like(kc), torch.zeros_like(vc)
         gq = torch.empty_like(qp)
+        kbuf, vbuf, gbuf = plan.workspace(kc), plan.workspace(vc), plan.workspace(vc)
         for ch in plan.chunks:
-            kh, vh = plan.halo(kc, ch), plan.halo(vc, ch)  # G, T*S*S, C
+            kh, vh = plan.halo(kc, ch, kbuf), plan.halo(vc, ch, vbuf)  # G, T*S*S, C
             qc, gc = ch.view(qp), ch.view(gp)
             attn = plan.softmax(torch.bmm(qc * scale, kh.transpose(1, 2)), ch)
             dl = torch.bmm(gc, vh.transpose(1, 2)).sub_(ch.view(gdo)).mul_(attn).mul_(scale)
             torch.bmm(dl, kh, out=ch.view(gq))  # dl: G, mc, T*S*S
-            del kh, vh
-            plan.fold(gkc, torch.bmm(dl.transpose(1, 2), qc), ch)
-            plan.fold(gvc, torch.bmm(attn.transpose(1, 2), gc), ch)
+            gh = gbuf[:kh.numel()].view(kh.shape)
+            plan.fold(gkc, torch.bmm(dl.transpose(1, 2), qc, out=gh), ch)
+            plan.fold(gvc, torch.bmm(attn.transpose(1, 2), gc, out=gh), ch)
         del kc, vc
         grad_q = gq.new_zeros((B * H * W, C))
         flat = (query_index + torch.arange(B, device=q.device)[:, None] * (H * W)).view(-1)
@@ -113,7 +115,7 @@ class _WindowAttentionTorch(torch.autograd.Function):
 
 
 TILE = 8  # query tile side of the PyTorch path (halo overhead (TILE + 2R)^2 / TILE^2 vs wasted logits)
-CHUNK_ELEMS = 1 << 19  # per chunk of tiles: about this many elements of halos + logits (cache-sized)
+CHUNK_ELEMS = 1 << 20  # per chunk of tiles: about this many elements of halos + logits (cache-sized)
 
 
 class _Chunk:
@@ -190,11 +192,16 @@ class _Plan:
         fx = slice(max(x0, 0), min(x0 + S, self.W))
         return fy, fx, slice(fy.start - y0, fy.stop - y0), slice(fx.start - x0, fx.stop - x0)
 
-    def halo(self, kc, ch):
-        """Halo blocks of the chunk's tiles from channels-last (B, T, H, W, C): (G, T*S*S, C), zero
-        outside the frame (those keys are masked; zeros keep 0 * value finite)."""
+    def workspace(self, kc):
+        """A flat buffer for the halos of the largest chunk."""
+        G = max(ch.g1 - ch.g0 for ch in self.chunks)
+        return kc.new_empty(G * kc.shape[1] * self.S * self.S * kc.shape[4])
+
+    def halo(self, kc, ch, buf):
+        """Halo blocks of the chunk's tiles from channels-last (B, T, H, W, C), written into buf:
+        (G, T*S*S, C), zero outside the frame (those keys are masked; zeros keep 0 * value finite)."""
         T, C, S = kc.shape[1], kc.shape[4], self.S
-        h = kc.new_empty((ch.g1 - ch.g0, T, S, S, C))
+        h = buf[:(ch.g1 - ch.g0) * T * S * S * C].view(ch.g1 - ch.g0, T, S, S, C)
         for j, i in enumerate(range(ch.g0, ch.g1)):
             fy, fx, hy, hx = self._clip(i)
             if fy.stop - fy.start < S or fx.stop - fx.start < S:

@@ -11,6 +11,10 @@ RSS delta, ru_maxrss of the subprocess after the op minus before it); achieved b
 bytes / forward time, where logical bytes count every key/value row once per query that reads it
 (window: M*T*w*w*C*2 elements; dense: M*T*N*C*2 elements plus the fp32 M x T*N weights written and
 read once) plus q and the output; ratios are against dense at the same selection.
+
+On a shared, busy CPU prefer --threads 1 and more --reps: the window path runs many small ops, and with
+one OpenMP thread per core any op that goes parallel waits for a thread the OS has descheduled, which
+can inflate single runs many-fold (dense attention, a few large matmuls, suffers far less).
 """
 
 import argparse

@@ -299,7 +299,9 @@ def window_attention(q, k, v, window=9, dilation=1, query_index=None):
         out = _WindowAttentionCUDA.apply(q, k, v, idx, window, dilation)
     else:
         idx = torch.arange(H * W, device=q.device).expand(B, H * W) if dense else query_index.long()
-        out = _WindowAttentionTorch.apply(q, k, v, idx, window, dilation)
+        # The op accumulates in fp32 itself; autocast must not recast its matmuls (bf16/fp16 engines).
+        with torch.autocast(q.device.type, enabled=False):
+            out = _WindowAttentionTorch.apply(q, k, v, idx, window, dilation)
     return out.view(B, C, H, W) if dense else out
 
 

@@ -224,3 +224,14 @@ def test_tiles_and_chunks_match_reference(monkeypatch, tile, chunk_elems, window
         torch.testing.assert_close(a, b)
     dense = window_attention(q, k, v, window, dilation)
     torch.testing.assert_close(dense, reference(q, k, v, window, dilation))
+
+
+def test_runs_under_cpu_autocast_like_a_bf16_engine():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 8, 6, 7), torch.randn(1, 2, 8, 6, 7), torch.randn(1, 2, 8, 6, 7)
+    idx = torch.tensor([[0, 5, 20, 41]])
+    ref = window_attention(q, k, v, window=3, dilation=1, query_index=idx)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = window_attention(q.bfloat16(), k.bfloat16(), v, window=3, dilation=1, query_index=idx)
+    assert out.dtype == torch.float32  # promoted to the widest input dtype
+    torch.testing.assert_close(out, ref, atol=5e-2, rtol=5e-2)

@@ -189,9 +189,11 @@ class StreamingSegmenter:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def _postprocess(self, logits, size, t0, index, aggregated, reset_reason, with_probs):
-        logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
-        probs = logits.softmax(1)[0]  # (K, H, W)
-        confidence, labels = probs.max(0)
+        logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)[0]  # (K, H, W)
+        probs = logits.softmax(0) if with_probs else None
+        top, labels = logits.max(0)
+        # max softmax probability = 1 / sum_k exp(l_k - l_max), without materialising every probability
+        confidence = logits.sub_(top).exp_().sum(0).reciprocal_()
         dtype = np.uint8 if self.labels.num_classes <= 255 else np.uint16
         labels = labels.cpu().numpy().astype(dtype)
         return SegmentationResult(

@@ -40,6 +40,9 @@ def test_streaming_equals_clip_mode():
     clipped = eng.segment_clip(clip, return_probabilities=True)
     for s, c in zip(streamed, clipped):
         torch.testing.assert_close(s.probabilities, c.probabilities, atol=1e-4, rtol=0)
+        best = s.probabilities.max(0)
+        np.testing.assert_allclose(s.confidence, best.values.numpy(), atol=1e-6)
+        assert np.array_equal(s.labels, best.indices.numpy())
         assert np.array_equal(s.labels, c.labels)
         assert s.frames_aggregated == c.frames_aggregated
     assert [r.frames_aggregated for r in streamed] == [0, 1, 2, 3, 3, 3, 3]

@@ -140,7 +140,8 @@ class SDCPC(SegFormer):
         """One frame (batch) -> its cacheable static perception."""
         features = tuple(self.backbone(images))
         static, static_logits = self.ssea(features)
-        return FrameCache(features, static, static_logits)
+        keys, values = self.dssa.fine.project_reference(static)
+        return FrameCache(features, static, static_logits, keys, values)
 
     def forward_cached(self, target: FrameCache, references: list[FrameCache]) -> dict:
         if len(references) == 0:
@@ -166,6 +167,8 @@ class SDCPC(SegFormer):
         else:
             with torch.no_grad():
                 caches = _unbatch(self.encode(frames[:, :-1].flatten(0, 1)), b, t1 - 1)
+            # the fine stage's key/value projections must still learn: project outside no_grad
+            caches = [c._replace(keys=None, values=None) for c in caches]
             caches.append(self.encode(frames[:, -1]))
         return self.forward_cached(caches[-1], caches[:-1])
 
@@ -174,8 +177,9 @@ def _unbatch(cache: FrameCache, b: int, t: int) -> list[FrameCache]:
     """A cache of B*T frames (frame-major within each clip) -> T caches of B frames."""
     split = lambda x: x.unflatten(0, (b, t))  # noqa: E731
     feats = [split(f) for f in cache.features]
-    static, logits = split(cache.static), split(cache.static_logits)
-    return [FrameCache(tuple(f[:, i] for f in feats), static[:, i], logits[:, i]) for i in range(t)]
+    maps = [None if x is None else split(x) for x in cache[1:]]  # static, logits, keys, values
+    return [FrameCache(tuple(f[:, i] for f in feats), *(None if x is None else x[:, i] for x in maps))
+            for i in range(t)]
 
 
 def build_model(config: SDCPCConfig) -> SegFormer:

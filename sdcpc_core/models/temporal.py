@@ -24,6 +24,8 @@ class FrameCache(NamedTuple):
     features: tuple[torch.Tensor, ...]  # encoder maps at strides 4, 8, 16, 32
     static: torch.Tensor  # S: (B, C, H/8, W/8) aligned feature
     static_logits: torch.Tensor  # (B, K, H/8, W/8) static class prediction
+    keys: torch.Tensor | None = None  # (B, C, H/8, W/8) fine-stage key projection of S, as a reference
+    values: torch.Tensor | None = None  # (B, C, H/8, W/8) fine-stage value projection of S
 
 
 class SSEA(nn.Module):
@@ -50,10 +52,12 @@ class SSEA(nn.Module):
         grid = features[1].shape[2:]  # stride-8 grid
         levels = []
         for proj, f in zip(self.level_proj, features):
-            x = proj(f)
-            if x.shape[2:] != grid:
-                x = (F.adaptive_avg_pool2d(x, grid) if x.shape[2] > grid[0]
-                     else F.interpolate(x, size=grid, mode="bilinear", align_corners=False))
+            if f.shape[2] > grid[0]:  # finer than the grid: pool first (a 1×1 conv commutes with it)
+                x = proj(F.adaptive_avg_pool2d(f, grid))
+            else:
+                x = proj(f)
+                if x.shape[2:] != grid:
+                    x = F.interpolate(x, size=grid, mode="bilinear", align_corners=False)
             levels.append(x)  # (B, C, h, w)
         weights = self.level_gate(torch.cat(levels, 1)).softmax(1)  # (B, L, h, w)
         x = sum(weights[:, i: i + 1] * lv for i, lv in enumerate(levels))  # (B, C, h, w)
@@ -135,6 +139,11 @@ class WindowCrossFrameAttention(nn.Module):
         self.key = nn.Conv2d(dim, dim, 1)
         self.value = nn.Conv2d(dim, dim, 1)
 
+    def project_reference(self, static: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of a frame in its role as a reference: computed once per frame and
+        cached with it, not once per target that uses it."""
+        return self.key(static), self.value(static)
+
     def select(self, difference: torch.Tensor) -> torch.Tensor | None:
         """(B, 1, h, w) -> (B, M) flat indices of the most different locations, or None for all."""
         n = difference.shape[2] * difference.shape[3]
@@ -146,9 +155,10 @@ class WindowCrossFrameAttention(nn.Module):
     def forward(self, x: torch.Tensor, references: list[FrameCache],
                 difference: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        refs = torch.stack([r.static for r in references], 1)  # (B, T, C, h, w)
-        k = self.key(refs.flatten(0, 1)).view_as(refs)
-        v = self.value(refs.flatten(0, 1)).view_as(refs)
+        kv = [(r.keys, r.values) if r.keys is not None else self.project_reference(r.static)
+              for r in references]
+        k = torch.stack([a for a, _ in kv], 1)  # (B, T, C, h, w)
+        v = torch.stack([b for _, b in kv], 1)
         q = self.query(x)
         index = self.select(difference)
         out = window_attention(q, k, v, window=self.window, dilation=self.dilation, query_index=index)

@@ -130,3 +130,17 @@ def test_reference_grad_off_same_output_no_grad_through_references():
     torch.testing.assert_close(full, cheap, atol=1e-5, rtol=1e-5)
     cheap.sum().backward()
     assert x.grad[:, :-1].abs().sum() == 0 and x.grad[:, -1].abs().sum() > 0
+    for layer in (model.dssa.fine.key, model.dssa.fine.value):  # reference projections still learn
+        assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+
+
+def test_cached_reference_projections_equal_recomputed_ones():
+    model = build_model(tiny()).eval()
+    torch.nn.init.normal_(model.temporal_proj.weight, std=0.1)
+    frames = torch.randn(3, 1, 3, 64, 64)
+    with torch.no_grad():
+        caches = [model.encode(f) for f in frames]
+        cached = model.forward_cached(caches[-1], caches[:-1])["logits"]
+        bare = [c._replace(keys=None, values=None) for c in caches]
+        recomputed = model.forward_cached(bare[-1], bare[:-1])["logits"]
+    torch.testing.assert_close(cached, recomputed)

@@ -23,12 +23,11 @@ import torch
 from torch import nn
 
 from sdcpc_core.classes import CITYSCAPES, LabelSet
+from sdcpc_core.data.clips import IMAGENET_MEAN, IMAGENET_STD
 from sdcpc_core.models import MIT_SPECS, SDCPCConfig, build_model
 
 FORMAT = "sdcpc"
 VERSION = 1
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_CHECKPOINT = ASSETS / "sdcpc_b0_synthetic.pt"
 BASELINE_CHECKPOINT = ASSETS / "segformer_b0_synthetic.pt"

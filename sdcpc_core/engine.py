@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from sdcpc_core.checkpoints import DEFAULT_CHECKPOINT, CheckpointError, load_checkpoint
 from sdcpc_core.classes import LabelSet
+from sdcpc_core.data.clips import IMAGENET_MEAN, IMAGENET_STD
 from sdcpc_core.models.temporal import FrameCache
 
 MIN_SIDE = 32  # stride 4 then spatial reduction 8 in MiT stage 1: smaller inputs cannot be encoded
@@ -92,8 +93,8 @@ def continuity_break(previous, current, max_time_gap: float | None) -> str | Non
 class StreamingSegmenter:
     """Segment a stream frame by frame with SD-CPC (or the per-frame baseline)."""
 
-    def __init__(self, model: torch.nn.Module, labels: LabelSet, mean=(123.675, 116.28, 103.53),
-                 std=(58.395, 57.12, 57.375), *, device: str = "auto", precision: str = "fp32",
+    def __init__(self, model: torch.nn.Module, labels: LabelSet, mean=IMAGENET_MEAN,
+                 std=IMAGENET_STD, *, device: str = "auto", precision: str = "fp32",
                  channels_last: bool = False, input_size: tuple[int, int] | None = None,
                  reference_offsets=None, max_time_gap: float | None = None, dynamic_classes=None):
         if precision not in PRECISIONS:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from sdcpc_core.checkpoints import DEFAULT_CHECKPOINT, CheckpointError, load_checkpoint
 from sdcpc_core.classes import LabelSet
-from sdcpc_core.data.clips import IMAGENET_MEAN, IMAGENET_STD
+from sdcpc_core.data.clips import IMAGENET_MEAN, IMAGENET_STD, reference_indices
 from sdcpc_core.models.temporal import FrameCache
 
 MIN_SIDE = 32  # stride 4 then spatial reduction 8 in MiT stage 1: smaller inputs cannot be encoded
@@ -64,11 +64,6 @@ def resolve_device(device: str) -> torch.device:
     elif dev.type != "cpu":
         raise ValueError(f"device {device!r} is not supported; use auto, cpu, cuda or cuda:N")
     return dev
-
-
-def reference_indices(target: int, offsets, first_available: int) -> list[int]:
-    """Frame numbers used as references for ``target``, clamped to the oldest available frame."""
-    return [max(target + o, first_available) for o in offsets]
 
 
 def continuity_break(previous, current, max_time_gap: float | None) -> str | None:
@@ -217,7 +212,7 @@ class StreamingSegmenter:
             index = self._frame_count
             with self._autocast():
                 current = self.model.encode(x)
-                ref_ids = reference_indices(index, self.reference_offsets, self._stream_start)
+                ref_ids = reference_indices(index, self.reference_offsets, first=self._stream_start)
                 refs = [current if i == index else self._buffer[i] for i in ref_ids]
                 logits = self.model.forward_cached(current, refs)["logits"]
             self._buffer[index] = current
@@ -236,7 +231,7 @@ class StreamingSegmenter:
         results = []
         for t, frame in enumerate(frames):
             t0 = time.perf_counter()
-            ref_ids = reference_indices(t, self.reference_offsets, 0)
+            ref_ids = reference_indices(t, self.reference_offsets)
             with self._autocast():
                 current = self.model.encode(self.preprocess(frame))
                 refs = [current if i == t else self.model.encode(self.preprocess(frames[i]))

@@ -48,9 +48,12 @@ def read_label(path) -> np.ndarray:
     return a.astype(np.uint8) if a.max(initial=0) < 256 else a.astype(np.int64)
 
 
-def reference_indices(index: int, offsets, length: int) -> list[int]:
-    """Frame indices ``index + o`` for o in ``offsets``, clamped to ``[0, length)``."""
-    return [min(max(index + int(o), 0), length - 1) for o in offsets]
+def reference_indices(index: int, offsets, length: int | None = None, first: int = 0) -> list[int]:
+    """Frame indices ``index + o`` for o in ``offsets``, clamped to the frames that exist,
+    ``[first, length)``: a missing reference becomes the nearest existing frame. Training clips,
+    clip-mode inference and the stream (``first`` = its first frame since a reset) share this rule."""
+    last = index if length is None else length - 1
+    return [min(max(index + int(o), first), last) for o in offsets]
 
 
 def normalize(frames, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from sdcpc_core.classes import LabelSet
-from sdcpc_core.engine import FrameError, StreamingSegmenter, reference_indices, resolve_device
+from sdcpc_core.data.clips import reference_indices
+from sdcpc_core.engine import FrameError, StreamingSegmenter, resolve_device
 from sdcpc_core.models import SDCPCConfig, build_model
 
 LABELS = LabelSet.from_names(["road", "building", "sky", "person", "car"])
@@ -27,10 +28,10 @@ def frames(n, h=48, w=80, seed=0):
 
 
 def test_reference_indices_clamp_to_oldest_available():
-    assert reference_indices(0, (-9, -6, -3), 0) == [0, 0, 0]
-    assert reference_indices(5, (-9, -6, -3), 0) == [0, 0, 2]
-    assert reference_indices(12, (-9, -6, -3), 10) == [10, 10, 10]
-    assert reference_indices(20, (-9, -6, -3), 0) == [11, 14, 17]
+    assert reference_indices(0, (-9, -6, -3)) == [0, 0, 0]
+    assert reference_indices(5, (-9, -6, -3)) == [0, 0, 2]
+    assert reference_indices(12, (-9, -6, -3), first=10) == [10, 10, 10]
+    assert reference_indices(20, (-9, -6, -3)) == [11, 14, 17]
 
 
 def test_streaming_equals_clip_mode():

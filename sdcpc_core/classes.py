@@ -49,6 +49,9 @@ class LabelSet:
         bad = [i for i in self.dynamic if not 0 <= i < len(self.names)]
         if bad:
             raise ValueError(f"dynamic class ids {bad} are outside [0, {len(self.names)})")
+        lut = np.zeros((65536, 3), dtype=np.uint8)  # every uint16 id; unknown ids stay black
+        lut[: len(self.names)] = palette
+        object.__setattr__(self, "_lut", lut)
 
     def __eq__(self, other) -> bool:
         if not isinstance(other, LabelSet):
@@ -83,9 +86,10 @@ class LabelSet:
 
     def colorize(self, labels: np.ndarray) -> np.ndarray:
         """(H, W) integer labels -> (H, W, 3) uint8 RGB; ignore/unknown ids are black."""
-        lut = np.zeros((max(65536, self.ignore_index + 1), 3), dtype=np.uint8)
-        lut[: self.num_classes] = self.palette
-        return lut[np.asarray(labels, dtype=np.int64).clip(0, lut.shape[0] - 1)]
+        labels = np.asarray(labels)
+        if labels.dtype not in (np.uint8, np.uint16):
+            labels = labels.astype(np.int64).clip(0, self._lut.shape[0] - 1)
+        return self._lut[labels]
 
     def dynamic_mask(self, labels: np.ndarray) -> np.ndarray:
         """(H, W) bool: True where the label is a dynamic class."""

@@ -110,6 +110,7 @@ class VideoConsistency:
         self.score_sum = 0.0
         self.num_windows = 0  # windows with a non-empty region
         self.num_empty = 0  # windows left out (NaN)
+        self.last_score: float | None = None  # score of the window the latest update closed, if any
         self.per_video: dict[str, float] = {}  # per-video mean, for inspection only
         self._frames: deque = deque(maxlen=self.n)
         self._pending: float | None = None
@@ -141,6 +142,7 @@ class VideoConsistency:
         _check_pair(pred, gt)
         if self._video is None:
             self.start_video()
+        self.last_score = None
         if self._pending is not None:  # a later frame exists: the pending window counts
             self._commit(self._pending)
             self._pending = None
@@ -154,6 +156,7 @@ class VideoConsistency:
             return
         self.score_sum += score
         self.num_windows += 1
+        self.last_score = score
         self._video_scores.append(score)
 
     def end_video(self) -> None:

@@ -136,11 +136,10 @@ class ModelScore:
         self.vc_windows: list[tuple[int, float]] = []  # (frame index that closed the window, VC8)
 
     def update(self, index: int, pred, gt, latency_ms: float | None) -> None:
-        vc = self.metrics.consistency[8]
-        before = (vc.num_windows, vc.score_sum)
         self.metrics.update(pred, gt)
-        if vc.num_windows > before[0]:
-            self.vc_windows.append((index, vc.score_sum - before[1]))
+        closed = self.metrics.consistency[8].last_score if gt is not None else None
+        if closed is not None:
+            self.vc_windows.append((index, closed))
         if latency_ms is not None:
             self.latency_ms.append(float(latency_ms))
 

@@ -87,6 +87,17 @@ def test_mvc_hand_computed_last_window_dropped():
     assert vc.compute() == pytest.approx((0.75 + 1.0) / 2)
 
 
+def test_mvc_last_score_is_the_window_each_update_closed():
+    gt = [[[0, 0, 1, 1]]] * 4
+    pred = [[[0, 0, 1, 1]], [[0, 1, 1, 1]], [[0, 1, 1, 1]], [[1, 0, 0, 0]]]
+    vc = VideoConsistency(2)
+    closed = []
+    for p, g in zip(pred, gt):
+        vc.update(np.asarray(p), np.asarray(g))
+        closed.append(vc.last_score)
+    assert closed == [None, None, 0.75, 1.0]  # window 0 closes when frame 2 arrives
+
+
 def test_mvc_region_uses_all_frames_of_window():
     # n=3, L=4 -> one window (start 0) over frames 0,1,2.
     gt = [[[0, 0, 1, 1]], [[0, 1, 1, 1]], [[0, 0, 1, 2]], [[5, 5, 5, 5]]]

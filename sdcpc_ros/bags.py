@@ -23,6 +23,8 @@ import numpy as np
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
+from sdcpc_ros.conversions import labels_to_array
+
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 DEFAULT_IMAGE_TOPIC = "/camera/image_raw"
 DEFAULT_LABEL_TOPIC = "/camera/labels_gt"
@@ -32,7 +34,6 @@ DEFAULT_VIDEO_GAP = 10.0
 STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 TYPESTORE = get_typestore(Stores.ROS2_KILTED)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm")
-_LABEL_ENCODINGS = {"mono8": "u1", "8UC1": "u1", "mono16": "u2", "16UC1": "u2"}
 
 
 class BagError(RuntimeError):
@@ -73,19 +74,7 @@ def image_message(array: np.ndarray, stamp_ns: int, frame_id: str, encoding: str
 
 def labels_from_message(msg) -> np.ndarray:
     """mono8/8UC1 -> (H, W) uint8, mono16/16UC1 -> uint16; any row padding; duck-typed message."""
-    encoding = str(msg.encoding)
-    if encoding not in _LABEL_ENCODINGS:
-        raise ValueError(f"label image has encoding {encoding!r}; expected one of "
-                         f"{', '.join(_LABEL_ENCODINGS)} (class ids per pixel)")
-    kind = _LABEL_ENCODINGS[encoding]
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    itemsize = np.dtype(kind).itemsize
-    buf = np.frombuffer(msg.data, dtype=np.uint8)
-    if h <= 0 or w <= 0 or step < w * itemsize or buf.size < step * h:
-        raise ValueError(f"label image {w}x{h} step {step} with {buf.size} data bytes is malformed")
-    rows = np.ascontiguousarray(buf[: step * h].reshape(h, step)[:, : w * itemsize])
-    order = ">" if getattr(msg, "is_bigendian", 0) else "<"
-    return rows.view(order + kind).reshape(h, w).astype(kind)
+    return labels_to_array(msg)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -133,6 +133,19 @@ def image_to_array(msg, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     return np.repeat(gray[..., None], 3, axis=2)
 
 
+LABEL_ENCODINGS = ("mono8", "8UC1", "mono16", "16UC1")
+
+
+def labels_to_array(msg, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A label image (class id per pixel: mono8/8UC1 or mono16/16UC1) -> (H, W) uint8 or uint16,
+    any row padding and byte order; anything else is an ImageConversionError."""
+    encoding = str(getattr(msg, "encoding", ""))
+    if encoding not in LABEL_ENCODINGS:
+        raise ImageConversionError(f"label image has encoding {encoding!r}; expected one of "
+                                   f"{', '.join(LABEL_ENCODINGS)} (class ids per pixel)")
+    return _unpack(msg, max_pixels)[0][..., 0]
+
+
 def _png_size(data: np.ndarray) -> tuple[int, int] | None:
     if data.size >= 24 and bytes(data[12:16]) == b"IHDR":
         width, height = struct.unpack(">II", bytes(data[16:24]))

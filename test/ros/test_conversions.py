@@ -222,3 +222,16 @@ def test_array_to_image_builds_a_real_ros_message_when_available():
     assert isinstance(msg, Image)
     assert msg.header.frame_id == "cam" and msg.header.stamp.nanosec == 34
     assert (msg.step, msg.is_bigendian, bytes(msg.data[:4])) == (6, 0, b"\x00\x00\x01\x00")
+
+
+def test_labels_to_array_keeps_class_ids_and_refuses_colour():
+    from sdcpc_ros.conversions import RawImage, labels_to_array
+
+    ids = np.array([[0, 300], [65535, 7]], dtype=">u2")
+    rows = np.zeros((2, 6), np.uint8)  # 4 bytes of big-endian pixels + 2 bytes padding per row
+    rows[:, :4] = ids.view(np.uint8).reshape(2, 4)
+    msg = RawImage(height=2, width=2, encoding="16UC1", is_bigendian=1, step=6, data=rows.tobytes())
+    out = labels_to_array(msg)
+    assert out.dtype == np.uint16 and out.tolist() == [[0, 300], [65535, 7]]
+    with pytest.raises(ImageConversionError, match="label image has encoding 'rgb8'"):
+        labels_to_array(RawImage(height=1, width=1, encoding="rgb8", step=3, data=b"\0\0\0"))

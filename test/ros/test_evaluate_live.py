@@ -5,16 +5,10 @@ import os
 import zlib
 
 import pytest
+from test_evaluate import make_bag, make_checkpoint
 
-pytest.importorskip("rclpy")
-try:
-    import sdcpc_ros.node  # noqa: F401
-except ImportError as exc:  # the node is being finished elsewhere
-    pytest.skip(f"sdcpc_ros.node is not importable yet: {exc}", allow_module_level=True)
-
-from test_evaluate import make_bag, make_checkpoint  # noqa: E402
-
-from sdcpc_ros import bags, evaluate  # noqa: E402
+import sdcpc_ros.node  # noqa: F401  (the live mode starts this node; rclpy presence: conftest.py)
+from sdcpc_ros import bags, evaluate
 
 
 def test_live_replay_scores_what_the_node_publishes(tmp_path, monkeypatch):

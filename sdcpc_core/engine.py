@@ -85,6 +85,39 @@ def continuity_break(previous, current, max_time_gap: float | None) -> str | Non
     return None
 
 
+def labels_and_confidence(logits: torch.Tensor, size, strip_rows: int | None = None):
+    """(K, h, w) logits -> (labels (H, W) int64, confidence (H, W) float32) at ``size = (H, W)``.
+
+    The same as bilinearly resizing the logits to (H, W) (``align_corners=False``, as the
+    reference evaluation does) then taking argmax and the max softmax probability, to float
+    rounding. Computed separably (width, then rows two at a time) in strips of ``strip_rows``
+    output rows with classes last, so the (K, H, W) volume is never built: on CPU (480×480,
+    124 classes) about half the time of the direct way, whose argmax over the first dimension
+    is slow. ``strip_rows=None``: 32 on CPU, all rows at once on a GPU.
+    """
+    k, h, w = logits.shape
+    out_h, out_w = size
+    # width first: (K, h, w) -> (h, W, K), classes contiguous for the reductions below
+    rows = F.interpolate(logits.float()[None], size=(h, out_w), mode="bilinear",
+                         align_corners=False)[0].permute(1, 2, 0).contiguous()
+    # rows: source coordinate of each output row, as PyTorch computes it for align_corners=False
+    src = ((torch.arange(out_h, device=logits.device, dtype=torch.float32) + 0.5) * (h / out_h) - 0.5)
+    src = src.clamp_min(0)
+    top_row = src.floor().long().clamp_max(h - 1)
+    bottom_row = (top_row + 1).clamp_max(h - 1)
+    frac = (src - top_row).view(-1, 1, 1)
+    labels = torch.empty(out_h, out_w, dtype=torch.long, device=logits.device)
+    confidence = torch.empty(out_h, out_w, dtype=torch.float32, device=logits.device)
+    step = strip_rows or (out_h if logits.is_cuda else 32)
+    for start in range(0, out_h, step):
+        sl = slice(start, min(start + step, out_h))
+        x = torch.lerp(rows[top_row[sl]], rows[bottom_row[sl]], frac[sl])  # (S, W, K)
+        top, labels[sl] = x.max(2)
+        # max softmax probability = 1 / sum_k exp(l_k - l_max)
+        confidence[sl] = x.sub_(top.unsqueeze(2)).exp_().sum(2).reciprocal_()
+    return labels, confidence
+
+
 class StreamingSegmenter:
     """Segment a stream frame by frame with SD-CPC (or the per-frame baseline)."""
 
@@ -185,19 +218,18 @@ class StreamingSegmenter:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def _postprocess(self, logits, size, t0, index, aggregated, reset_reason, with_probs):
-        logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)[0]  # (K, H, W)
-        probs = logits.softmax(0) if with_probs else None
-        top, labels = logits.max(0)
-        # max softmax probability = 1 / sum_k exp(l_k - l_max), without materialising every probability
-        confidence = logits.sub_(top).exp_().sum(0).reciprocal_()
+        labels, confidence = labels_and_confidence(logits[0], size)
+        probs = None
+        if with_probs:
+            full = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)[0]
+            probs = full.softmax(0).cpu()  # (K, H, W)
         dtype = np.uint8 if self.labels.num_classes <= 255 else np.uint16
         labels = labels.cpu().numpy().astype(dtype)
         return SegmentationResult(
             labels=labels, confidence=confidence.cpu().numpy().astype(np.float32),
             dynamic_mask=self.labels.dynamic_mask(labels), frame_index=index,
             frames_aggregated=aggregated, reset_reason=reset_reason,
-            latency_ms=(time.perf_counter() - t0) * 1e3,
-            probabilities=probs.cpu() if with_probs else None)
+            latency_ms=(time.perf_counter() - t0) * 1e3, probabilities=probs)
 
     # -- streaming ----------------------------------------------------------------------------
     @torch.inference_mode()

@@ -51,16 +51,38 @@ class SegFormerHead(nn.Module):
         self.linear_pred = nn.Conv2d(embed_dim, num_classes, 1)
 
     def fuse(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """(B, E, H/4, W/4) = ReLU(BN(W · cat(up(linear_c4(c4)), …, linear_c1(c1)))), as published.
+
+        Computed as ``Σ_i up(W_i · linear_ci(c_i))`` with ``W_i`` the fuse conv's slice for map
+        i, folded into the projection: a 1×1 conv commutes with bilinear upsampling (its weights
+        sum to one), so both orders agree to float rounding, but this one never builds the
+        4E-channel stride-4 map (at 480×480 with E = 256: 0.2 instead of 3.9 GMACs).
+        """
+        size = features[0].shape[2:]
+        fuse_weight = self.linear_fuse.conv.weight.flatten(1)  # (E, 4E): slices for c4, c3, c2, c1
+        out = None
+        for j, i in enumerate((4, 3, 2, 1)):  # published order of concatenation
+            proj = getattr(self, f"linear_c{i}").proj
+            w_i = fuse_weight[:, j * self.embed_dim:(j + 1) * self.embed_dim]  # (E, E)
+            x = F.conv2d(features[i - 1], (w_i @ proj.weight)[:, :, None, None], w_i @ proj.bias)
+            if x.shape[2:] != size:  # (B, E, h_i, w_i) -> (B, E, H/4, W/4)
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            out = x if out is None else out + x
+        return self.linear_fuse.act(self.linear_fuse.bn(out))
+
+    def fuse_reference(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """``fuse`` in the published order of operations (project, upsample, concatenate,
+        fuse): slower, kept as the definition ``fuse`` is tested against."""
         size = features[0].shape[2:]
         maps = []
-        for i in (4, 3, 2, 1):  # published order of concatenation: c4, c3, c2, c1
+        for i in (4, 3, 2, 1):
             f = features[i - 1]
             b, _, h, w = f.shape
             x = getattr(self, f"linear_c{i}")(f).transpose(1, 2).reshape(b, -1, h, w)
             if (h, w) != tuple(size):
                 x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
             maps.append(x)
-        return self.linear_fuse(torch.cat(maps, dim=1))  # (B, E, H/4, W/4)
+        return self.linear_fuse(torch.cat(maps, dim=1))
 
     def classify(self, fused: torch.Tensor) -> torch.Tensor:
         return self.linear_pred(self.dropout(fused))  # (B, K, H/4, W/4)

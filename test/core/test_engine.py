@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from sdcpc_core.classes import LabelSet
 from sdcpc_core.data.clips import reference_indices
-from sdcpc_core.engine import FrameError, StreamingSegmenter, resolve_device
+from sdcpc_core.engine import FrameError, StreamingSegmenter, labels_and_confidence, resolve_device
 from sdcpc_core.models import SDCPCConfig, build_model
 
 LABELS = LabelSet.from_names(["road", "building", "sky", "person", "car"])
@@ -151,3 +152,17 @@ def test_device_resolution():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda:0")
+
+
+@pytest.mark.parametrize("size, strip_rows", [((480, 480), None), ((97, 131), 7), ((61, 45), 1),
+                                              ((20, 13), None), ((33, 200), 64)])
+def test_labels_and_confidence_equal_resizing_the_logits(size, strip_rows):
+    """Strip-wise separable resizing gives what resizing the whole (K, H, W) volume gives, for
+    upsampling and downsampling, whatever the strip height."""
+    torch.manual_seed(0)
+    logits = torch.randn(1, 11, 30, 37) * 3
+    full = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)[0]
+    labels, confidence = labels_and_confidence(logits[0], size, strip_rows)
+    assert labels.shape == confidence.shape == size
+    torch.testing.assert_close(labels, full.argmax(0), rtol=0, atol=0)
+    torch.testing.assert_close(confidence, full.softmax(0).amax(0), rtol=1e-5, atol=1e-6)

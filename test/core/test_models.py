@@ -144,3 +144,25 @@ def test_cached_reference_projections_equal_recomputed_ones():
         bare = [c._replace(keys=None, values=None) for c in caches]
         recomputed = model.forward_cached(bare[-1], bare[:-1])["logits"]
     torch.testing.assert_close(cached, recomputed)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_head_fuse_equals_published_order_of_operations(train):
+    """The folded fuse (project+fuse at each map's own stride, then upsample and sum) computes
+    what the published head computes (project, upsample, concatenate, fuse), gradients included."""
+    torch.manual_seed(0)
+    model = SegFormer(SDCPCConfig(variant="b0", num_classes=7)).train(train)
+    head = model.decode_head
+    with torch.no_grad():  # non-trivial BN statistics and biases
+        head.linear_fuse.bn.running_mean.normal_()
+        head.linear_fuse.bn.running_var.uniform_(0.5, 2.0)
+        for i in (1, 2, 3, 4):
+            getattr(head, f"linear_c{i}").proj.bias.normal_()
+    feats = [f.detach().requires_grad_() for f in model.backbone(torch.randn(2, 3, 70, 94))]
+    fast, slow = head.fuse(feats), head.fuse_reference(feats)
+    assert fast.shape == slow.shape == (2, 256, 18, 24)
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)
+    g_fast = torch.autograd.grad(fast.square().sum(), [*feats, head.linear_c4.proj.weight])
+    g_slow = torch.autograd.grad(slow.square().sum(), [*feats, head.linear_c4.proj.weight])
+    for a, b in zip(g_fast, g_slow):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)

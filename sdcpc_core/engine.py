@@ -25,6 +25,7 @@ from sdcpc_core.checkpoints import DEFAULT_CHECKPOINT, CheckpointError, load_che
 from sdcpc_core.classes import LabelSet
 from sdcpc_core.data.clips import IMAGENET_MEAN, IMAGENET_STD, reference_indices
 from sdcpc_core.models.temporal import FrameCache
+from sdcpc_core.postprocess import labels_and_confidence, resized_labels
 
 MIN_SIDE = 32  # stride 4 then spatial reduction 8 in MiT stage 1: smaller inputs cannot be encoded
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -39,7 +40,7 @@ class SegmentationResult:
     """Per-frame output at input resolution."""
 
     labels: np.ndarray  # (H, W) uint8 (≤ 255 classes) or uint16
-    confidence: np.ndarray  # (H, W) float32 max softmax probability
+    confidence: np.ndarray | None  # (H, W) float32 max softmax probability, when asked for
     dynamic_mask: np.ndarray  # (H, W) bool: label is a dynamic class
     frame_index: int  # frames seen since the engine was built
     frames_aggregated: int  # distinct past frames used as references
@@ -83,39 +84,6 @@ def continuity_break(previous, current, max_time_gap: float | None) -> str | Non
         if max_time_gap is not None and stamp - last_stamp > max_time_gap:
             return f"gap of {stamp - last_stamp:.3f} s exceeds max_time_gap {max_time_gap} s"
     return None
-
-
-def labels_and_confidence(logits: torch.Tensor, size, strip_rows: int | None = None):
-    """(K, h, w) logits -> (labels (H, W) int64, confidence (H, W) float32) at ``size = (H, W)``.
-
-    The same as bilinearly resizing the logits to (H, W) (``align_corners=False``, as the
-    reference evaluation does) then taking argmax and the max softmax probability, to float
-    rounding. Computed separably (width, then rows two at a time) in strips of ``strip_rows``
-    output rows with classes last, so the (K, H, W) volume is never built: on CPU (480×480,
-    124 classes) about half the time of the direct way, whose argmax over the first dimension
-    is slow. ``strip_rows=None``: 32 on CPU, all rows at once on a GPU.
-    """
-    k, h, w = logits.shape
-    out_h, out_w = size
-    # width first: (K, h, w) -> (h, W, K), classes contiguous for the reductions below
-    rows = F.interpolate(logits.float()[None], size=(h, out_w), mode="bilinear",
-                         align_corners=False)[0].permute(1, 2, 0).contiguous()
-    # rows: source coordinate of each output row, as PyTorch computes it for align_corners=False
-    src = ((torch.arange(out_h, device=logits.device, dtype=torch.float32) + 0.5) * (h / out_h) - 0.5)
-    src = src.clamp_min(0)
-    top_row = src.floor().long().clamp_max(h - 1)
-    bottom_row = (top_row + 1).clamp_max(h - 1)
-    frac = (src - top_row).view(-1, 1, 1)
-    labels = torch.empty(out_h, out_w, dtype=torch.long, device=logits.device)
-    confidence = torch.empty(out_h, out_w, dtype=torch.float32, device=logits.device)
-    step = strip_rows or (out_h if logits.is_cuda else 32)
-    for start in range(0, out_h, step):
-        sl = slice(start, min(start + step, out_h))
-        x = torch.lerp(rows[top_row[sl]], rows[bottom_row[sl]], frac[sl])  # (S, W, K)
-        top, labels[sl] = x.max(2)
-        # max softmax probability = 1 / sum_k exp(l_k - l_max)
-        confidence[sl] = x.sub_(top.unsqueeze(2)).exp_().sum(2).reciprocal_()
-    return labels, confidence
 
 
 class StreamingSegmenter:
@@ -217,8 +185,13 @@ class StreamingSegmenter:
         x = (x - self._mean) / self._std
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def _postprocess(self, logits, size, t0, index, aggregated, reset_reason, with_probs):
-        labels, confidence = labels_and_confidence(logits[0], size)
+    def _postprocess(self, logits, size, t0, index, aggregated, reset_reason, with_confidence,
+                     with_probs):
+        if with_confidence:
+            labels, confidence = labels_and_confidence(logits[0], size)
+            confidence = confidence.cpu().numpy()
+        else:
+            labels, confidence = resized_labels(logits[0], size), None
         probs = None
         if with_probs:
             full = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)[0]
@@ -226,16 +199,20 @@ class StreamingSegmenter:
         dtype = np.uint8 if self.labels.num_classes <= 255 else np.uint16
         labels = labels.cpu().numpy().astype(dtype)
         return SegmentationResult(
-            labels=labels, confidence=confidence.cpu().numpy().astype(np.float32),
-            dynamic_mask=self.labels.dynamic_mask(labels), frame_index=index,
-            frames_aggregated=aggregated, reset_reason=reset_reason,
+            labels=labels, confidence=confidence, dynamic_mask=self.labels.dynamic_mask(labels),
+            frame_index=index, frames_aggregated=aggregated, reset_reason=reset_reason,
             latency_ms=(time.perf_counter() - t0) * 1e3, probabilities=probs)
 
     # -- streaming ----------------------------------------------------------------------------
     @torch.inference_mode()
     def step(self, frame, stamp: float | None = None, frame_id: str | None = None,
-             return_probabilities: bool = False) -> SegmentationResult:
-        """Segment the next frame of the stream (stamp in seconds, for the reset rules)."""
+             return_confidence: bool = False, return_probabilities: bool = False) -> SegmentationResult:
+        """Segment the next frame of the stream (stamp in seconds, for the reset rules).
+
+        Labels alone are cheap to resize (see ``sdcpc_core.postprocess``); the confidence map
+        and the (K, H, W) probabilities cost a pass over every class at every pixel, so they
+        are computed only when asked for.
+        """
         t0 = time.perf_counter()
         size = tuple(np.shape(frame)[:2])
         x = self.preprocess(frame)
@@ -255,10 +232,12 @@ class StreamingSegmenter:
                 del self._buffer[i]
             reset_reason, self._pending_reset = self._pending_reset, None
         aggregated = len({i for i in ref_ids if i != index})
-        return self._postprocess(logits, size, t0, index, aggregated, reset_reason, return_probabilities)
+        return self._postprocess(logits, size, t0, index, aggregated, reset_reason,
+                                 return_confidence, return_probabilities)
 
     @torch.inference_mode()
-    def segment_clip(self, frames, return_probabilities: bool = False) -> list[SegmentationResult]:
+    def segment_clip(self, frames, return_confidence: bool = False,
+                     return_probabilities: bool = False) -> list[SegmentationResult]:
         """The paper's protocol: each target re-encodes its reference frames (no cache reuse)."""
         results = []
         for t, frame in enumerate(frames):
@@ -271,5 +250,5 @@ class StreamingSegmenter:
                 logits = self.model.forward_cached(current, refs)["logits"]
             aggregated = len({i for i in ref_ids if i != t})
             results.append(self._postprocess(logits, tuple(np.shape(frame)[:2]), t0, t, aggregated,
-                                             None, return_probabilities))
+                                             None, return_confidence, return_probabilities))
         return results

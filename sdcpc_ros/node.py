@@ -320,7 +320,9 @@ class SegmentationNode(Node):
             rgb = compressed_to_array(msg, self._max_pixels)
         else:
             rgb = image_to_array(msg, self._max_pixels)
-        res = self._seg.step(rgb, stamp=_stamp_seconds(msg.header), frame_id=msg.header.frame_id)
+        # confidence costs a pass over every class at every pixel: only when someone listens
+        res = self._seg.step(rgb, stamp=_stamp_seconds(msg.header), frame_id=msg.header.frame_id,
+                             return_confidence=self._wanted("confidence"))
         if res.reset_reason:
             self._last_reset = res.reset_reason
             if self._published:
@@ -338,7 +340,8 @@ class SegmentationNode(Node):
             if want_overlay:
                 overlay = cv2.addWeighted(rgb, 0.5, color, 0.5, 0.0)
                 self._pub["overlay"].publish(array_to_image(overlay, "rgb8", header))
-        self._publish("confidence", lambda: array_to_image(res.confidence, "32FC1", header))
+        if res.confidence is not None:  # a subscriber that arrived mid-frame gets the next one
+            self._publish("confidence", lambda: array_to_image(res.confidence, "32FC1", header))
         latency_ms = (time.perf_counter() - received_at) * 1e3
         self._published += 1
         self._latencies.append((latency_ms, res.latency_ms))

@@ -67,7 +67,7 @@ class SegFormerHead(nn.Module):
             x = F.conv2d(features[i - 1], (w_i @ proj.weight)[:, :, None, None], w_i @ proj.bias)
             if x.shape[2:] != size:  # (B, E, h_i, w_i) -> (B, E, H/4, W/4)
                 x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-            out = x if out is None else out + x
+            out = x if out is None else out.add_(x)
         return self.linear_fuse.act(self.linear_fuse.bn(out))
 
     def fuse_reference(self, features: list[torch.Tensor]) -> torch.Tensor:

@@ -7,8 +7,9 @@ import torch.nn.functional as F
 
 from sdcpc_core.classes import LabelSet
 from sdcpc_core.data.clips import reference_indices
-from sdcpc_core.engine import FrameError, StreamingSegmenter, labels_and_confidence, resolve_device
+from sdcpc_core.engine import FrameError, StreamingSegmenter, resolve_device
 from sdcpc_core.models import SDCPCConfig, build_model
+from sdcpc_core.postprocess import labels_and_confidence, resized_labels
 
 LABELS = LabelSet.from_names(["road", "building", "sky", "person", "car"])
 
@@ -38,9 +39,10 @@ def test_reference_indices_clamp_to_oldest_available():
 def test_streaming_equals_clip_mode():
     eng = engine(offsets=(-4, -2, -1))
     clip = frames(7)
-    streamed = [eng.step(f, return_probabilities=True) for f in clip]
-    clipped = eng.segment_clip(clip, return_probabilities=True)
+    streamed = [eng.step(f, return_confidence=True, return_probabilities=True) for f in clip]
+    clipped = eng.segment_clip(clip, return_probabilities=True)  # labels by the boundary-only path
     for s, c in zip(streamed, clipped):
+        assert c.confidence is None
         torch.testing.assert_close(s.probabilities, c.probabilities, atol=1e-4, rtol=0)
         best = s.probabilities.max(0)
         np.testing.assert_allclose(s.confidence, best.values.numpy(), atol=1e-6)
@@ -69,7 +71,8 @@ def test_references_change_the_output():
 
 def test_outputs_at_input_resolution_with_dynamic_mask():
     eng = engine()
-    res = eng.step(frames(1, 37, 53)[0])
+    assert eng.step(frames(1, 37, 53)[0]).confidence is None  # only when asked for
+    res = eng.step(frames(1, 37, 53)[0], return_confidence=True)
     assert res.labels.shape == (37, 53) and res.labels.dtype == np.uint8
     assert res.confidence.dtype == np.float32 and res.confidence.shape == (37, 53)
     assert ((res.confidence > 0.2 - 1e-6) & (res.confidence <= 1 + 1e-6)).all()  # max of 5 probs
@@ -166,3 +169,18 @@ def test_labels_and_confidence_equal_resizing_the_logits(size, strip_rows):
     assert labels.shape == confidence.shape == size
     torch.testing.assert_close(labels, full.argmax(0), rtol=0, atol=0)
     torch.testing.assert_close(confidence, full.softmax(0).amax(0), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [(480, 480), (97, 131), (61, 45), (20, 13)])
+def test_resized_labels_equal_argmax_of_the_resized_logits(size, monkeypatch):
+    """Exact where the four source neighbours agree, mixed over every class where they do not:
+    spatially smooth logits (regions and boundaries) and pure noise (boundaries everywhere),
+    boundary pixels in several chunks."""
+    import sdcpc_core.postprocess as post
+
+    monkeypatch.setattr(post, "BOUNDARY_CHUNK", 97)
+    torch.manual_seed(0)
+    smooth = F.interpolate(torch.randn(1, 9, 6, 7) * 4, size=(30, 37), mode="bilinear")
+    for logits in (smooth, torch.randn(1, 9, 30, 37)):
+        full = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)[0]
+        torch.testing.assert_close(resized_labels(logits[0], size), full.argmax(0), rtol=0, atol=0)

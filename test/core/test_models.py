@@ -166,3 +166,38 @@ def test_head_fuse_equals_published_order_of_operations(train):
     g_slow = torch.autograd.grad(slow.square().sum(), [*feats, head.linear_c4.proj.weight])
     for a, b in zip(g_fast, g_slow):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
+
+
+def _ssea_by_upsampling(ssea, features):
+    """SSEA's scale attention as first written: upsample every pooled grid and its keys to the
+    stride-8 grid, then attend per pixel (the definition the matrix form is tested against)."""
+    import math
+
+    import torch.nn.functional as F
+
+    grid = features[1].shape[2:]
+    up = lambda t: F.interpolate(t, size=grid, mode="bilinear", align_corners=False)  # noqa: E731
+    levels = []
+    for proj, f in zip(ssea.level_proj, features):
+        x = proj(F.adaptive_avg_pool2d(f, grid)) if f.shape[2] > grid[0] else proj(f)
+        levels.append(x if x.shape[2:] == grid else up(x))
+    weights = ssea.level_gate(torch.cat(levels, 1)).softmax(1)
+    x = sum(weights[:, i: i + 1] * lv for i, lv in enumerate(levels))
+    pooled = [F.adaptive_avg_pool2d(x, s) for s in ssea.pool_scales]
+    contexts = torch.stack([up(p) for p in pooled], 1)  # (B, S, C, h, w)
+    keys = torch.stack([up(ssea.scale_key(p)) for p in pooled], 1)
+    q = ssea.scale_query(x).unsqueeze(1)
+    scale_w = (q * keys).sum(2, keepdim=True).div(math.sqrt(ssea.dim)).softmax(1)
+    static = ssea.fuse(torch.cat([x, (scale_w * contexts).sum(1)], 1))
+    return static, ssea.classifier(static)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (70, 94), (32, 40)])
+def test_ssea_scale_attention_equals_attending_to_upsampled_grids(size):
+    torch.manual_seed(0)
+    model = SDCPC(SDCPCConfig(variant="b0", num_classes=5, embed_dim=32)).eval()
+    feats = tuple(model.backbone(torch.randn(2, 3, *size)))
+    static, logits = model.ssea(feats)
+    want_static, want_logits = _ssea_by_upsampling(model.ssea, feats)
+    torch.testing.assert_close(static, want_static, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(logits, want_logits, rtol=1e-4, atol=1e-5)

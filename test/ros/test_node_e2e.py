@@ -166,7 +166,8 @@ def test_outputs_match_the_engine_frame_by_frame(setup, tiny_checkpoint):
         # bgr8 on odd frames: the node must undo the channel order
         msg = image_msg(frame, sec=100, nanosec=t * 100_000_000, encoding="bgr8" if t % 2 else "rgb8")
         send_and_wait(client, proc, pub, got, msg)
-        expected = engine.step(frame, stamp=100 + t * 0.1, frame_id="camera")
+        expected = engine.step(frame, stamp=100 + t * 0.1, frame_id="camera",
+                               return_confidence=True)
         for name in OUTPUTS:
             out = got[name][-1]
             assert (out.header.stamp.sec, out.header.stamp.nanosec, out.header.frame_id) == \

@@ -20,16 +20,20 @@ from torch.utils.flop_counter import FlopCounterMode
 from sdcpc_core.classes import LabelSet
 from sdcpc_core.engine import StreamingSegmenter
 from sdcpc_core.models import SDCPCConfig, build_model
+from sdcpc_core.postprocess import resized_labels
 
 
-def gflops_per_frame(model, size: int, temporal: bool) -> float:
-    """FLOPs of one streaming step: encode the new frame + aggregate with cached references."""
+def gflops_per_frame(model, size: int, clip: bool) -> float:
+    """FLOPs of one target frame: encode it (and, in clip mode, re-encode every reference),
+    then aggregate. Post-processing (resizing the logits to the frame) is not counted."""
     x = torch.randn(1, 3, size, size)
     with torch.inference_mode():
         refs = [model.encode(x) for _ in model.reference_offsets]
         counter = FlopCounterMode(display=False)
         with counter:
             current = model.encode(x)
+            if clip:
+                refs = [model.encode(x) for _ in model.reference_offsets]
             model.forward_cached(current, refs)
     return counter.get_total_flops() / 1e9
 
@@ -51,6 +55,25 @@ def time_engine(engine: StreamingSegmenter, frames, clip: bool) -> float:
     return float(np.median(times))
 
 
+def streaming_breakdown(engine: StreamingSegmenter, frames) -> dict[str, float]:
+    """Median ms of the three parts of a streaming step. Clip mode pays ``encode`` once per
+    frame of the clip, the other two once per target: they bound the streaming/clip ratio."""
+    model, parts = engine.model, {"encode": [], "aggregate + head": [], "resize labels": []}
+    with torch.inference_mode():
+        refs = [model.encode(engine.preprocess(frames[0])) for _ in model.reference_offsets]
+        for f in frames:
+            t0 = time.perf_counter()
+            current = model.encode(engine.preprocess(f))
+            t1 = time.perf_counter()
+            logits = model.forward_cached(current, refs)["logits"]
+            t2 = time.perf_counter()
+            resized_labels(logits[0], f.shape[:2])
+            t3 = time.perf_counter()
+            for name, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2)):
+                parts[name].append(dt * 1e3)
+    return {name: float(np.median(v)) for name, v in parts.items()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, default=480)
@@ -69,6 +92,7 @@ def main() -> None:
           f"{args.frames} frames, torch threads {torch.get_num_threads()}")
     print("| model | mode | params (M) | GFLOPs/frame | ms/frame | FPS |")
     print("|---|---|---|---|---|---|")
+    breakdown = []
     for variant in args.variants:
         ms = {}
         for name, temporal, clip in (("SegFormer", False, False), ("SD-CPC", True, True),
@@ -78,10 +102,15 @@ def main() -> None:
             mode = "per-frame" if not temporal else ("clip" if clip else "streaming")
             ms[mode] = time_engine(engine, frames, clip)
             params = sum(q.numel() for q in model.parameters()) / 1e6
-            gf = gflops_per_frame(model, args.size, temporal) * (len(model.reference_offsets) + 1 if clip else 1)
+            gf = gflops_per_frame(model, args.size, clip)
             print(f"| {name}-{variant.upper()} | {mode} | {params:.2f} | {gf:.1f} | {ms[mode]:.1f} | "
                   f"{1e3 / ms[mode]:.2f} |")
         print(f"| {variant.upper()} streaming / clip throughput | | | | | **{ms['clip'] / ms['streaming']:.2f}×** |")
+        parts = streaming_breakdown(engine, frames)
+        breakdown.append(f"{variant.upper()} streaming step: " + ", ".join(
+            f"{name} {v:.1f} ms" for name, v in parts.items()))
+    print()
+    print("\n".join(breakdown))
 
 
 if __name__ == "__main__":

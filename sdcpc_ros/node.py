@@ -200,7 +200,10 @@ class SegmentationNode(Node):
         self._last_sequence: dict[bytes, int] = {}  # publisher gid -> last publication sequence
         self._latencies = deque(maxlen=200)  # (node latency ms, inference ms)
         self._last_reset = ""
-        self._diag_counts = (0, 0, time.monotonic())
+        self._diag_counts = (0, 0, 0, 0, time.monotonic())  # received, published, failed, rejected, t
+        self._last_receipt = None  # monotonic time of the last image received
+        self._image_topic = ""  # resolved input topic, set with the subscription below
+        self._stall_s = max(2.0, 2 * p["diagnostics_period"])  # input silent this long: WARN
 
         outputs = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
                              reliability=ReliabilityPolicy.RELIABLE)
@@ -226,21 +229,21 @@ class SegmentationNode(Node):
                              reliability=ReliabilityPolicy.RELIABLE)
         else:
             qos = qos_profile_sensor_data
-        if p["input_transport"] == "compressed":
-            self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos)
-        else:
-            self.create_subscription(Image, "image", self._on_image, qos)
+        compressed = p["input_transport"] == "compressed"
+        topic = "image/compressed" if compressed else "image"
+        self.create_subscription(CompressedImage if compressed else Image, topic, self._on_image, qos)
+        self._image_topic = self.resolve_topic_name(topic)
         self._publish_label_info()
         self.get_logger().info(
-            f"segmenting {self.resolve_topic_name('image')}"
-            f"{'/compressed' if p['input_transport'] == 'compressed' else ''} on "
-            f"{self._seg.device} ({p['precision']}), {self._seg.labels.num_classes} classes, "
+            f"segmenting {self._image_topic} on {self._seg.device} ({p['precision']}), "
+            f"{self._seg.labels.num_classes} classes, "
             f"custom messages: {'sdcpc_interfaces' if LabelInfo else 'no (std_msgs/String JSON)'}")
 
     # -- executor callbacks (cheap) ----------------------------------------------------------
     def _on_image(self, msg, info) -> None:
         lost = self._lost_before(info)
         with self._cv:
+            self._last_receipt = time.monotonic()
             self._received += 1 + lost
             self._dropped += lost
             self._lost += lost
@@ -388,10 +391,10 @@ class SegmentationNode(Node):
         self._pub_label_info.publish(msg)
 
     def _publish_diagnostics(self) -> None:
-        received, published, since = self._diag_counts
+        received, published, failed, rejected, since = self._diag_counts
         now = time.monotonic()
         period = max(now - since, 1e-6)
-        self._diag_counts = (self._received, self._published, now)
+        self._diag_counts = (self._received, self._published, self._failed, self._rejected, now)
         node_ms = np.array([n for n, _ in self._latencies]) if self._latencies else np.zeros(1)
         infer_ms = np.array([i for _, i in self._latencies]) if self._latencies else np.zeros(1)
         values = {
@@ -411,10 +414,19 @@ class SegmentationNode(Node):
         status = DiagnosticStatus(name=f"{self.get_name()}: semantic segmentation",
                                   hardware_id=str(self._seg.device),
                                   values=[KeyValue(key=k, value=v) for k, v in values.items()])
-        if self._failed:
-            status.level, status.message = DiagnosticStatus.ERROR, "segmentation failures"
-        elif self._rejected:
-            status.level, status.message = DiagnosticStatus.WARN, "input images refused"
+        # The level describes this period (totals stay in the values), so one transient failure
+        # does not leave the node at ERROR for the rest of the run.
+        new_failed, new_rejected = self._failed - failed, self._rejected - rejected
+        if new_failed:
+            status.level = DiagnosticStatus.ERROR
+            status.message = f"{new_failed} segmentation failures in the last {period:.1f} s"
+        elif new_rejected:
+            status.level = DiagnosticStatus.WARN
+            status.message = f"{new_rejected} input images refused in the last {period:.1f} s"
+        elif self._last_receipt is None or now - self._last_receipt > self._stall_s:
+            status.level = DiagnosticStatus.WARN
+            status.message = (f"no images on {self._image_topic} for {now - self._last_receipt:.1f} s"
+                              if self._last_receipt else f"no images on {self._image_topic} yet")
         else:
             status.level, status.message = DiagnosticStatus.OK, "segmenting"
         array = DiagnosticArray(status=[status])

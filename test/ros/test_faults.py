@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import rclpy
 import torch
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from ros_harness import Client, domain_id_for, node_output, run_node, stop_node
@@ -269,3 +269,50 @@ def test_node_worker_skips_an_out_of_memory_frame_logs_it_and_continues(tiny_che
         rclpy.shutdown(context=context)
     err = capfd.readouterr().err
     assert "segmentation failed: OutOfMemoryError: CUDA out of memory (test)" in err
+
+
+def test_diagnostics_level_describes_the_last_period_not_the_whole_run(tiny_checkpoint):
+    """ERROR while frames fail, back to OK once they stop (the total stays in the values); WARN
+    before the first image and while input is refused."""
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=domain_id_for("diagnostic_levels"))
+    node = SegmentationNode(context=context, parameter_overrides=[
+        Parameter("checkpoint", value=str(tiny_checkpoint)), Parameter("device", value="cpu"),
+        Parameter("input_size", value=[64, 64])])
+    published = []
+    node._pub_diag.publish = published.append
+    try:
+        _oom_on_call(node._seg.model, {1}, torch.OutOfMemoryError("CUDA out of memory (test)"))
+        frames = synthetic_video(3)
+
+        def diagnose():
+            node._publish_diagnostics()
+            status = published[-1].status[0]
+            return status.level, status.message, {v.key: v.value for v in status.values}
+
+        def feed(msg, done):
+            node._on_image(msg, {})
+            deadline = time.monotonic() + 60
+            while node._published + node._failed + node._rejected < done:  # safety limit only
+                assert time.monotonic() < deadline, "the worker did not take the frame"
+                time.sleep(0.01)
+
+        level, message, _ = diagnose()
+        assert level == DiagnosticStatus.WARN and message == "no images on /image yet"
+        feed(image_msg(frames[0], 5, 0), 1)
+        assert diagnose()[:2] == (DiagnosticStatus.OK, "segmenting")
+        feed(image_msg(frames[1], 5, 100_000_000), 2)  # out of memory
+        level, message, values = diagnose()
+        assert level == DiagnosticStatus.ERROR and message.startswith("1 segmentation failures")
+        feed(image_msg(frames[2], 5, 200_000_000), 3)
+        level, _, values = diagnose()
+        assert level == DiagnosticStatus.OK and values["failed frames"] == "1"
+        feed(Image(height=4, width=4, encoding="yuv422", step=8, data=bytes(32)), 4)
+        level, message, values = diagnose()
+        assert level == DiagnosticStatus.WARN and message.startswith("1 input images refused")
+        node._last_receipt -= 60  # the camera went silent a minute ago
+        level, message, _ = diagnose()
+        assert level == DiagnosticStatus.WARN and message.startswith("no images on /image for 6")
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=context)

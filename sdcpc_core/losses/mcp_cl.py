@@ -4,6 +4,13 @@ For every class present in a batch, K prototypes come from spherical k-means ove
 L2-normalised pixel features and are folded into a memory bank with momentum. Each sampled pixel is
 pulled towards the nearest prototype of its own class and pushed from all prototypes of the other
 (initialised) classes with an InfoNCE loss. Training only; nothing of it runs at inference.
+
+Two ways to choose the pixels (``pixels``):
+- ``"label"`` (default): a class's prototypes come from all pixels labelled with it, and the
+  anchors are a random sample of them.
+- ``"prediction"``: prototypes come only from the pixels of the class the model predicts
+  correctly (clean modes, not the confusions), and the anchors are the wrongly predicted pixels
+  first (the hard ones, which need pulling most), topped up with correct ones.
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+PIXEL_CHOICES = ("label", "prediction")
 
 
 def spherical_kmeans(x: torch.Tensor, centres: torch.Tensor, iters: int) -> torch.Tensor:
@@ -51,6 +60,8 @@ class MCPContrastiveLoss(nn.Module):
         ignore_index: label id to skip.
         max_pixels_per_class: pixels sampled per class per batch (k-means and loss), bounds cost.
         kmeans_iters: spherical k-means iterations per class per batch.
+        pixels: ``"label"`` or ``"prediction"`` (see the module docstring); ``"prediction"``
+            needs the model's predicted classes in ``forward``.
 
     Buffers ``prototypes`` (num_classes, K, C) and ``initialized`` (num_classes,) live in the state
     dict. Under torch.distributed the batch centres are averaged over ranks, so every rank keeps the
@@ -59,8 +70,11 @@ class MCPContrastiveLoss(nn.Module):
 
     def __init__(self, num_classes: int, feat_dim: int, prototypes_per_class: int = 4,
                  momentum: float = 0.99, temperature: float = 0.1, ignore_index: int = 255,
-                 max_pixels_per_class: int = 1024, kmeans_iters: int = 5):
+                 max_pixels_per_class: int = 1024, kmeans_iters: int = 5, pixels: str = "label"):
         super().__init__()
+        if pixels not in PIXEL_CHOICES:
+            raise ValueError(f"MCP-CL pixels {pixels!r} is not one of {PIXEL_CHOICES}")
+        self.pixels = pixels
         self.num_classes = num_classes
         self.feat_dim = feat_dim
         self.prototypes_per_class = prototypes_per_class
@@ -75,18 +89,21 @@ class MCPContrastiveLoss(nn.Module):
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, feat_dim={self.feat_dim}, "
                 f"prototypes_per_class={self.prototypes_per_class}, momentum={self.momentum}, "
-                f"temperature={self.temperature}")
+                f"temperature={self.temperature}, pixels={self.pixels!r}")
 
-    def _sample(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Indices of up to ``max_pixels_per_class`` random pixels per present class, and the classes."""
+    def _sample(self, labels: torch.Tensor, wrong: torch.Tensor | None = None):
+        """Indices of up to ``max_pixels_per_class`` pixels per present class (random; with
+        ``wrong`` given, the wrongly predicted ones first), and the present classes."""
         valid = (labels != self.ignore_index) & (labels >= 0) & (labels < self.num_classes)
         classes = torch.unique(labels[valid])
         picks = []
         for c in classes.tolist():
             idx = torch.nonzero(labels == c).squeeze(1)
-            if idx.numel() > self.max_pixels_per_class:
-                idx = idx[torch.randperm(idx.numel(), device=idx.device)[: self.max_pixels_per_class]]
-            picks.append(idx)
+            if wrong is not None or idx.numel() > self.max_pixels_per_class:
+                idx = idx[torch.randperm(idx.numel(), device=idx.device)]
+            if wrong is not None:  # stable sort: wrong pixels first, random order within each group
+                idx = idx[torch.sort((~wrong[idx]).to(torch.uint8), stable=True).indices]
+            picks.append(idx[: self.max_pixels_per_class])
         index = torch.cat(picks) if picks else labels.new_zeros(0)
         return index, classes
 
@@ -110,21 +127,32 @@ class MCPContrastiveLoss(nn.Module):
         self.prototypes[seen] = F.normalize(m * self.prototypes[seen] + (1 - m) * centres[seen], dim=2)
         self.initialized |= seen
 
-    def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """features: (B, C, h, w) embedding; labels: (B, H, W) int64 → scalar loss.
+    def forward(self, features: torch.Tensor, labels: torch.Tensor,
+                predictions: torch.Tensor | None = None) -> torch.Tensor:
+        """features: (B, C, h, w) embedding; labels and predictions (the model's classes, only
+        for ``pixels="prediction"``): (B, H, W) int64 → scalar loss.
 
-        Labels are resized to (h, w) by nearest neighbour. Returns a zero that keeps a grad_fn
-        when no pixel has a usable label or no other class has prototypes yet.
+        Labels and predictions are resized to (h, w) by nearest neighbour. Returns a zero that
+        keeps a grad_fn when no pixel has a usable label or no other class has prototypes yet.
         """
         c, h, w = features.shape[1:]
-        if labels.shape[-2:] != (h, w):
-            labels = F.interpolate(labels[:, None].float(), size=(h, w), mode="nearest")[:, 0]
-        labels = labels.long().reshape(-1)  # (B*h*w,)
+        labels = _to_grid(labels, h, w)  # (B*h*w,)
+        wrong = None
+        if self.pixels == "prediction":
+            if predictions is None:
+                raise ValueError('MCP-CL with pixels="prediction" needs the predicted classes')
+            wrong = _to_grid(predictions, h, w) != labels  # (B*h*w,)
         feats = F.normalize(features.float().permute(0, 2, 3, 1).reshape(-1, c), dim=1)  # (N, C)
 
-        index, classes = self._sample(labels)
+        index, classes = self._sample(labels, wrong)
         feats, labels = feats[index], labels[index]  # (n, C), (n,)
-        self.update_bank(feats.detach(), labels, classes)
+        if wrong is None:
+            self.update_bank(feats.detach(), labels, classes)
+        else:  # prototypes from the correctly predicted pixels only
+            correct = ~wrong[index]
+            self.update_bank(feats.detach()[correct], labels[correct], torch.unique(labels[correct]))
+            anchored = self.initialized[labels]  # a class never predicted right has no prototypes yet
+            feats, labels = feats[anchored], labels[anchored]
         zero = features.sum() * 0.0
         if labels.numel() == 0:
             return zero
@@ -140,3 +168,10 @@ class MCPContrastiveLoss(nn.Module):
             return zero
         denom = torch.logsumexp(torch.cat([positive[:, None], negatives], dim=1), dim=1)
         return (denom - positive).mean()
+
+
+def _to_grid(labels: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(B, H, W) class map -> (B*h*w,) int64, nearest-neighbour resized to (h, w)."""
+    if labels.shape[-2:] != (h, w):
+        labels = F.interpolate(labels[:, None].float(), size=(h, w), mode="nearest")[:, 0]
+    return labels.long().reshape(-1)

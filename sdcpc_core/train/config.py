@@ -66,7 +66,12 @@ class LossConfig:
     temperature: float = 0.1
     max_pixels_per_class: int = 1024
     kmeans_iters: int = 5
+    mcp_pixels: str = "label"  # "label" | "prediction": which pixels make prototypes and anchors
     ignore_index: int = 255
+
+    def __post_init__(self):
+        if self.mcp_pixels not in ("label", "prediction"):
+            raise ValueError(f"loss.mcp_pixels {self.mcp_pixels!r} is not one of 'label', 'prediction'")
 
 
 @dataclass

@@ -134,7 +134,8 @@ class Trainer:
             lc = cfg.loss
             self.criterion = MCPContrastiveLoss(
                 cfg.model.num_classes, cfg.model.embed_dim, lc.prototypes_per_class, lc.momentum,
-                lc.temperature, lc.ignore_index, lc.max_pixels_per_class, lc.kmeans_iters).to(self.device)
+                lc.temperature, lc.ignore_index, lc.max_pixels_per_class, lc.kmeans_iters,
+                lc.mcp_pixels).to(self.device)
         self.optimizer = build_optimizer(model, cfg.optim)
         self.amp_dtype = self._amp_dtype(cfg.amp)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
@@ -255,7 +256,8 @@ class Trainer:
             losses["static"] = segmentation_loss(out["static_logits"], label, lc.ignore_index)
             total = total + lc.static_weight * losses["static"]
         if self.criterion is not None and "embedding" in out:
-            losses["mcp"] = self.criterion(out["embedding"].float(), label)
+            predicted = out["logits"].detach().argmax(1) if lc.mcp_pixels == "prediction" else None
+            losses["mcp"] = self.criterion(out["embedding"].float(), label, predicted)
             total = total + lc.mcp_weight * losses["mcp"]
         losses["loss"] = total
         return losses

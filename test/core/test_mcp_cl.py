@@ -124,3 +124,57 @@ def test_spherical_kmeans_keeps_empty_slot():
     init = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
     out = spherical_kmeans(x, init, iters=3)
     torch.testing.assert_close(out, init)  # slot 0: mean direction (1, 0); slot 1 keeps its centre
+
+
+def _two_mode_class(n=64, c=8):
+    """Class 0 has two modes: A (predicted right) and B (predicted as class 1); class 1 has C."""
+    torch.manual_seed(0)
+    a, b, other = F.normalize(torch.randn(3, c), dim=1)
+    jitter = lambda: 0.05 * torch.randn(n, c)  # noqa: E731
+    feats = torch.cat([a + jitter(), b + jitter(), other + jitter()])  # (3n, C)
+    labels = torch.tensor([0] * (2 * n) + [1] * n)
+    predictions = torch.tensor([0] * n + [1] * n + [1] * n)  # mode B of class 0 is confused
+    as_map = lambda x: x.T.reshape(1, -1, 3 * n, 1) if x.ndim == 2 else x.reshape(1, 3 * n, 1)  # noqa: E731
+    return as_map(feats), as_map(labels), as_map(predictions), (a, b, other)
+
+
+def test_prediction_variant_builds_prototypes_from_correct_pixels_only():
+    feats, labels, predictions, (a, b, _) = _two_mode_class()
+    by_label = MCPContrastiveLoss(num_classes=2, feat_dim=8, prototypes_per_class=2)
+    by_prediction = MCPContrastiveLoss(num_classes=2, feat_dim=8, prototypes_per_class=2,
+                                       pixels="prediction")
+    by_label(feats, labels)
+    by_prediction(feats, labels, predictions)
+    near = lambda protos, mode: (protos @ mode).max().item()  # noqa: E731
+    assert near(by_label.prototypes[0], a) > 0.95 and near(by_label.prototypes[0], b) > 0.95
+    assert near(by_prediction.prototypes[0], a) > 0.95 and near(by_prediction.prototypes[0], b) < 0.8
+
+
+def test_prediction_variant_anchors_wrong_pixels_first():
+    _, labels, predictions, _ = _two_mode_class(n=64)
+    crit = MCPContrastiveLoss(num_classes=2, feat_dim=8, max_pixels_per_class=64, pixels="prediction")
+    flat_labels, flat_wrong = labels.reshape(-1), (predictions != labels).reshape(-1)
+    index, classes = crit._sample(flat_labels, flat_wrong)
+    picked = flat_wrong[index[flat_labels[index] == 0]]
+    assert classes.tolist() == [0, 1] and picked.numel() == 64 and picked.all()  # all 64 confused ones
+
+
+def test_prediction_variant_pulls_the_confused_mode_and_needs_predictions():
+    feats, labels, predictions, _ = _two_mode_class()
+    feats = feats.clone().requires_grad_()
+    crit = MCPContrastiveLoss(num_classes=2, feat_dim=8, prototypes_per_class=1, pixels="prediction")
+    loss = crit(feats, labels, predictions)
+    assert torch.isfinite(loss) and loss.item() > 0
+    grad = torch.autograd.grad(loss, feats)[0].reshape(8, -1)
+    n = 64
+    assert grad[:, n:2 * n].norm() > grad[:, :n].norm()  # the confused mode gets the larger pull
+    never_right = torch.zeros_like(labels)  # class 1 is never predicted: no prototypes, no anchors
+    fresh = MCPContrastiveLoss(num_classes=2, feat_dim=8, pixels="prediction")
+    assert torch.isfinite(fresh(feats, labels, never_right))
+    assert fresh.initialized.tolist() == [True, False]
+    import pytest
+
+    with pytest.raises(ValueError, match="needs the predicted classes"):
+        fresh(feats, labels)
+    with pytest.raises(ValueError, match="is not one of"):
+        MCPContrastiveLoss(num_classes=2, feat_dim=8, pixels="confidence")

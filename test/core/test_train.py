@@ -185,3 +185,16 @@ def test_build_datasets_reads_vspw_layout(tmp_path):
         build_datasets(load_config("vspw_b0", [f"data.root={tmp_path}", "model.num_classes=19"]))
     with pytest.raises(ValueError, match="data.root"):
         build_datasets(load_config("vspw_b0", ["data.root=null"]))
+
+
+def test_prediction_based_mcp_cl_trains(tmp_path):
+    """loss.mcp_pixels=prediction: the trainer hands the predicted classes to MCP-CL."""
+    torch.manual_seed(0)
+    cfg = tiny_config(tmp_path, loss={"mcp_pixels": "prediction"}, schedule={"max_iters": 3})
+    trainer = Trainer(cfg, clips())
+    assert trainer.criterion.pixels == "prediction"
+    records = [trainer.train_step(next(trainer.batches())) for _ in range(3)]
+    assert all(math.isfinite(r["mcp"]) and math.isfinite(r["loss"]) for r in records)
+    assert trainer.criterion.initialized.any()  # some class was predicted right: prototypes exist
+    with pytest.raises(ValueError, match="loss.mcp_pixels 'both' is not one of"):
+        tiny_config(tmp_path / "bad", loss={"mcp_pixels": "both"})

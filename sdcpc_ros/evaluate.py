@@ -199,7 +199,8 @@ class Evaluation:
             self.samples.append(_sample(pair, preds))
 
     def counts(self) -> dict:
-        out = dict.fromkeys(("scored", "unlabelled", "label_error", "unreadable", "failed", "dropped"), 0)
+        out = dict.fromkeys(("scored", "unlabelled", "label_error", "unreadable", "failed", "dropped",
+                             "duplicate_stamp"), 0)
         for f in self.frames:
             out[f["status"]] += 1
         out["in_bag"] = self.total
@@ -456,6 +457,8 @@ def evaluate_live(bag_path, out_dir, *, rate=1.0, checkpoint=None, connect=False
                 else:
                     t_play += min(max(pair.log_time - last_log, 0) / 1e9 / rate, max_pause)
                 last_log = pair.log_time
+                if pair.stamp in sent:  # its answer could not be told from the earlier frame's
+                    continue
                 time.sleep(max(0.0, t_play - time.perf_counter()))
                 sent[pair.stamp] = time.perf_counter()
                 pub.publish(pair.raw)
@@ -492,10 +495,18 @@ def evaluate_live(bag_path, out_dir, *, rate=1.0, checkpoint=None, connect=False
 
 
 def _score_live(ev: Evaluation, pairs, sent, answers, max_time_gap) -> None:
-    previous = None
+    """Score each published frame against the node's answer with the same stamp. A frame whose
+    stamp an earlier frame already had was not published: the node's labels carry only the
+    stamp, so the two answers could not be told apart."""
+    previous, first_with_stamp = None, {}
     for pair in pairs:
         if pair.error:
             ev.skip(pair, "unreadable", pair.error)
+            continue
+        first = first_with_stamp.setdefault(pair.stamp, pair.index)
+        if first != pair.index:
+            ev.skip(pair, "duplicate_stamp", f"not published: frame {first} has the same header stamp "
+                    f"{format_stamp(pair.stamp)}, and labels are matched to images by stamp")
             continue
         if pair.stamp not in sent:
             ev.skip(pair, "dropped", "not published (run stopped)")

@@ -13,7 +13,7 @@ MODEL_TITLES = {"sdcpc": "SD-CPC", "baseline": "baseline", "node": "node (live)"
                 "ground_truth": "GT vs GT"}
 COUNT_TITLES = (("scored", "scored"), ("unlabelled", "unlabelled"), ("label_error", "label errors"),
                 ("unreadable", "unreadable"), ("failed", "failed"), ("dropped", "dropped"),
-                ("not_read", "not read"))
+                ("duplicate_stamp", "duplicate stamps"), ("not_read", "not read"))
 
 
 def _fmt(v, digits: int = 3) -> str:
@@ -59,7 +59,8 @@ def markdown(report: dict, plots: list[str]) -> str:
             lines += ["", f"## {title}", ""] + [f"- {x}" for x in items[:50]]
             if len(items) > 50:
                 lines.append(f"- … {len(items) - 50} more in report.json")
-    bad = [fr for fr in report["frame_log"] if fr["status"] in ("unreadable", "label_error", "failed")]
+    bad = [fr for fr in report["frame_log"]
+           if fr["status"] in ("unreadable", "label_error", "failed", "duplicate_stamp")]
     if bad:
         lines += ["", "## Frames not scored", ""] + [
             f"- frame {fr['index']} (stamp {fr['stamp']}): {fr['status']}: {fr['reason']}" for fr in bad[:50]]

@@ -13,6 +13,7 @@ from sdcpc_core.metrics import VideoMetrics
 from sdcpc_core.models import SDCPCConfig, build_model
 from sdcpc_ros import bags, evaluate
 from sdcpc_ros.bags import TYPESTORE, BagError
+from sdcpc_ros.report import markdown
 
 H, W, LENGTH, SEEDS = 40, 48, 10, (3, 4)
 
@@ -210,3 +211,24 @@ def test_convert_cli_then_offline_cli(tmp_path):
     assert evaluate.main(["offline", str(out), "--out", str(tmp_path / "r"), "--predict-gt"]) == 0
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["frames"]["scored"] == 3 and report["models"]["ground_truth"]["miou"] == 1.0
+
+
+def test_live_scoring_skips_frames_whose_stamp_was_already_published():
+    """Labels are matched to images by stamp: a second image with the same stamp is not published
+    (see evaluate_live) and is reported as such; the first keeps its own answer."""
+    from sdcpc_core.classes import LabelSet
+
+    labels = LabelSet.from_names(["a", "b"])
+    gt = np.zeros((4, 4), np.uint8)
+    pairs = [evaluate.Pair(index=i, log_time=i, stamp=s, frame_id="cam", labels=gt)
+             for i, s in enumerate([10**9, 2 * 10**9, 2 * 10**9, 3 * 10**9])]
+    sent = {10**9: 0.0, 2 * 10**9: 1.0, 3 * 10**9: 3.0}
+    answers = {s: (t + 0.05, gt) for s, t in sent.items()}
+    ev = evaluate.Evaluation(bag="b", mode="live", labels=labels, models=["node"])
+    ev.total = len(pairs)
+    evaluate._score_live(ev, pairs, sent, answers, max_time_gap=5.0)
+    counts = ev.counts()
+    assert (counts["scored"], counts["duplicate_stamp"], counts["dropped"]) == (3, 1, 0)
+    dup = next(f for f in ev.frames if f["status"] == "duplicate_stamp")
+    assert dup["index"] == 2 and "frame 1 has the same header stamp" in dup["reason"]
+    assert "duplicate stamps" in markdown(ev.report(), [])

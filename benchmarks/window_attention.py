@@ -1,16 +1,19 @@
 """Benchmark: dense cross-frame attention vs window attention (PyTorch path, CUDA kernel).
 
 VSPW scale by default: stride 8 of 480x480 -> 60x60 queries, 3 reference frames, C=256, w=9, with 25 %
-and 100 % of the queries selected. On demand, not in CI:
+(scattered at random, and clustered as selecting the most different locations gives) and 100 % of
+the queries selected. On demand, not in CI:
 
     python benchmarks/window_attention.py [--device cpu|cuda] [--reps 3]
 
-Each case runs in a fresh subprocess. Columns: median time of forward and of forward+backward; peak
-extra memory of forward+backward over the inputs (CUDA: torch.cuda.max_memory_allocated; CPU: peak
-RSS delta, ru_maxrss of the subprocess after the op minus before it); achieved bandwidth = logical
-bytes / forward time, where logical bytes count every key/value row once per query that reads it
-(window: M*T*w*w*C*2 elements; dense: M*T*N*C*2 elements plus the fp32 M x T*N weights written and
-read once) plus q and the output; ratios are against dense at the same selection.
+Keys and values are stored channels-last, as SD-CPC's frame cache holds them (the dense baseline
+reads them as rows without a copy too). Each case runs in a fresh subprocess. Columns: median time
+of forward and of forward+backward; peak extra memory of forward+backward over the inputs (CUDA:
+torch.cuda.max_memory_allocated; CPU: peak RSS delta, ru_maxrss of the subprocess after the op minus
+before it); achieved bandwidth = logical bytes / forward time, where logical bytes count every
+key/value row once per query that reads it (window: M*T*w*w*C*2 elements; dense: M*T*N*C*2 elements
+plus the fp32 M x T*N weights written and read once) plus q and the output; ratios are against dense
+at the same selection.
 
 On a shared, busy CPU prefer --threads 1 and more --reps: the window path runs many small ops, and with
 one OpenMP thread per core any op that goes parallel waits for a thread the OS has descheduled, which
@@ -33,10 +36,10 @@ def dense_attention(q, k, v, query_index):
     """CFFM-style dense cross-frame attention of the selected queries to all T*N keys: (B, C, M)."""
     B, T, C, H, W = k.shape
     qs = q.flatten(2).gather(2, query_index[:, None].expand(B, C, query_index.shape[1]))  # B, C, M
-    keys = k.permute(0, 2, 1, 3, 4).reshape(B, C, T * H * W)  # B, C, T*N
-    vals = v.permute(0, 2, 1, 3, 4).reshape(B, C, T * H * W)
-    attn = (qs.transpose(1, 2) @ keys / math.sqrt(C)).softmax(-1)  # B, M, T*N
-    return vals @ attn.transpose(1, 2)  # B, C, M
+    keys = k.permute(0, 1, 3, 4, 2).reshape(B, T * H * W, C)  # B, T*N, C (a view: k is channels-last)
+    vals = v.permute(0, 1, 3, 4, 2).reshape(B, T * H * W, C)
+    attn = (qs.transpose(1, 2) @ keys.transpose(1, 2) / math.sqrt(C)).softmax(-1)  # B, M, T*N
+    return (attn @ vals).transpose(1, 2)  # B, C, M
 
 
 def run_case(a):
@@ -50,9 +53,14 @@ def run_case(a):
     N, T, C, w = H * W, a.refs, a.channels, a.window
     M = max(1, round(N * a.selection))
     q = torch.randn(1, C, H, W, device=dev, requires_grad=True)
-    k = torch.randn(1, T, C, H, W, device=dev, requires_grad=True)
-    v = torch.randn(1, T, C, H, W, device=dev, requires_grad=True)
-    idx = torch.randperm(N, device=dev)[:M].sort().values[None]
+    # k, v stored channels-last, as SD-CPC caches them: (B, T, C, H, W) views of (B, T, H, W, C)
+    k = torch.randn(1, T, H, W, C, device=dev).permute(0, 1, 4, 2, 3).requires_grad_()
+    v = torch.randn(1, T, H, W, C, device=dev).permute(0, 1, 4, 2, 3).requires_grad_()
+    if a.pattern == "clustered":  # like SD-CPC's top perceptual difference: objects, not salt
+        field = torch.nn.functional.interpolate(torch.randn(1, 1, 6, 6), size=(H, W), mode="bicubic")
+        idx = field.flatten().topk(M).indices.sort().values[None].to(dev)
+    else:
+        idx = torch.randperm(N, device=dev)[:M].sort().values[None]
     if a.method == "dense":
         fn = lambda: dense_attention(q, k, v, idx)  # noqa: E731
     elif a.method == "window-pytorch":
@@ -100,7 +108,7 @@ def run_case(a):
         logical = (2 * M * C + 2 * M * T * N * C) * el + 2 * M * T * N * 4
     else:
         logical = (2 * M * C + 2 * M * T * w * w * C) * el
-    print(json.dumps({"method": a.method, "selection": a.selection, "M": M, "fwd_ms": t_fwd * 1e3,
+    print(json.dumps({"method": a.method, "selection": a.selection, "pattern": a.pattern, "M": M, "fwd_ms": t_fwd * 1e3,
                       "fwd_bwd_ms": t_fb * 1e3, "peak_mib": peak / 2**20, "gbps": logical / t_fwd / 1e9}))
 
 
@@ -116,6 +124,7 @@ def main():
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     p.add_argument("--method", help=argparse.SUPPRESS)
     p.add_argument("--selection", type=float, help=argparse.SUPPRESS)
+    p.add_argument("--pattern", default="random", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -130,13 +139,17 @@ def main():
           f"T={a.refs} C={a.channels} w={a.window} fp32, median of {a.reps}; memory: {mem}")
     methods = ["dense", "window-pytorch", "window-cuda"]
     rows = []
-    for sel in (0.25, 1.0):
+    # 25 %: scattered at random (worst case for tiling) and clustered (what selecting the most
+    # different locations gives: moving objects and boundaries); dense cost ignores the pattern
+    for sel, pattern in ((0.25, "random"), (0.25, "clustered"), (1.0, "random")):
         for m in methods:
+            if m == "dense" and pattern == "clustered":
+                continue
             if m == "window-cuda" and (a.device != "cuda" or backend() != "cuda"):
                 print(f"skip window-cuda sel={sel:.0%}: "
                       + ("no CUDA device" if a.device != "cuda" else "extension not built"))
                 continue
-            cmd = [sys.executable, __file__, "--method", m, "--selection", str(sel)]
+            cmd = [sys.executable, __file__, "--method", m, "--selection", str(sel), "--pattern", pattern]
             cmd += [f"--{n}={getattr(a, n)}" for n in ("device", "size", "stride", "refs", "channels",
                                                         "window", "reps", "threads")]
             r = subprocess.run(cmd, capture_output=True, text=True)
@@ -145,15 +158,15 @@ def main():
                 continue
             rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
     dense = {r["selection"]: r for r in rows if r["method"] == "dense"}
-    print("| method | sel | M | fwd ms | fwd+bwd ms | peak MiB (fwd+bwd) | GB/s (fwd) | "
+    print("| method | sel | queries | M | fwd ms | fwd+bwd ms | peak MiB (fwd+bwd) | GB/s (fwd) | "
           "time vs dense (fwd) | mem vs dense |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         d = dense.get(r["selection"])
         tr = f"{r['fwd_ms'] / d['fwd_ms']:.3f}" if d else "-"
         mr = f"{r['peak_mib'] / d['peak_mib']:.3f}" if d and d["peak_mib"] > 0 else "-"
-        print(f"| {r['method']} | {r['selection']:.0%} | {r['M']} | {r['fwd_ms']:.1f} | {r['fwd_bwd_ms']:.1f} | "
-              f"{r['peak_mib']:.1f} | {r['gbps']:.2f} | {tr} | {mr} |")
+        print(f"| {r['method']} | {r['selection']:.0%} | {r['pattern']} | {r['M']} | {r['fwd_ms']:.1f} | "
+              f"{r['fwd_bwd_ms']:.1f} | {r['peak_mib']:.1f} | {r['gbps']:.2f} | {tr} | {mr} |")
 
 
 if __name__ == "__main__":

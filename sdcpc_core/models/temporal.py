@@ -24,8 +24,8 @@ class FrameCache(NamedTuple):
     features: tuple[torch.Tensor, ...]  # encoder maps at strides 4, 8, 16, 32
     static: torch.Tensor  # S: (B, C, H/8, W/8) aligned feature
     static_logits: torch.Tensor  # (B, K, H/8, W/8) static class prediction
-    keys: torch.Tensor | None = None  # (B, C, H/8, W/8) fine-stage key projection of S, as a reference
-    values: torch.Tensor | None = None  # (B, C, H/8, W/8) fine-stage value projection of S
+    keys: torch.Tensor | None = None  # (B, C, H/8, W/8) fine-stage key projection of S, channels-last
+    values: torch.Tensor | None = None  # (B, C, H/8, W/8) fine-stage value projection of S, channels-last
 
 
 class SSEA(nn.Module):
@@ -152,8 +152,11 @@ class WindowCrossFrameAttention(nn.Module):
 
     def project_reference(self, static: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of a frame in its role as a reference: computed once per frame and
-        cached with it, not once per target that uses it."""
-        return self.key(static), self.value(static)
+        cached with it, not once per target that uses it. (B, C, h, w) stored channels-last
+        (``.permute(0, 2, 3, 1)`` is contiguous), the layout ``window_attention`` reads."""
+        rows = static.permute(0, 2, 3, 1)  # (B, h, w, C); the 1×1 convs as linear maps on rows
+        return tuple(F.linear(rows, conv.weight.flatten(1), conv.bias).permute(0, 3, 1, 2)
+                     for conv in (self.key, self.value))
 
     def select(self, difference: torch.Tensor) -> torch.Tensor | None:
         """(B, 1, h, w) -> (B, M) flat indices of the most different locations, or None for all."""
@@ -168,8 +171,9 @@ class WindowCrossFrameAttention(nn.Module):
         b, c, h, w = x.shape
         kv = [(r.keys, r.values) if r.keys is not None else self.project_reference(r.static)
               for r in references]
-        k = torch.stack([a for a, _ in kv], 1)  # (B, T, C, h, w)
-        v = torch.stack([b for _, b in kv], 1)
+        # (B, T, C, h, w) views of channels-last (B, T, h, w, C) stacks: no transposing copy
+        k = torch.stack([a.permute(0, 2, 3, 1) for a, _ in kv], 1).permute(0, 1, 4, 2, 3)
+        v = torch.stack([b.permute(0, 2, 3, 1) for _, b in kv], 1).permute(0, 1, 4, 2, 3)
         q = self.query(x)
         index = self.select(difference)
         out = window_attention(q, k, v, window=self.window, dilation=self.dilation, query_index=index)

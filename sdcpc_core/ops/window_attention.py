@@ -234,11 +234,14 @@ def _acc_dtype(dtype):
 
 
 def _channels_last(k, dtype):
-    """(B, T, C, H, W) -> (B, T, H, W, C) contiguous in dtype (one copy)."""
+    """(B, T, C, H, W) -> (B, T, H, W, C) contiguous in dtype: a view when k is stored that way
+    already (SD-CPC's cached reference keys and values are), else one transposing copy."""
+    rows = k.permute(0, 1, 3, 4, 2)
+    if rows.is_contiguous() and k.dtype == dtype:
+        return rows
     B, T, C, H, W = k.shape
-    out = k.new_empty((B, T, H, W, C), dtype=dtype)
-    out.copy_(k.permute(0, 1, 3, 4, 2))
-    return out
+    # a 2-D transpose per frame: several times faster on CPU than copying the 5-D permuted view
+    return k.reshape(B * T, C, H * W).transpose(1, 2).contiguous().to(dtype).view(B, T, H, W, C)
 
 
 def _gather_queries(q, query_index):

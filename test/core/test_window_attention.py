@@ -235,3 +235,25 @@ def test_runs_under_cpu_autocast_like_a_bf16_engine():
         out = window_attention(q.bfloat16(), k.bfloat16(), v, window=3, dilation=1, query_index=idx)
     assert out.dtype == torch.float32  # promoted to the widest input dtype
     torch.testing.assert_close(out, ref, atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_channels_last_keys_values_are_read_in_place_and_give_the_same_result(dtype):
+    """k, v stored (B, T, H, W, C), as SD-CPC's frame cache holds them: no transposing copy (the
+    op's rows are a view of the input), same values and gradients as contiguous inputs."""
+    from sdcpc_core.ops.window_attention import _channels_last
+
+    q, k, v = (t.to(dtype) for t in rand(2, 3, 6, 7, 9, seed=4))
+    as_rows = lambda t: t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)  # noqa: E731
+    kl, vl = as_rows(k), as_rows(v)
+    assert _channels_last(kl, dtype).data_ptr() == kl.data_ptr()  # a view, not a copy
+    assert _channels_last(k, dtype).data_ptr() != k.data_ptr()
+    torch.testing.assert_close(_channels_last(k, dtype), _channels_last(kl, dtype), rtol=0, atol=0)
+    idx = sparse_index(2, 20, 63, seed=4)
+    grads = []
+    for kk, vv in ((k, v), (kl, vl)):
+        qq, kk, vv = (t.detach().requires_grad_() for t in (q, kk, vv))
+        out = window_attention(qq, kk, vv, 5, 1, idx)
+        grads.append((out, *torch.autograd.grad(out.square().sum(), (qq, kk, vv))))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)

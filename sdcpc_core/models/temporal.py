@@ -143,6 +143,8 @@ class WindowCrossFrameAttention(nn.Module):
     queried (1.0 = all); the others receive zero context.
     """
 
+    NOISE = 1e-5  # perceptual differences below this are treated as zero when selecting
+
     def __init__(self, dim: int, window: int = 9, dilation: int = 1, selection_ratio: float = 0.25):
         super().__init__()
         self.window, self.dilation, self.selection_ratio = window, dilation, selection_ratio
@@ -159,12 +161,19 @@ class WindowCrossFrameAttention(nn.Module):
                      for conv in (self.key, self.value))
 
     def select(self, difference: torch.Tensor) -> torch.Tensor | None:
-        """(B, 1, h, w) -> (B, M) flat indices of the most different locations, or None for all."""
+        """(B, 1, h, w) -> (B, M) flat indices of the most different locations, or None for all.
+
+        Differences below ``NOISE`` are float rounding (a frame compared with itself at stream
+        start gives 1 - Σp ≈ ±1e-7), and ties go to the earlier location: the selection does not
+        depend on memory layout, BLAS or device, only on real differences.
+        """
         n = difference.shape[2] * difference.shape[3]
         m = max(1, math.ceil(self.selection_ratio * n))
         if m >= n:
             return None
-        return difference.flatten(1).topk(m, dim=1, sorted=False).indices.sort(1).values
+        d = difference.flatten(1)
+        d = d.masked_fill(d < self.NOISE, 0.0)
+        return d.sort(dim=1, descending=True, stable=True).indices[:, :m].sort(1).values
 
     def forward(self, x: torch.Tensor, references: list[FrameCache],
                 difference: torch.Tensor) -> torch.Tensor:

@@ -129,6 +129,17 @@ def test_bf16_close_to_fp32():
     assert max((x - y).abs().max().item() for x, y in zip(pa, pb)) < 0.1
 
 
+def test_channels_last_gives_the_same_stream():
+    a = engine()
+    model = build_model(a.model.config).eval()
+    model.load_state_dict(a.model.state_dict())
+    b = StreamingSegmenter(model, LABELS, device="cpu", input_size=(64, 64), channels_last=True)
+    for f in frames(4):
+        ra, rb = a.step(f, return_probabilities=True), b.step(f, return_probabilities=True)
+        torch.testing.assert_close(ra.probabilities, rb.probabilities, atol=1e-4, rtol=0)
+        assert ra.frames_aggregated == rb.frames_aggregated
+
+
 @pytest.mark.parametrize("bad", [np.zeros((4, 4), np.uint8), np.zeros((4, 4, 3), np.float32),
                                  np.zeros((0, 4, 3), np.uint8), np.zeros((4, 4, 4), np.uint8)])
 def test_bad_frames_raise_and_keep_state(bad):

@@ -201,3 +201,16 @@ def test_ssea_scale_attention_equals_attending_to_upsampled_grids(size):
     want_static, want_logits = _ssea_by_upsampling(model.ssea, feats)
     torch.testing.assert_close(static, want_static, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(logits, want_logits, rtol=1e-4, atol=1e-5)
+
+
+def test_selection_ignores_rounding_noise_and_breaks_ties_by_position():
+    from sdcpc_core.models.temporal import WindowCrossFrameAttention
+
+    fine = WindowCrossFrameAttention(8, window=3, selection_ratio=0.25)
+    noise = (torch.rand(2, 1, 4, 5) - 0.5) * 2e-7  # a frame compared with itself: 1 - Σp ≈ ±1e-7
+    assert fine.select(noise).tolist() == [[0, 1, 2, 3, 4]] * 2  # all ties: the first locations
+    binary = torch.zeros(1, 1, 4, 5)
+    binary[0, 0, 2:, :] = 1.0  # "argmax"-like differences: ten tied 1s for five places
+    assert fine.select(binary).tolist() == [[10, 11, 12, 13, 14]]
+    binary[0, 0, 0, 1] = 2.0
+    assert fine.select(binary).tolist() == [[1, 10, 11, 12, 13]]

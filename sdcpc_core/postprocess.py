@@ -43,13 +43,12 @@ def resized_labels(logits: torch.Tensor, size) -> torch.Tensor:
     ys, xs = mixed.nonzero(as_tuple=True)
     if ys.numel() > DENSE_BOUNDARY * mixed.numel():  # boundaries everywhere (a noisy prediction)
         return _resize_in_strips(logits, size, None, with_confidence=False)[0]
-    if ys.numel():
-        for start in range(0, ys.numel(), BOUNDARY_CHUNK):
-            y, x = ys[start:start + BOUNDARY_CHUNK], xs[start:start + BOUNDARY_CHUNK]
-            wx = fx[x, None]
-            top = torch.lerp(flat[y0[y] * w + x0[x]], flat[y0[y] * w + x1[x]], wx)  # (n, K)
-            bottom = torch.lerp(flat[y1[y] * w + x0[x]], flat[y1[y] * w + x1[x]], wx)
-            labels[y, x] = torch.lerp(top, bottom, fy[y, None]).argmax(1)
+    for start in range(0, ys.numel(), BOUNDARY_CHUNK):
+        y, x = ys[start:start + BOUNDARY_CHUNK], xs[start:start + BOUNDARY_CHUNK]
+        wx = fx[x, None]
+        top = torch.lerp(flat[y0[y] * w + x0[x]], flat[y0[y] * w + x1[x]], wx)  # (n, K)
+        bottom = torch.lerp(flat[y1[y] * w + x0[x]], flat[y1[y] * w + x1[x]], wx)
+        labels[y, x] = torch.lerp(top, bottom, fy[y, None]).argmax(1)
     return labels
 
 

@@ -144,15 +144,15 @@ class MCPContrastiveLoss(nn.Module):
             wrong = _to_grid(predictions, h, w) != labels  # (B*h*w,)
         feats = F.normalize(features.float().permute(0, 2, 3, 1).reshape(-1, c), dim=1)  # (N, C)
 
-        index, classes = self._sample(labels, wrong)
-        feats, labels = feats[index], labels[index]  # (n, C), (n,)
         if wrong is None:
-            self.update_bank(feats.detach(), labels, classes)
-        else:  # prototypes from the correctly predicted pixels only
-            correct = ~wrong[index]
-            self.update_bank(feats.detach()[correct], labels[correct], torch.unique(labels[correct]))
-            anchored = self.initialized[labels]  # a class never predicted right has no prototypes yet
-            feats, labels = feats[anchored], labels[anchored]
+            index, classes = self._sample(labels)
+            self.update_bank(feats[index].detach(), labels[index], classes)
+        else:  # prototypes from a sample of the correctly predicted pixels, anchors wrong-first
+            source, classes = self._sample(labels.masked_fill(wrong, -1))  # -1: never a class
+            self.update_bank(feats[source].detach(), labels[source], classes)
+            index, _ = self._sample(labels, wrong)
+            index = index[self.initialized[labels[index]]]  # a class never predicted right: no prototypes
+        feats, labels = feats[index], labels[index]  # (n, C), (n,)
         zero = features.sum() * 0.0
         if labels.numel() == 0:
             return zero

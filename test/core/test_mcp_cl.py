@@ -178,3 +178,13 @@ def test_prediction_variant_pulls_the_confused_mode_and_needs_predictions():
         fresh(feats, labels)
     with pytest.raises(ValueError, match="is not one of"):
         MCPContrastiveLoss(num_classes=2, feat_dim=8, pixels="confidence")
+
+
+def test_prediction_variant_prototypes_do_not_depend_on_the_anchor_budget():
+    """Class 0 has as many confused pixels as the per-class budget: the anchors are all confused
+    ones, yet the prototypes still come from its correctly predicted pixels."""
+    feats, labels, predictions, (a, _, _) = _two_mode_class(n=64)
+    crit = MCPContrastiveLoss(num_classes=2, feat_dim=8, prototypes_per_class=1,
+                              max_pixels_per_class=64, pixels="prediction")
+    crit(feats, labels, predictions)
+    assert crit.initialized[0] and (crit.prototypes[0, 0] @ a).item() > 0.95

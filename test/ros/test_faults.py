@@ -6,6 +6,7 @@ only output subscriber leaving and coming back, and an out-of-memory error durin
 node has no fault-injection hook, so that one runs the node in-process with the model patched).
 """
 
+import contextlib
 import time
 
 import numpy as np
@@ -242,31 +243,41 @@ def test_engine_survives_out_of_memory_on_one_frame(tiny_checkpoint, exc):
         assert (e.frames_aggregated, e.reset_reason) == (g.frames_aggregated, g.reset_reason)
 
 
-def test_node_worker_skips_an_out_of_memory_frame_logs_it_and_continues(tiny_checkpoint, capfd):
+@contextlib.contextmanager
+def in_process_node(tiny_checkpoint, name: str, oom_on_call: int):
+    """A SegmentationNode in this process (no executor: tests call its callbacks directly) whose
+    model raises a CUDA out-of-memory error on call ``oom_on_call``."""
     context = rclpy.Context()
-    rclpy.init(context=context, domain_id=domain_id_for("oom_in_process"))
+    rclpy.init(context=context, domain_id=domain_id_for(name))
     node = SegmentationNode(context=context, parameter_overrides=[
         Parameter("checkpoint", value=str(tiny_checkpoint)), Parameter("device", value="cpu"),
         Parameter("input_size", value=[64, 64])])
     try:
-        _oom_on_call(node._seg.model, {1}, torch.OutOfMemoryError("CUDA out of memory (test)"))
-        frames = synthetic_video(3)
-
-        def feed(t):
-            node._on_image(image_msg(frames[t], 5, t * 100_000_000), {})
-            deadline = time.monotonic() + 60
-            while node._published + node._failed < t + 1:  # safety limit only
-                assert time.monotonic() < deadline, "the worker did not take the frame"
-                time.sleep(0.01)
-
-        for t in range(3):
-            feed(t)
-        assert (node._published, node._failed, node._dropped) == (2, 1, 0)
-        assert node._worker.is_alive()
-        assert node._seg.frames_seen == 2
+        _oom_on_call(node._seg.model, {oom_on_call}, torch.OutOfMemoryError("CUDA out of memory (test)"))
+        yield node
     finally:
         node.destroy_node()
         rclpy.shutdown(context=context)
+
+
+def feed(node, msg, done: int) -> None:
+    """Hand ``msg`` to the node's image callback and wait until the worker has finished with
+    ``done`` frames in all (published, failed or refused)."""
+    node._on_image(msg, {})
+    deadline = time.monotonic() + 60
+    while node._published + node._failed + node._rejected < done:  # safety limit only
+        assert time.monotonic() < deadline, "the worker did not take the frame"
+        time.sleep(0.01)
+
+
+def test_node_worker_skips_an_out_of_memory_frame_logs_it_and_continues(tiny_checkpoint, capfd):
+    with in_process_node(tiny_checkpoint, "oom_in_process", oom_on_call=1) as node:
+        frames = synthetic_video(3)
+        for t in range(3):
+            feed(node, image_msg(frames[t], 5, t * 100_000_000), t + 1)
+        assert (node._published, node._failed, node._dropped) == (2, 1, 0)
+        assert node._worker.is_alive()
+        assert node._seg.frames_seen == 2
     err = capfd.readouterr().err
     assert "segmentation failed: OutOfMemoryError: CUDA out of memory (test)" in err
 
@@ -274,15 +285,9 @@ def test_node_worker_skips_an_out_of_memory_frame_logs_it_and_continues(tiny_che
 def test_diagnostics_level_describes_the_last_period_not_the_whole_run(tiny_checkpoint):
     """ERROR while frames fail, back to OK once they stop (the total stays in the values); WARN
     before the first image and while input is refused."""
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=domain_id_for("diagnostic_levels"))
-    node = SegmentationNode(context=context, parameter_overrides=[
-        Parameter("checkpoint", value=str(tiny_checkpoint)), Parameter("device", value="cpu"),
-        Parameter("input_size", value=[64, 64])])
-    published = []
-    node._pub_diag.publish = published.append
-    try:
-        _oom_on_call(node._seg.model, {1}, torch.OutOfMemoryError("CUDA out of memory (test)"))
+    with in_process_node(tiny_checkpoint, "diagnostic_levels", oom_on_call=1) as node:
+        published = []
+        node._pub_diag.publish = published.append
         frames = synthetic_video(3)
 
         def diagnose():
@@ -290,29 +295,19 @@ def test_diagnostics_level_describes_the_last_period_not_the_whole_run(tiny_chec
             status = published[-1].status[0]
             return status.level, status.message, {v.key: v.value for v in status.values}
 
-        def feed(msg, done):
-            node._on_image(msg, {})
-            deadline = time.monotonic() + 60
-            while node._published + node._failed + node._rejected < done:  # safety limit only
-                assert time.monotonic() < deadline, "the worker did not take the frame"
-                time.sleep(0.01)
-
         level, message, _ = diagnose()
         assert level == DiagnosticStatus.WARN and message == "no images on /image yet"
-        feed(image_msg(frames[0], 5, 0), 1)
+        feed(node, image_msg(frames[0], 5, 0), 1)
         assert diagnose()[:2] == (DiagnosticStatus.OK, "segmenting")
-        feed(image_msg(frames[1], 5, 100_000_000), 2)  # out of memory
+        feed(node, image_msg(frames[1], 5, 100_000_000), 2)  # out of memory
         level, message, values = diagnose()
         assert level == DiagnosticStatus.ERROR and message.startswith("1 segmentation failures")
-        feed(image_msg(frames[2], 5, 200_000_000), 3)
+        feed(node, image_msg(frames[2], 5, 200_000_000), 3)
         level, _, values = diagnose()
         assert level == DiagnosticStatus.OK and values["failed frames"] == "1"
-        feed(Image(height=4, width=4, encoding="yuv422", step=8, data=bytes(32)), 4)
+        feed(node, Image(height=4, width=4, encoding="yuv422", step=8, data=bytes(32)), 4)
         level, message, values = diagnose()
         assert level == DiagnosticStatus.WARN and message.startswith("1 input images refused")
         node._last_receipt -= 60  # the camera went silent a minute ago
         level, message, _ = diagnose()
         assert level == DiagnosticStatus.WARN and message.startswith("no images on /image for 6")
-    finally:
-        node.destroy_node()
-        rclpy.shutdown(context=context)

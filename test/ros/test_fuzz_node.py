@@ -23,7 +23,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from ros_harness import Client, domain_id_for, node_output, run_node, stop_node
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
-from test_node_e2e import frame_info, image_msg, stamp_of, synthetic_video
+from test_node_e2e import diagnostic_value, frame_info, image_msg, stamp_of, synthetic_video
 
 from sdcpc_core.classes import LabelSet
 from sdcpc_core.engine import FrameError
@@ -210,10 +210,6 @@ def test_garbage_burst_then_good_frames_all_accounted(node_proc):
                         and infos and stamp_of(infos[-1]) == stamp_of(msg),
                         f"the good frame {t}", proc=proc)
 
-    def diag_value(key):
-        values = [v.value for d in diags for s in d.status for v in s.values if v.key == key]
-        return int(values[-1]) if values else None
-
     send_good(0)
     base = frame_info(infos[-1])
     garbage = _garbage(np.random.default_rng(1), 300)
@@ -223,7 +219,7 @@ def test_garbage_burst_then_good_frames_all_accounted(node_proc):
     paced = 5
     for i, msg in enumerate(garbage[:paced]):
         pub.publish(msg)
-        client.wait_for(lambda i=i: diag_value("rejected frames") == base["rejected_frames"] + i + 1,
+        client.wait_for(lambda i=i: diagnostic_value(diags, "rejected frames") == base["rejected_frames"] + i + 1,
                         f"garbage message {i} to be refused", proc=proc)
     for msg in garbage[paced:]:
         pub.publish(msg)
@@ -236,7 +232,7 @@ def test_garbage_burst_then_good_frames_all_accounted(node_proc):
     # every garbage message was refused or dropped (none segmented), the good ones answered
     assert rejected + dropped == len(garbage), (rejected, dropped)
     assert [stamp_of(m)[2] for m in labels] == ["camera"] * 3
-    assert diag_value("failed frames") == 0  # refused as input, never a segmentation failure
+    assert diagnostic_value(diags, "failed frames") == 0  # refused as input, never a segmentation failure
     assert psutil.Process(proc.pid).memory_info().rss < rss_before + 300 * 2**20
     assert proc.poll() is None
 

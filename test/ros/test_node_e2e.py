@@ -133,9 +133,9 @@ def send_and_wait(client, proc, pub, got, msg):
     wait_for_frame(client, proc, got, msg)
 
 
-def diagnostic_value(got, key):
-    values = [int(v.value) for d in got["diagnostics"] for s in d.status for v in s.values
-              if v.key == key]
+def diagnostic_value(diagnostics, key):
+    """The integer value ``key`` in the newest of the received DiagnosticArrays (0 if none)."""
+    values = [int(v.value) for d in diagnostics for s in d.status for v in s.values if v.key == key]
     return values[-1] if values else 0
 
 
@@ -215,9 +215,9 @@ def test_garbage_messages_are_counted_and_the_node_keeps_going(setup):
     client.wait_for(lambda: got["diagnostics"], "diagnostics", proc=proc)
     for msg in bad:
         # one at a time (the newest message wins): wait until the worker has refused it
-        rejected = diagnostic_value(got, "rejected frames")
+        rejected = diagnostic_value(got["diagnostics"], "rejected frames")
         pub.publish(msg)
-        client.wait_for(lambda r=rejected: diagnostic_value(got, "rejected frames") == r + 1,
+        client.wait_for(lambda r=rejected: diagnostic_value(got["diagnostics"], "rejected frames") == r + 1,
                         "the refusal to be counted", proc=proc)
     from diagnostic_msgs.msg import DiagnosticStatus
 

@@ -70,20 +70,6 @@ class SegFormerHead(nn.Module):
             out = x if out is None else out.add_(x)
         return self.linear_fuse.act(self.linear_fuse.bn(out))
 
-    def fuse_reference(self, features: list[torch.Tensor]) -> torch.Tensor:
-        """``fuse`` in the published order of operations (project, upsample, concatenate,
-        fuse): slower, kept as the definition ``fuse`` is tested against."""
-        size = features[0].shape[2:]
-        maps = []
-        for i in (4, 3, 2, 1):
-            f = features[i - 1]
-            b, _, h, w = f.shape
-            x = getattr(self, f"linear_c{i}")(f).transpose(1, 2).reshape(b, -1, h, w)
-            if (h, w) != tuple(size):
-                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-            maps.append(x)
-        return self.linear_fuse(torch.cat(maps, dim=1))
-
     def classify(self, fused: torch.Tensor) -> torch.Tensor:
         return self.linear_pred(self.dropout(fused))  # (B, K, H/4, W/4)
 

@@ -1,10 +1,12 @@
 """MiT / SegFormer head / SD-CPC: shapes, published key layout, gradients, determinism."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from sdcpc_core.models import SDCPC, SDCPCConfig, SegFormer, build_model, static_difference
 from sdcpc_core.models.temporal import FrameCache
@@ -146,6 +148,21 @@ def test_cached_reference_projections_equal_recomputed_ones():
     torch.testing.assert_close(cached, recomputed)
 
 
+def _fuse_in_published_order(head, features):
+    """The SegFormer head's fuse as published (project, upsample, concatenate, fuse conv): the
+    definition the folded ``SegFormerHead.fuse`` is tested against."""
+    size = features[0].shape[2:]
+    maps = []
+    for i in (4, 3, 2, 1):
+        f = features[i - 1]
+        b, _, h, w = f.shape
+        x = getattr(head, f"linear_c{i}")(f).transpose(1, 2).reshape(b, -1, h, w)
+        if (h, w) != tuple(size):
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        maps.append(x)
+    return head.linear_fuse(torch.cat(maps, dim=1))
+
+
 @pytest.mark.parametrize("train", [False, True])
 def test_head_fuse_equals_published_order_of_operations(train):
     """The folded fuse (project+fuse at each map's own stride, then upsample and sum) computes
@@ -159,7 +176,7 @@ def test_head_fuse_equals_published_order_of_operations(train):
         for i in (1, 2, 3, 4):
             getattr(head, f"linear_c{i}").proj.bias.normal_()
     feats = [f.detach().requires_grad_() for f in model.backbone(torch.randn(2, 3, 70, 94))]
-    fast, slow = head.fuse(feats), head.fuse_reference(feats)
+    fast, slow = head.fuse(feats), _fuse_in_published_order(head, feats)
     assert fast.shape == slow.shape == (2, 256, 18, 24)
     torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)
     g_fast = torch.autograd.grad(fast.square().sum(), [*feats, head.linear_c4.proj.weight])
@@ -171,10 +188,6 @@ def test_head_fuse_equals_published_order_of_operations(train):
 def _ssea_by_upsampling(ssea, features):
     """SSEA's scale attention as first written: upsample every pooled grid and its keys to the
     stride-8 grid, then attend per pixel (the definition the matrix form is tested against)."""
-    import math
-
-    import torch.nn.functional as F
-
     grid = features[1].shape[2:]
     up = lambda t: F.interpolate(t, size=grid, mode="bilinear", align_corners=False)  # noqa: E731
     levels = []

@@ -197,6 +197,7 @@ def _resize_in_strips(x, size, strip_rows, with_confidence: bool):
     labels = torch.empty(out_h, out_w, dtype=torch.long, device=x.device)
     confidence = torch.empty(out_h, out_w, dtype=torch.float32, device=x.device) if with_confidence else None
     ties = []
+    scale = float(x.abs().amax()) if not with_confidence else 0.0  # one margin for the frame
     step = strip_rows or (out_h if x.is_cuda else STRIP_ROWS)
     for start in range(0, out_h, step):
         sl = slice(start, min(start + step, out_h))
@@ -207,8 +208,7 @@ def _resize_in_strips(x, size, strip_rows, with_confidence: bool):
                 continue
             best2, arg2 = v.topk(2, 2)
             labels[sl] = arg2[..., 0]
-            scale = torch.maximum(rows[top_row[sl]].abs().amax(2), rows[bottom_row[sl]].abs().amax(2))
-            margin = MARGIN * scale
+            margin = torch.full_like(best2[..., 0], MARGIN * scale)
             ys, xs = (best2[..., 0] - best2[..., 1] <= margin).nonzero(as_tuple=True)
             if ys.numel():
                 member = v[ys, xs] >= (best2[ys, xs, 0] - margin[ys, xs])[:, None]

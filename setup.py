@@ -65,7 +65,7 @@ setup(
         "console_scripts": [
             "sdcpc = sdcpc_core.cli:main",
             "sdcpc_node = sdcpc_ros.node:main",
-            "sdcpc-eval = sdcpc_ros.evaluate:main",
+            "sdcpc-eval = sdcpc_ros.evaluation.cli:main",
         ],
     },
 )

@@ -7,6 +7,7 @@ import pytest
 from sdcpc_core.data.synthetic import generate_video
 from sdcpc_ros import bags
 from sdcpc_ros.bags import BagError, BagReader
+from sdcpc_ros.conversions import labels_to_array
 
 IMG, LBL = bags.DEFAULT_IMAGE_TOPIC, bags.DEFAULT_LABEL_TOPIC
 
@@ -36,21 +37,21 @@ def test_synthetic_round_trip_pixels_stamps_and_video_gap(tmp_path, storage):
         assert img.header.frame_id == lbl.header.frame_id == "cam"
         assert bags.stamp_to_ns(img.header.stamp) == bags.stamp_to_ns(lbl.header.stamp) == m.log_time
         np.testing.assert_array_equal(image_to_array(img), frames[i])
-        np.testing.assert_array_equal(bags.labels_from_message(lbl), labels[i])
+        np.testing.assert_array_equal(labels_to_array(lbl), labels[i])
         stamps.append(m.log_time)
     assert np.diff(stamps).tolist() == [250_000_000, 250_000_000, 7_000_000_000, 250_000_000, 250_000_000]
     assert stamps[0] == 100_000_000_000
 
 
-def test_labels_from_message_handles_padding_mono16_and_refuses_colour():
+def test_labels_to_array_handles_padding_mono16_and_refuses_colour():
     a = np.arange(12, dtype=np.uint16).reshape(3, 4) * 300
     rows = np.zeros((3, 10), np.uint8)  # step 10 = 8 bytes of pixels + 2 padding
     rows[:, :8] = a.astype("<u2").view(np.uint8).reshape(3, 8)
     msg = bags.image_message(a, 1, "f")
     msg.step, msg.data = 10, rows.reshape(-1)
-    np.testing.assert_array_equal(bags.labels_from_message(msg), a)
+    np.testing.assert_array_equal(labels_to_array(msg), a)
     with pytest.raises(ValueError, match="rgb8"):
-        bags.labels_from_message(bags.image_message(np.zeros((2, 2, 3), np.uint8), 1, "f"))
+        labels_to_array(bags.image_message(np.zeros((2, 2, 3), np.uint8), 1, "f"))
 
 
 def test_vspw_layout_is_shifted_and_videos_are_separate(tmp_path):
@@ -66,7 +67,7 @@ def test_vspw_layout_is_shifted_and_videos_are_separate(tmp_path):
     summary = bags.write_bag(tmp_path / "b", bags.vspw_frames(tmp_path), progress=False)
     assert summary.videos == ["v2", "v1"] and summary.labelled == 4
     _, msgs = read_all(tmp_path / "b")
-    lbl = bags.labels_from_message(msgs[LBL][0][1])
+    lbl = labels_to_array(msgs[LBL][0][1])
     assert lbl[0].tolist() == [255, 0, 1, 255] * 2 + [2, 2]
 
 
@@ -83,7 +84,7 @@ def test_cityscapes_sequences_runs_are_videos_and_labels_are_sparse(tmp_path):
     assert summary.frames == 5 and summary.labelled == 1 and len(summary.videos) == 2
     _, msgs = read_all(tmp_path / "b")
     assert msgs[LBL][0][0].log_time == msgs[IMG][2][0].log_time  # the label belongs to frame 19
-    assert (bags.labels_from_message(msgs[LBL][0][1]) == 7).all()
+    assert (labels_to_array(msgs[LBL][0][1]) == 7).all()
 
 
 def test_image_folder_with_labels_and_missing_topic_lists_topics(tmp_path):

@@ -8,7 +8,9 @@ import pytest
 from test_evaluate import make_bag, make_checkpoint
 
 import sdcpc_ros.node  # noqa: F401  (the live mode starts this node; rclpy presence: conftest.py)
-from sdcpc_ros import bags, evaluate
+from sdcpc_ros import bags
+from sdcpc_ros.evaluation.live import evaluate_live
+from sdcpc_ros.evaluation.offline import evaluate_offline
 
 
 def test_live_replay_scores_what_the_node_publishes(tmp_path, monkeypatch):
@@ -18,7 +20,7 @@ def test_live_replay_scores_what_the_node_publishes(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     checkpoint = make_checkpoint(tmp_path / "tiny.pt")
     bag = make_bag(tmp_path / "bag", videos=2, length=5, fps=5.0, video_gap=2.0)
-    report = evaluate.evaluate_live(bag, tmp_path / "live", checkpoint=checkpoint, rate=1.0,
+    report = evaluate_live(bag, tmp_path / "live", checkpoint=checkpoint, rate=1.0,
                                     drain_timeout=20.0, startup_timeout=120.0, samples=2)
     f = report["frames"]
     assert report["status"] == "complete", report["errors"]
@@ -33,7 +35,7 @@ def test_live_replay_scores_what_the_node_publishes(tmp_path, monkeypatch):
                   for m in b.messages([bags.DEFAULT_IMAGE_TOPIC])}
     assert {fr["stamp"] for fr in answered} <= stamps  # answers carry the input's exact stamps
     if f["dropped"] == 0:  # nothing dropped: the node ran the same stream as the offline replay
-        offline = evaluate.evaluate_offline(bag, tmp_path / "offline", checkpoint=checkpoint,
+        offline = evaluate_offline(bag, tmp_path / "offline", checkpoint=checkpoint,
                                             progress=False)
         assert node["miou"] == pytest.approx(offline["models"]["sdcpc"]["miou"], abs=1e-9)
         assert len(report["videos"]) == 2

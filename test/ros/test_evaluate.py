@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from sdcpc_core.checkpoints import save_checkpoint
+from sdcpc_core.checkpoints import save_tiny_checkpoint
 from sdcpc_core.data.synthetic import SYNTHETIC_LABELS, generate_video
 from sdcpc_core.engine import StreamingSegmenter
 from sdcpc_core.metrics import VideoMetrics
-from sdcpc_core.models import SDCPCConfig, build_model
 from sdcpc_ros import bags
 from sdcpc_ros.bags import TYPESTORE, BagError
 from sdcpc_ros.evaluation import cli
@@ -25,10 +24,7 @@ H, W, LENGTH, SEEDS = 40, 48, 10, (3, 4)
 
 def make_checkpoint(path, temporal=True, seed=0):
     """Tiny random-weight model on the synthetic classes."""
-    torch.manual_seed(seed)
-    config = SDCPCConfig(variant="b0", num_classes=SYNTHETIC_LABELS.num_classes, embed_dim=32,
-                         decoder_dim=32, reference_offsets=(-2, -1), window=3, temporal=temporal)
-    return save_checkpoint(path, build_model(config), config, SYNTHETIC_LABELS)
+    return save_tiny_checkpoint(path, temporal=temporal, seed=seed)
 
 
 def make_bag(path, videos=2, length=LENGTH, seed=SEEDS[0], **kwargs):

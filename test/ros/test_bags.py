@@ -130,3 +130,73 @@ def test_garbage_file_is_a_clear_error(tmp_path):
         BagReader(path).__enter__()
     with pytest.raises(BagError, match="does not exist"):
         BagReader(tmp_path / "missing").__enter__()
+
+
+def test_labels_out_of_range_are_refused_not_narrowed(tmp_path):
+    from sdcpc_ros.conversions import ImageConversionError
+
+    with pytest.raises(ImageConversionError, match=r"\[-1, 70000\]"):
+        bags.image_message(np.array([[70000, -1]]), 1, "f")
+    assert bags.image_message(np.array([[65535, 0]]), 1, "f").encoding == "mono16"
+    frames = [bags.SourceFrame("v", np.zeros((1, 2, 3), np.uint8), np.array([[70000, -1]]))]
+    with pytest.raises(ImageConversionError):
+        bags.write_bag(tmp_path / "b", frames, progress=False)
+    assert not (tmp_path / "b").exists()
+
+
+def test_failed_convert_leaves_no_stub_and_a_retry_works(tmp_path, capsys):
+    from sdcpc_ros.evaluation import cli
+
+    (tmp_path / "img").mkdir()
+    (tmp_path / "lbl").mkdir()
+    for t in range(3):
+        cv2.imwrite(str(tmp_path / "img" / f"f{t}.png"), np.full((4, 5, 3), t, np.uint8))
+    cv2.imwrite(str(tmp_path / "lbl" / "f1.png"), np.ones((3, 5), np.uint8))  # wrong size
+    args = ["convert", "images", str(tmp_path / "img"), str(tmp_path / "b"), "--labels", str(tmp_path / "lbl")]
+    assert cli.main(args) == 2
+    assert "differ from the image" in capsys.readouterr().err and not (tmp_path / "b").exists()
+    cv2.imwrite(str(tmp_path / "lbl" / "f1.png"), np.ones((4, 5), np.uint8))
+    assert cli.main(args) == 0
+    _, msgs = read_all(tmp_path / "b")
+    assert len(msgs[IMG]) == 3 and len(msgs[LBL]) == 1
+
+
+def test_ctrl_c_during_convert_keeps_a_readable_bag(tmp_path, capsys, monkeypatch):
+    from sdcpc_ros.evaluation import cli
+
+    def interrupted_after_four(*args, **kwargs):
+        frames = bags.sources.synthetic_frames(*args, **kwargs)
+        for _ in range(4):
+            yield next(frames)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bags, "synthetic_frames", interrupted_after_four)
+    code = cli.main(["convert", "synthetic", str(tmp_path / "b"), "--videos", "1", "--length", "10",
+                     "--size", "16", "20"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 130 and len(err) == 1 and err[0].startswith("sdcpc-eval convert: interrupted (Ctrl-C)")
+    bag, msgs = read_all(tmp_path / "b")
+    assert bag.topics[IMG].count == 4 and len(msgs[IMG]) == 4 and bag.damage is None
+
+
+def test_convert_reports_a_truncated_video(tmp_path, capsys):
+    from sdcpc_ros.evaluation import cli
+
+    frames, _ = generate_video(2, 12, 24, 32)
+    video = tmp_path / "in.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (32, 24))
+    for f in frames:
+        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    writer.release()
+    video.write_bytes(video.read_bytes()[: video.stat().st_size // 2])
+    assert cli.main(["convert", "video", str(video), str(tmp_path / "b")]) == 0
+    _, msgs = read_all(tmp_path / "b", (IMG,))
+    n = len(msgs[IMG])
+    assert 0 < n < 12
+    assert f"ended after {n} of the 12 frames its container announces" in capsys.readouterr().err
+
+
+def test_vspw_without_split_file_names_it(tmp_path):
+    (tmp_path / "data" / "v1" / "origin").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="val.txt"):
+        next(bags.vspw_frames(tmp_path))

@@ -233,3 +233,42 @@ def test_live_scoring_skips_frames_whose_stamp_was_already_published():
     dup = next(f for f in ev.frames if f["status"] == "duplicate_stamp")
     assert dup["index"] == 2 and "frame 1 has the same header stamp" in dup["reason"]
     assert "duplicate stamps" in markdown(ev.report(), [])
+
+
+def test_samples_have_no_ground_truth_column_without_labels(tmp_path, checkpoint):
+    import cv2
+
+    path = make_bag(tmp_path / "nolabels", videos=1, length=4, label_topic=None)
+    evaluate_offline(path, tmp_path / "out", checkpoint=checkpoint, samples=2, progress=False)
+    evaluate_offline(make_bag(tmp_path / "labels", videos=1, length=4), tmp_path / "out_gt",
+                     checkpoint=checkpoint, samples=2, progress=False)
+    without = cv2.imread(str(tmp_path / "out" / "samples.png")).shape[1]
+    with_gt = cv2.imread(str(tmp_path / "out_gt" / "samples.png")).shape[1]
+    assert without == round(2.6 * 2 * 90) and with_gt == round(2.6 * 3 * 90)  # input | SD-CPC [| GT]
+
+
+def test_plot_failure_is_recorded_in_report_json(tmp_path, bag, monkeypatch):
+    from sdcpc_ros.evaluation import report
+
+    def broken(*args):
+        raise RuntimeError("no fonts")
+
+    monkeypatch.setattr(report, "_vc_plot", broken)
+    evaluate_offline(bag, tmp_path / "out", predict_gt=True, progress=False)
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert "plot vc_windows.png not written: RuntimeError: no fonts" in saved["problems"]
+    assert not (tmp_path / "out" / "vc_windows.png").exists()
+    assert (tmp_path / "out" / "per_class_iou.png").is_file()  # the other plots are still written
+
+
+def test_offline_cli_shows_progress_and_ctrl_c_is_one_line(tmp_path, bag, capsys, monkeypatch):
+    assert cli.main(["offline", str(bag), "--out", str(tmp_path / "r"), "--predict-gt"]) == 0
+    err = capsys.readouterr().err
+    assert "evaluating" in err and f"{2 * LENGTH}/{2 * LENGTH}" in err  # tqdm, also without a TTY
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(StreamingSegmenter, "from_checkpoint", interrupted)
+    assert cli.main(["offline", str(bag), "--out", str(tmp_path / "r2")]) == 130
+    assert capsys.readouterr().err.strip() == "sdcpc-eval offline: interrupted (Ctrl-C)"

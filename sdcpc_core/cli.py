@@ -64,15 +64,14 @@ def _engine(args):
 def cmd_segment(args) -> int:
     from tqdm import tqdm
 
-    from sdcpc_core.frames import FrameSourceError, open_frames, video_fps
+    from sdcpc_core.frames import FrameSourceError, open_frames
 
     engine = _engine(args)
     try:
         frames = open_frames(args.input)
     except FrameSourceError as e:
         raise SystemExit(f"error: {e}") from None
-    fps = args.fps or video_fps(args.input) or DEFAULT_FPS
-    writer = OutputWriter(Path(args.output), fps)
+    writer = OutputWriter(Path(args.output), args.fps or frames.fps or DEFAULT_FPS)
     latencies = []
     try:
         for frame in tqdm(frames, total=frames.announced, unit="frame", desc="segment"):

@@ -42,8 +42,9 @@ def read_image(path) -> np.ndarray:
 class VideoFrames:
     """Iterates the frames of a video file as (H, W, 3) uint8 RGB.
 
-    After the iteration, ``decoded`` is the number of frames read and ``announced`` the count in
-    the container (None when it gives none); ``shortfall`` describes a video that ended early.
+    ``announced`` is the frame count in the container and ``fps`` its frame rate (None when it
+    gives none); after the iteration, ``decoded`` is the number of frames read and ``shortfall``
+    describes a video that ended early.
     """
 
     def __init__(self, path):
@@ -55,7 +56,8 @@ class VideoFrames:
             if not cap.isOpened():
                 raise FrameSourceError(f"cannot open video {self.path} (unsupported container or codec?)")
             self.announced = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-            self.fps = float(cap.get(cv2.CAP_PROP_FPS)) or None
+            fps = float(cap.get(cv2.CAP_PROP_FPS))
+            self.fps = fps if 0 < fps < 1000 else None  # some containers give 0 or nonsense
         finally:
             cap.release()
         self.decoded = 0
@@ -84,23 +86,11 @@ class VideoFrames:
                 "container announces (truncated or damaged file?)")
 
 
-def video_fps(path) -> float | None:
-    """The frame rate a video file announces (None for a folder or when it gives none)."""
-    path = Path(path)
-    if path.is_dir() or not path.is_file():
-        return None
-    cap = cv2.VideoCapture(str(path))
-    try:
-        fps = float(cap.get(cv2.CAP_PROP_FPS)) if cap.isOpened() else 0.0
-    finally:
-        cap.release()
-    return fps if 0 < fps < 1000 else None
-
-
 class ImageFolderFrames:
     """Iterates the images of a folder in name order as (H, W, 3) uint8 RGB."""
 
     shortfall = None  # every file is read or an error is raised
+    fps = None
 
     def __init__(self, folder):
         self.path = Path(folder)
@@ -120,6 +110,7 @@ class ImageFolderFrames:
 
 
 def open_frames(source) -> ImageFolderFrames | VideoFrames:
-    """A folder of images or a video file; both iterate RGB frames and know ``announced``."""
+    """A folder of images or a video file; both iterate RGB frames and know ``announced``, ``fps``
+    and, after the iteration, ``decoded`` and ``shortfall``."""
     source = Path(source)
     return ImageFolderFrames(source) if source.is_dir() else VideoFrames(source)

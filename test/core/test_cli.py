@@ -185,3 +185,14 @@ def test_ctrl_c_ends_segment_demo_and_convert_with_one_line(tmp_path, tiny_check
     monkeypatch.setattr(checkpoints, "convert_checkpoint", interrupted)
     assert main(["convert", str(tiny_checkpoint), "-o", str(tmp_path / "c.pt")]) == 130
     assert capsys.readouterr().err.strip() == "sdcpc convert: interrupted (Ctrl-C)"
+
+
+def test_ctrl_c_during_train_is_one_line(monkeypatch, capsys):
+    import sdcpc_core.train
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sdcpc_core.train, "run_training", interrupted)
+    assert main(["train", "synthetic_b0"]) == 130
+    assert capsys.readouterr().err.strip() == "sdcpc train: interrupted (Ctrl-C)"

@@ -272,3 +272,12 @@ def test_offline_cli_shows_progress_and_ctrl_c_is_one_line(tmp_path, bag, capsys
     monkeypatch.setattr(StreamingSegmenter, "from_checkpoint", interrupted)
     assert cli.main(["offline", str(bag), "--out", str(tmp_path / "r2")]) == 130
     assert capsys.readouterr().err.strip() == "sdcpc-eval offline: interrupted (Ctrl-C)"
+
+
+def test_ctrl_c_before_live_playback_is_one_line(tmp_path, bag, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):  # e.g. while the node starts
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "evaluate_live", interrupted)
+    assert cli.main(["live", str(bag), "--out", str(tmp_path / "r")]) == 130
+    assert capsys.readouterr().err.strip() == "sdcpc-eval live: interrupted (Ctrl-C)"

@@ -92,39 +92,25 @@ class _Player:
         rclpy.try_shutdown(context=self.context)
 
 
-class _NodeProcess:
-    """``sdcpc_node`` as a child process, its output in ``OUT/node.log``; stopped with SIGINT."""
+def _start_node(command: list[str], out_dir: Path):
+    """``sdcpc_node`` as a child process (it inherits ROS_DOMAIN_ID), its output in ``OUT/node.log``;
+    stop it with :func:`sdcpc_ros.node_process.stop_node`."""
+    import subprocess
 
-    def __init__(self, command: list[str], out_dir: Path):
-        import subprocess
-
-        self.log_path = out_dir / "node.log"
-        self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, text=True)
-
-    def check_running(self) -> None:
-        if self.proc.poll() is not None:
-            self.log.flush()
-            raise RuntimeError(f"sdcpc_node exited with {self.proc.returncode} before it was ready; "
-                               f"its log ({self.log_path}):\n" + self.log_path.read_text()[-2000:])
-
-    def stop(self) -> None:
-        import subprocess
-
-        self.proc.send_signal(2)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
+    log = open(out_dir / "node.log", "w+")  # noqa: SIM115 - closed by stop_node
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc.log = log
+    return proc
 
 
-def _wait_for_node(player: _Player, node: _NodeProcess | None, timeout: float, what: str) -> None:
+def _wait_for_node(player: _Player, node, timeout: float, what: str) -> None:
+    from sdcpc_ros.node_process import node_output
+
     deadline = time.monotonic() + timeout
     while not player.node_ready():
-        if node is not None:
-            node.check_running()
+        if node is not None and node.poll() is not None:
+            raise RuntimeError(f"sdcpc_node exited with {node.returncode} before it was ready; its log "
+                               f"({node.log.name}):\n" + node_output(node)[-2000:])
         if time.monotonic() > deadline:
             raise RuntimeError(f"no node {what} within {timeout:.0f} s")
         time.sleep(0.1)
@@ -163,6 +149,7 @@ def evaluate_live(bag_path, out_dir, *, rate=1.0, checkpoint=None, connect=False
     """Play the bag's images to ``sdcpc_node`` (started here unless ``connect``) at recorded speed ×
     ``rate``, record ``~/labels``, match by stamp and score; unanswered frames count as dropped."""
     from sdcpc_ros.evaluation.report import write_report
+    from sdcpc_ros.node_process import stop_node
 
     if rate <= 0:
         raise ValueError(f"rate must be > 0, got {rate}")
@@ -187,8 +174,8 @@ def evaluate_live(bag_path, out_dir, *, rate=1.0, checkpoint=None, connect=False
     pairs: list[Pair] = []
     try:
         if not connect:
-            node = _NodeProcess(_node_command(node_name, publish_topic, checkpoint, input_size, device,
-                                              max_time_gap), out_dir)
+            node = _start_node(_node_command(node_name, publish_topic, checkpoint, input_size, device,
+                                             max_time_gap), out_dir)
         _wait_for_node(player, node, startup_timeout,
                        f"subscribed to {publish_topic} and publishing {labels_topic}")
         with BagReader(bag_path) as bag:
@@ -204,7 +191,7 @@ def evaluate_live(bag_path, out_dir, *, rate=1.0, checkpoint=None, connect=False
         ev.status = "interrupted"
     finally:
         if node is not None:
-            node.stop()
+            stop_node(node)
         player.close()
     score_live(ev, pairs, player.sent, player.answers, max_time_gap)
     report = ev.report()

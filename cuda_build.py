@@ -6,7 +6,7 @@ is then used). ``cmdclass()`` returns the matching ``build_ext`` (torch's BuildE
 is reported and skipped). ``SDCPC_REQUIRE_CUDA=1`` turns a skip or a failed build into an error.
 
 Importing this module never needs torch: without torch both functions return empty values.
-Environment (set here explicitly, see /work/shared/spec/environment.md):
+Environment (set here explicitly):
 - ``CUDA_HOME`` defaults to /usr/local/cuda (torch otherwise guesses from nvcc on PATH and the link
   fails with ``cannot find -lcudart``);
 - ``TORCH_CUDA_ARCH_LIST`` defaults to DEFAULT_ARCH_LIST (unset, torch's build helper crashes without

@@ -14,15 +14,12 @@ from setuptools import find_packages, setup
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-try:
-    import cuda_build  # noqa: E402  (top-level helper that decides about the CUDA extension)
-except ImportError:  # pragma: no cover - only while the helper does not exist yet
-    cuda_build = None
+import cuda_build  # noqa: E402  (top-level helper that decides about the CUDA extension)
 
 PACKAGE = "sdcpc_ros"
 
-ext_modules = cuda_build.ext_modules() if cuda_build else []
-cmdclass = cuda_build.cmdclass() if cuda_build else {}
+ext_modules = cuda_build.ext_modules()
+cmdclass = cuda_build.cmdclass()
 
 setup(
     name=PACKAGE,
@@ -68,7 +65,7 @@ setup(
         "console_scripts": [
             "sdcpc = sdcpc_core.cli:main",
             "sdcpc_node = sdcpc_ros.node:main",
-            "sdcpc-eval = sdcpc_ros.evaluate:main",
+            "sdcpc-eval = sdcpc_ros.evaluation.cli:main",
             "sdcpc-param = sdcpc_ros.param_tool:main",
         ],
     },

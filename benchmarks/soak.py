@@ -5,7 +5,7 @@
     python benchmarks/soak.py --seconds 60 --mode overload --tiny-checkpoint --input-size 64 80
 
 Starts the node as its own process on a private ROS domain (localhost discovery, through
-``test/ros/ros_harness.py``), publishes 640x480 rgb8 frames (``--size``) reliably at ``--rate`` Hz
+:mod:`sdcpc_ros.node_process`), publishes 640x480 rgb8 frames (``--size``) reliably at ``--rate`` Hz
 (``--mode camera``, default 30 Hz) or at twice what the node was measured to sustain during the
 warm-up (``--mode overload``: its output rate while it was dropping frames, else 1000 / its
 per-frame time), and every second records the node process's RSS (psutil), its GPU
@@ -41,25 +41,10 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "test" / "ros"))  # the node harness the end-to-end tests use
 
 MEMORY_GROWTH_LIMIT = 0.05
 IN_FLIGHT_LIMIT = 2
 BACKLOG_TREND_LIMIT = 10.0
-
-
-def make_tiny_checkpoint(path: Path) -> Path:
-    """A small random-weight SD-CPC (b0, 9 synthetic classes, embed 32, window 3, refs -2, -1)."""
-    import torch
-
-    from sdcpc_core.checkpoints import save_checkpoint
-    from sdcpc_core.data.synthetic import SYNTHETIC_LABELS
-    from sdcpc_core.models import SDCPCConfig, build_model
-
-    torch.manual_seed(0)
-    config = SDCPCConfig(variant="b0", num_classes=9, embed_dim=32, decoder_dim=32,
-                         reference_offsets=(-2, -1), window=3)
-    return save_checkpoint(path, build_model(config), config, SYNTHETIC_LABELS)
 
 
 def buffer_bound(checkpoint: str) -> int:
@@ -221,7 +206,7 @@ def plot(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=60.0, help="stream duration (CI 60, on demand 3600)")
     ap.add_argument("--mode", choices=("camera", "overload"), default="camera",
@@ -238,176 +223,218 @@ def main(argv=None) -> int:
                     help="seconds excluded from the memory baseline (default: min(10, 20 %% of run))")
     ap.add_argument("--out", type=Path, default=REPO / "out" / "soak")
     ap.add_argument("--domain", type=int, default=None, help="ROS domain (default: from the pid)")
-    args = ap.parse_args(argv)
-    warmup = args.warmup if args.warmup is not None else min(10.0, 0.2 * args.seconds)
-    args.out.mkdir(parents=True, exist_ok=True)
+    return ap.parse_args(argv)
 
-    import psutil
-    from ros_harness import Client, domain_id_for, node_output, run_node, stop_node
-    from sensor_msgs.msg import Image
 
-    from sdcpc_ros.conversions import array_to_image
-    from sdcpc_ros.node import FrameInfo
-
-    checkpoint = args.checkpoint
-    if args.tiny_checkpoint:
-        checkpoint = str(make_tiny_checkpoint(args.out / "tiny_random.pt"))
+def node_params(args, checkpoint: str) -> dict:
     params = {"device": args.device, "reliable_qos": "true", "publish_color": "false",
               "diagnostics_period": "0.5", "max_time_gap": "1.0"}
     if checkpoint:
         params["checkpoint"] = checkpoint
     if args.input_size:
         params["input_size"] = f"[{args.input_size[0]},{args.input_size[1]}]"
-    domain = args.domain if args.domain is not None else domain_id_for("soak")
-    proc = run_node(params, domain, args.out)
-    client = Client(domain)
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from std_msgs.msg import String
+    return params
 
-    obs = Observer(client, FrameInfo or String)
-    pub = client.node.create_publisher(Image, "/image",
-                                       QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
-    h, w = args.size
-    templates = [array_to_image(f, "rgb8") for f in synthetic_frames(h, w)]
-    for m in templates:
-        m.header.frame_id = "camera"
-    criteria: dict[str, dict] = {}
-    samples: list[dict] = []
-    sent = 0
-    rate = args.rate
-    node_ps = psutil.Process(proc.pid)
-    try:
-        client.wait_for(lambda: pub.get_subscription_count() > 0
-                        and client.node.count_publishers("/sdcpc/labels") > 0
-                        and client.node.count_publishers("/sdcpc/frame_info") > 0,
-                        "the node to start", timeout=180, proc=proc)
-        spinner = threading.Thread(target=client.executor.spin, daemon=True)
-        spinner.start()
-        obs.t0 = t0 = time.perf_counter()
-        stamp0 = 1_000_000.0
-        next_send, next_sample, stamp = t0, t0, stamp0
-        overload_set = args.mode == "camera"
+
+class Stream:
+    """Publishes the synthetic frames with fresh stamps and samples the node every second."""
+
+    def __init__(self, args, client, obs: Observer, proc, warmup: float):
+        import psutil
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+
+        from sdcpc_ros.conversions import array_to_image
+
+        self.args, self.client, self.obs, self.proc, self.warmup = args, client, obs, proc, warmup
+        self.pub = client.node.create_publisher(Image, "/image",
+                                                QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+        self.templates = [array_to_image(f, "rgb8") for f in synthetic_frames(*args.size)]
+        for m in self.templates:
+            m.header.frame_id = "camera"
+        self.node_ps = psutil.Process(proc.pid)
+        self.samples: list[dict] = []
+        self.sent = 0
+        self.rate = args.rate
+
+    def wait_for_node(self) -> None:
+        self.client.wait_for(lambda: self.pub.get_subscription_count() > 0
+                             and self.client.node.count_publishers("/sdcpc/labels") > 0
+                             and self.client.node.count_publishers("/sdcpc/frame_info") > 0,
+                             "the node to start", timeout=180, proc=self.proc)
+
+    def send(self, stamp: float) -> None:
+        msg = self.templates[self.sent % len(self.templates)]
+        msg.header.stamp.sec = int(stamp)
+        msg.header.stamp.nanosec = int(round((stamp - int(stamp)) * 1e9)) % 1_000_000_000
+        with self.obs.lock:
+            self.obs.sent_at[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = time.perf_counter()
+        self.pub.publish(msg)
+        self.sent += 1
+
+    def sample(self, elapsed: float) -> None:
+        with self.obs.lock:
+            answered, dropped = self.obs.answered, self.obs.dropped
+        self.samples.append({"t": round(elapsed, 3), "rss_mb": self.node_ps.memory_info().rss / 2**20,
+                             "gpu_mb": gpu_memory_mb(self.proc.pid), "sent": self.sent,
+                             "answered": answered, "dropped": dropped,
+                             "backlog": self.sent - answered - dropped,
+                             "buffer_length": self.obs.max_buffer})
+
+    def run(self) -> None:
+        """Publish for ``--seconds`` (in overload mode at twice the rate sustained in the warm-up)."""
+        from sdcpc_ros.node_process import node_output
+
+        self.obs.t0 = t0 = time.perf_counter()
+        next_send, next_sample, stamp = t0, t0, 1_000_000.0
+        overload_set = self.args.mode == "camera"
         while True:
             now = time.perf_counter()
             elapsed = now - t0
-            if elapsed >= args.seconds:
+            if elapsed >= self.args.seconds:
                 break
-            if proc.poll() is not None:
-                raise RuntimeError(f"node exited ({proc.returncode}):\n{node_output(proc)[-3000:]}")
-            if not overload_set and elapsed >= warmup:
-                rate = min(2.0 * sustained_rate(obs, samples, warmup), 1000.0)
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"node exited ({self.proc.returncode}):\n{node_output(self.proc)[-3000:]}")
+            if not overload_set and elapsed >= self.warmup:
+                self.rate = min(2.0 * sustained_rate(self.obs, self.samples, self.warmup), 1000.0)
                 overload_set = True
-                print(f"overload: the node sustained {rate / 2:.1f} Hz in the warm-up; "
-                      f"publishing at {rate:.1f} Hz")
+                print(f"overload: the node sustained {self.rate / 2:.1f} Hz in the warm-up; "
+                      f"publishing at {self.rate:.1f} Hz")
             if now >= next_send:
-                msg = templates[sent % len(templates)]
-                stamp += 1.0 / rate
-                msg.header.stamp.sec = int(stamp)
-                msg.header.stamp.nanosec = int(round((stamp - int(stamp)) * 1e9)) % 1_000_000_000
-                with obs.lock:
-                    obs.sent_at[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = time.perf_counter()
-                pub.publish(msg)
-                sent += 1
-                next_send += 1.0 / rate
+                stamp += 1.0 / self.rate
+                self.send(stamp)
+                next_send += 1.0 / self.rate
                 if next_send < now - 1.0:  # the publisher fell behind by a second: do not burst
                     next_send = now
             if now >= next_sample:
-                with obs.lock:
-                    answered, dropped = obs.answered, obs.dropped
-                samples.append({"t": round(elapsed, 3), "rss_mb": node_ps.memory_info().rss / 2**20,
-                                "gpu_mb": gpu_memory_mb(proc.pid), "sent": sent,
-                                "answered": answered, "dropped": dropped,
-                                "backlog": sent - answered - dropped,
-                                "buffer_length": obs.max_buffer})
+                self.sample(elapsed)
                 next_sample += 1.0
             time.sleep(max(0.0, min(next_send, next_sample) - time.perf_counter()))
 
-        # drain: wait for the last outputs and one more diagnostics message with the final counts
+    def drain(self) -> None:
+        """Wait for the last outputs and one more diagnostics message with the final counts."""
         drain_end = time.perf_counter() + 10.0
         while time.perf_counter() < drain_end:
-            with obs.lock:
-                accounted = obs.answered + obs.dropped + obs.rejected
-            if accounted + obs.failed() >= sent:
+            with self.obs.lock:
+                accounted = self.obs.answered + self.obs.dropped + self.obs.rejected
+            if accounted + self.obs.failed() >= self.sent:
                 break
             time.sleep(0.1)
         time.sleep(1.2)  # > 2 diagnostics periods
-        alive = proc.poll() is None
-    finally:
-        client.executor.shutdown()
-        client.close()
-        stop_node(proc)
 
+
+def judge(obs: Observer, stream: Stream, proc, alive: bool, checkpoint: str, warmup: float) -> tuple[dict, dict]:
+    """The pass criteria and the summary figures, from what was observed."""
     with obs.lock:
         answered, dropped, rejected = obs.answered, obs.dropped, obs.rejected
         latency = list(obs.latency)
         diag = dict(obs.diag)
         max_buffer = obs.max_buffer
+    sent, samples, duration = stream.sent, stream.samples, stream.args.seconds
     failed = int(diag.get("failed frames", 0))
     in_flight = sent - answered - dropped - rejected - failed
     post = [s for s in samples if s["t"] >= warmup]
     rss_base = float(np.median([s["rss_mb"] for s in post[:5]])) if post else float("nan")
     rss_final = float(np.median([s["rss_mb"] for s in post[-5:]])) if post else float("nan")
     growth = (rss_final - rss_base) / rss_base if post else float("nan")
-    lat_ms = [ms for t, ms in latency if t >= warmup]
     buffer_limit = buffer_bound(checkpoint)
     trend = backlog_trend(post)
-    backlog_limit = 2 + 2 * rate
+    backlog_limit = 2 + 2 * stream.rate
     max_backlog = max((s["backlog"] for s in post), default=0)
-    duration = args.seconds
-    criteria["memory_growth_below_5pct"] = {
-        "pass": bool(post) and growth < MEMORY_GROWTH_LIMIT, "value_pct": 100 * growth,
-        "limit_pct": 100 * MEMORY_GROWTH_LIMIT, "baseline_mb": rss_base, "final_mb": rss_final}
-    criteria["bounded_queue"] = {
-        "pass": trend < BACKLOG_TREND_LIMIT and max_backlog <= backlog_limit
-        and max_buffer <= buffer_limit,
-        "backlog_trend_frames": trend, "trend_limit": BACKLOG_TREND_LIMIT,
-        "max_backlog": max_backlog, "backlog_limit": backlog_limit,
-        "max_buffer_length": max_buffer, "buffer_limit": buffer_limit}
-    criteria["every_frame_accounted"] = {
-        "pass": 0 <= in_flight <= IN_FLIGHT_LIMIT, "sent": sent, "answered": answered,
-        "dropped": dropped, "rejected": rejected, "failed": failed, "in_flight": in_flight,
-        "in_flight_limit": IN_FLIGHT_LIMIT}
-    criteria["node_alive_and_clean_exit"] = {"pass": alive and proc.returncode == 0,
-                                             "alive_at_end": alive, "exit_code": proc.returncode}
+    criteria = {
+        "memory_growth_below_5pct": {
+            "pass": bool(post) and growth < MEMORY_GROWTH_LIMIT, "value_pct": 100 * growth,
+            "limit_pct": 100 * MEMORY_GROWTH_LIMIT, "baseline_mb": rss_base, "final_mb": rss_final},
+        "bounded_queue": {
+            "pass": trend < BACKLOG_TREND_LIMIT and max_backlog <= backlog_limit
+            and max_buffer <= buffer_limit,
+            "backlog_trend_frames": trend, "trend_limit": BACKLOG_TREND_LIMIT,
+            "max_backlog": max_backlog, "backlog_limit": backlog_limit,
+            "max_buffer_length": max_buffer, "buffer_limit": buffer_limit},
+        "every_frame_accounted": {
+            "pass": 0 <= in_flight <= IN_FLIGHT_LIMIT, "sent": sent, "answered": answered,
+            "dropped": dropped, "rejected": rejected, "failed": failed, "in_flight": in_flight,
+            "in_flight_limit": IN_FLIGHT_LIMIT},
+        "node_alive_and_clean_exit": {"pass": alive and proc.returncode == 0,
+                                      "alive_at_end": alive, "exit_code": proc.returncode},
+    }
+    summary = {"sent": sent, "answered": answered, "dropped": dropped, "rejected": rejected,
+               "failed": failed, "in_flight": in_flight,
+               "input_rate_hz": sent / duration, "output_rate_hz": answered / duration,
+               "latency_ms": percentiles([ms for t, ms in latency if t >= warmup]),
+               "rss_mb": {"baseline": rss_base, "final": rss_final,
+                          "max": max((s["rss_mb"] for s in samples), default=None)},
+               "rss_growth_pct": 100 * growth, "diagnostics_at_end": diag}
+    return criteria, summary
+
+
+def print_summary(report: dict, args, path: Path) -> None:
+    s, c = report["summary"], report["criteria"]
+    lat = s["latency_ms"]
+    fmt = lambda v: "n/a" if v is None else f"{v:.1f}"  # noqa: E731
+    print(f"soak {args.seconds:.0f} s, {args.mode}, {args.size[0]}x{args.size[1]} -> network "
+          f"{args.input_size or 'native'}, {os.cpu_count()} CPUs, load average "
+          f"{report['machine']['load_average_at_end'][0]:.2f}")
+    print(f"  sent {s['sent']} ({s['input_rate_hz']:.1f} Hz), answered {s['answered']} "
+          f"({s['output_rate_hz']:.1f} Hz), dropped {s['dropped']}, rejected {s['rejected']}, "
+          f"failed {s['failed']}, in flight {s['in_flight']}")
+    print(f"  latency publish->labels after warm-up: p50 {fmt(lat['p50'])} ms, p95 {fmt(lat['p95'])} ms,"
+          f" p99 {fmt(lat['p99'])} ms, max {fmt(lat['max'])} ms")
+    print(f"  node RSS {s['rss_mb']['baseline']:.1f} MB after warm-up -> {s['rss_mb']['final']:.1f} MB "
+          f"at the end ({s['rss_growth_pct']:+.2f} %)")
+    for name, crit in c.items():
+        detail = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in crit.items() if k != "pass"}
+        print(f"  {'PASS' if crit['pass'] else 'FAIL'} {name}: {detail}")
+    print(f"  wrote {path / 'soak.json'} and {path / 'soak.png'}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    warmup = args.warmup if args.warmup is not None else min(10.0, 0.2 * args.seconds)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    from std_msgs.msg import String
+
+    from sdcpc_core.checkpoints import save_tiny_checkpoint
+    from sdcpc_ros.node import FrameInfo
+    from sdcpc_ros.node_process import Client, domain_id_for, run_node, stop_node
+
+    checkpoint = args.checkpoint
+    if args.tiny_checkpoint:
+        checkpoint = str(save_tiny_checkpoint(args.out / "tiny_random.pt"))
+    domain = args.domain if args.domain is not None else domain_id_for("soak")
+    proc = run_node(node_params(args, checkpoint), domain, args.out)
+    client = Client(domain)
+    obs = Observer(client, FrameInfo or String)
+    stream = Stream(args, client, obs, proc, warmup)
+    try:
+        stream.wait_for_node()
+        threading.Thread(target=client.executor.spin, daemon=True).start()
+        stream.run()
+        stream.drain()
+        alive = proc.poll() is None
+    finally:
+        client.executor.shutdown()
+        client.close()
+        stop_node(proc)
+
+    criteria, summary = judge(obs, stream, proc, alive, checkpoint, warmup)
     passed = all(c["pass"] for c in criteria.values())
-    load = os.getloadavg()
     report = {
-        "config": {"seconds": duration, "mode": args.mode, "rate_hz": rate, "size": [h, w],
-                   "input_size": args.input_size, "checkpoint": checkpoint or "(embedded default)",
-                   "device": args.device, "warmup_s": warmup, "qos": "reliable",
+        "config": {"seconds": args.seconds, "mode": args.mode, "rate_hz": stream.rate,
+                   "size": list(args.size), "input_size": args.input_size,
+                   "checkpoint": checkpoint or "(embedded default)", "device": args.device,
+                   "warmup_s": warmup, "qos": "reliable",
                    "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])])},
-        "machine": {"cpus": os.cpu_count(), "load_average_at_end": load,
+        "machine": {"cpus": os.cpu_count(), "load_average_at_end": os.getloadavg(),
                     "platform": platform.platform(), "python": platform.python_version(),
                     "gpu": shutil.which("nvidia-smi") is not None},
-        "summary": {"sent": sent, "answered": answered, "dropped": dropped, "rejected": rejected,
-                    "failed": failed, "in_flight": in_flight,
-                    "input_rate_hz": sent / duration, "output_rate_hz": answered / duration,
-                    "latency_ms": percentiles(lat_ms),
-                    "rss_mb": {"baseline": rss_base, "final": rss_final,
-                               "max": max((s["rss_mb"] for s in samples), default=None)},
-                    "rss_growth_pct": 100 * growth, "diagnostics_at_end": diag},
-        "criteria": criteria, "passed": passed, "samples": samples,
-        "latency_samples": [(round(t, 3), round(ms, 2)) for t, ms in latency],
+        "summary": summary, "criteria": criteria, "passed": passed, "samples": stream.samples,
+        "latency_samples": [(round(t, 3), round(ms, 2)) for t, ms in obs.latency],
     }
     (args.out / "soak.json").write_text(json.dumps(report, indent=1))
     plot(report, args.out / "soak.png")
-
-    s = report["summary"]
-    lat = s["latency_ms"]
-    fmt = lambda v: "n/a" if v is None else f"{v:.1f}"  # noqa: E731
-    print(f"soak {duration:.0f} s, {args.mode}, {h}x{w} -> network {args.input_size or 'native'}, "
-          f"{os.cpu_count()} CPUs, load average {load[0]:.2f}")
-    print(f"  sent {sent} ({s['input_rate_hz']:.1f} Hz), answered {answered} "
-          f"({s['output_rate_hz']:.1f} Hz), dropped {dropped}, rejected {rejected}, failed {failed}, "
-          f"in flight {in_flight}")
-    print(f"  latency publish->labels after warm-up: p50 {fmt(lat['p50'])} ms, p95 {fmt(lat['p95'])} ms,"
-          f" p99 {fmt(lat['p99'])} ms, max {fmt(lat['max'])} ms")
-    print(f"  node RSS {rss_base:.1f} MB after warm-up -> {rss_final:.1f} MB at the end "
-          f"({100 * growth:+.2f} %)")
-    for name, c in criteria.items():
-        detail = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in c.items() if k != "pass"}
-        print(f"  {'PASS' if c['pass'] else 'FAIL'} {name}: {detail}")
-    print(f"  wrote {args.out / 'soak.json'} and {args.out / 'soak.png'}")
+    print_summary(report, args, args.out)
     return 0 if passed else 1
 
 

@@ -276,3 +276,17 @@ def convert_checkpoint(source, output, *, temporal: bool = True, labels: LabelSe
                 "note": "converted, not trained by sdcpc"}
     return save_checkpoint(output, model, config, labels, training=training, half=half,
                            input_size=input_size)
+
+
+def save_tiny_checkpoint(path, labels: LabelSet | None = None, *, temporal: bool = True,
+                         seed: int = 0) -> Path:
+    """A small random-weight model (b0, embed and decoder width 32, window 3, references -2, -1)
+    for tests, CI and the soak benchmark; ``labels`` default to the synthetic classes."""
+    if labels is None:
+        from sdcpc_core.data.synthetic import SYNTHETIC_LABELS
+
+        labels = SYNTHETIC_LABELS
+    torch.manual_seed(seed)
+    config = SDCPCConfig(variant="b0", num_classes=labels.num_classes, embed_dim=32, decoder_dim=32,
+                         reference_offsets=(-2, -1), window=3, temporal=temporal)
+    return save_checkpoint(path, build_model(config), config, labels)

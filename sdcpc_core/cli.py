@@ -1,4 +1,6 @@
-"""Command line: ``sdcpc segment | demo | info | palette | train``."""
+"""Command line: ``sdcpc segment | demo | info | palette | convert | train``.
+
+Ctrl-C ends any command with one line (exit code 130); what was written so far is kept."""
 
 from __future__ import annotations
 
@@ -10,44 +12,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v"}
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+DEFAULT_FPS = 10.0  # of an MP4 output when the input is an image folder
 
 
-def read_frames(source: Path):
-    """Yield RGB uint8 frames from a video file or an image folder (sorted by name)."""
-    if source.is_dir():
-        files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise SystemExit(f"error: {source} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        for p in files:
-            img = cv2.imread(str(p), cv2.IMREAD_COLOR)
-            if img is None:
-                raise SystemExit(f"error: cannot decode image {p}")
-            yield cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-        return
-    if not source.is_file():
-        raise SystemExit(f"error: input {source} does not exist (give a video file or an image folder)")
-    cap = cv2.VideoCapture(str(source))
-    if not cap.isOpened():
-        raise SystemExit(f"error: cannot open video {source} (unsupported container or codec?)")
-    try:
-        while True:
-            ok, img = cap.read()
-            if not ok:
-                break
-            yield cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    finally:
-        cap.release()
-
-
-def count_frames(source: Path) -> int | None:
-    if source.is_dir():
-        return sum(1 for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    cap = cv2.VideoCapture(str(source))
-    n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
-    cap.release()
-    return n or None
+class Interrupted(Exception):
+    """Ctrl-C during a command; the message says what was kept."""
 
 
 class OutputWriter:
@@ -94,17 +63,28 @@ def _engine(args):
 def cmd_segment(args) -> int:
     from tqdm import tqdm
 
+    from sdcpc_core.frames import FrameSourceError, open_frames
+
     engine = _engine(args)
-    writer = OutputWriter(Path(args.output), args.fps)
+    try:
+        frames = open_frames(args.input)
+    except FrameSourceError as e:
+        raise SystemExit(f"error: {e}") from None
+    writer = OutputWriter(Path(args.output), args.fps or frames.fps or DEFAULT_FPS)
     latencies = []
     try:
-        for frame in tqdm(read_frames(Path(args.input)), total=count_frames(Path(args.input)),
-                          unit="frame", desc="segment"):
+        for frame in tqdm(frames, total=frames.announced, unit="frame", desc="segment"):
             res = engine.step(frame)
             latencies.append(res.latency_ms)
             writer.write(render(frame, engine.labels.colorize(res.labels), args.style))
+    except FrameSourceError as e:
+        raise SystemExit(f"error: {e}") from None
+    except KeyboardInterrupt:
+        raise Interrupted(f"after {writer.count} frames; they are in {args.output}") from None
     finally:
         writer.close()
+    if frames.shortfall:
+        print(f"warning: {frames.shortfall}", file=sys.stderr)
     if latencies:
         print(f"wrote {writer.count} frames to {args.output}; median latency "
               f"{np.median(latencies):.1f} ms/frame on {engine.device}")
@@ -125,13 +105,17 @@ def cmd_demo(args) -> int:
     writer = OutputWriter(out)
     metrics = VideoMetrics(engine.labels.num_classes)
     metrics.start_video()
-    for frame, label in tqdm(zip(frames, gt), total=len(frames), unit="frame", desc="demo"):
-        res = engine.step(frame)
-        metrics.update(res.labels, label)
-        writer.write(np.concatenate([frame, engine.labels.colorize(res.labels),
-                                     engine.labels.colorize(label)], axis=1))
+    try:
+        for frame, label in tqdm(zip(frames, gt), total=len(frames), unit="frame", desc="demo"):
+            res = engine.step(frame)
+            metrics.update(res.labels, label)
+            writer.write(np.concatenate([frame, engine.labels.colorize(res.labels),
+                                         engine.labels.colorize(label)], axis=1))
+    except KeyboardInterrupt:
+        raise Interrupted(f"after {writer.count} frames; they are in {out}/") from None
+    finally:
+        writer.close()
     metrics.end_video()
-    writer.close()
     scores = metrics.compute()
     print(f"wrote {writer.count} frames (input | prediction | ground truth) to {out}/")
     print(f"synthetic clip seed {args.seed}: mIoU {scores['miou']:.3f}, "
@@ -212,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="video file (.mp4, .avi, …) or folder of images")
     p.add_argument("-o", "--output", required=True, help="output folder of PNGs, or a .mp4 file")
     p.add_argument("--style", choices=["color", "overlay", "side"], default="side")
-    p.add_argument("--fps", type=float, default=10.0, help="frame rate of an MP4 output")
+    p.add_argument("--fps", type=float, default=None,
+                   help="frame rate of an MP4 output (default: the input video's, 10 for a folder)")
     _add_engine_args(p)
     p.set_defaults(func=cmd_segment)
 
@@ -245,13 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--half", action="store_true", help="store weights as fp16 (half the size)")
     p.set_defaults(func=cmd_convert)
 
+    from sdcpc_core.train import add_train_arguments
+
     p = sub.add_parser("train", help="train SD-CPC or the baseline from a YAML config")
-    try:
-        from sdcpc_core.train import add_train_arguments
-    except ImportError:  # pragma: no cover - trainer not installed yet
-        add_train_arguments = None
-    if add_train_arguments:
-        add_train_arguments(p)
+    add_train_arguments(p)
     p.set_defaults(func=cmd_train)
     return parser
 
@@ -266,6 +248,12 @@ def main(argv=None) -> int:
     except (CheckpointError, FrameError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"sdcpc {args.command}: interrupted (Ctrl-C) {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"sdcpc {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -20,6 +20,19 @@ LABEL_SUFFIX = "_gtFine_labelTrainIds.png"
 IMAGE_SUFFIX = "_leftImg8bit.png"
 
 
+def parse_name(name: str, suffix: str) -> tuple[str, str, int]:
+    """``<city>_<seq>_<frame>`` + ``suffix`` -> (city, seq, frame number)."""
+    if not name.endswith(suffix):
+        raise ValueError(f"Cityscapes file name {name!r} does not end with {suffix!r}")
+    city, seq, frame = name[: -len(suffix)].rsplit("_", 2)
+    return city, seq, int(frame)
+
+
+def file_name(city: str, seq: str, frame: int, suffix: str) -> str:
+    """The inverse of :func:`parse_name` (frame numbers have six digits)."""
+    return f"{city}_{seq}_{frame:06d}{suffix}"
+
+
 class CityscapesSequenceClips(ClipDataset):
     """One item per labelled frame; a reference frame that is missing from the sequence folder
     is replaced by the nearest existing frame of the same sequence. No ``ref_labels``."""
@@ -32,8 +45,7 @@ class CityscapesSequenceClips(ClipDataset):
         self.samples: list[tuple[str, str, int, Path]] = []  # city, seq, frame, label path
         self._present: dict[tuple[str, str], tuple[int, ...]] = {}
         for path in sorted((self.root / "gtFine" / split).glob(f"*/*{LABEL_SUFFIX}")):
-            city, seq, frame = path.name[: -len(LABEL_SUFFIX)].rsplit("_", 2)
-            self.samples.append((city, seq, int(frame), path))
+            self.samples.append((*parse_name(path.name, LABEL_SUFFIX), path))
         if not self.samples:
             raise FileNotFoundError(f"no *{LABEL_SUFFIX} under {self.root / 'gtFine' / split}")
 
@@ -42,7 +54,7 @@ class CityscapesSequenceClips(ClipDataset):
 
     def image_path(self, city: str, seq: str, frame: int) -> Path:
         return (self.root / "leftImg8bit_sequence" / self.split / city
-                / f"{city}_{seq}_{frame:06d}{IMAGE_SUFFIX}")
+                / file_name(city, seq, frame, IMAGE_SUFFIX))
 
     def sequence_frames(self, city: str, seq: str) -> tuple[int, ...]:
         """Frame numbers present in the sequence folder for (city, seq), sorted (cached)."""
@@ -50,7 +62,7 @@ class CityscapesSequenceClips(ClipDataset):
         if key not in self._present:
             folder = self.root / "leftImg8bit_sequence" / self.split / city
             self._present[key] = tuple(sorted(
-                int(p.name[: -len(IMAGE_SUFFIX)].rsplit("_", 1)[1])
+                parse_name(p.name, IMAGE_SUFFIX)[2]
                 for p in folder.glob(f"{city}_{seq}_*{IMAGE_SUFFIX}")))
         return self._present[key]
 
@@ -67,7 +79,7 @@ class CityscapesSequenceClips(ClipDataset):
         target_path = self.image_path(city, seq, frame)
         if not target_path.is_file():  # labelled frame from leftImg8bit when no sequence copy
             target_path = (self.root / "leftImg8bit" / self.split / city
-                           / f"{city}_{seq}_{frame:06d}{IMAGE_SUFFIX}")
+                           / file_name(city, seq, frame, IMAGE_SUFFIX))
         target = read_image(target_path)
         ref_frames = self.reference_frames(city, seq, frame)
         refs = ([read_image(self.image_path(city, seq, f)) for f in ref_frames] if ref_frames

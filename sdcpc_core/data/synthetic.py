@@ -25,7 +25,7 @@ random access, and a clip needs only its own frames.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -333,10 +333,6 @@ def generate_video(seed: int, length: int, height: int, width: int, **options):
 def iter_video(seed: int, length: int, height: int, width: int, **options):
     """Lazily yields ``(frame, labels)`` for t = 0..length-1."""
     yield from SyntheticVideo(seed, length, height, width, replace(SyntheticOptions(), **options))
-
-
-def option_names() -> tuple[str, ...]:
-    return tuple(f.name for f in fields(SyntheticOptions))
 
 
 class SyntheticClips(ClipDataset):

@@ -58,6 +58,15 @@ def shift_vspw_labels(raw: np.ndarray) -> np.ndarray:
     return _SHIFT[raw]
 
 
+def vspw_videos(root, split: str) -> list[str]:
+    """The video names listed in ``root/<split>.txt`` (one per line)."""
+    split_file = Path(root) / f"{split}.txt"
+    if not split_file.is_file():
+        raise FileNotFoundError(f"VSPW split file {split_file} not found; give the VSPW root that holds "
+                                f"{split}.txt, or name the videos explicitly")
+    return [v.strip() for v in split_file.read_text().splitlines() if v.strip()]
+
+
 class VSPWClips(ClipDataset):
     """One item per frame of every video of ``split``; references at ``reference_offsets``
     clamped to the video; ``ref_labels`` from the references' masks."""
@@ -68,10 +77,7 @@ class VSPWClips(ClipDataset):
         super().__init__(reference_offsets, transform, mean, std, with_ref_labels)
         self.root = Path(root)
         if videos is None:
-            split_file = self.root / f"{split}.txt"
-            if not split_file.is_file():
-                raise FileNotFoundError(f"VSPW split file {split_file} not found")
-            videos = [v.strip() for v in split_file.read_text().splitlines() if v.strip()]
+            videos = vspw_videos(self.root, split)
         self.labels = VSPW_LABELS
         self.videos: list[tuple[str, list[Path]]] = []  # (name, frame paths in order)
         self.samples: list[tuple[int, int]] = []  # (video number, frame index)

@@ -58,10 +58,6 @@ class SDCPCConfig:
         if problems:
             raise ValueError("invalid SDCPCConfig: " + "; ".join(problems))
 
-    @property
-    def num_references(self) -> int:
-        return len(self.reference_offsets) if self.temporal else 0
-
     def to_dict(self) -> dict:
         d = asdict(self)
         d["reference_offsets"] = list(self.reference_offsets)
@@ -75,15 +71,6 @@ class SDCPCConfig:
         if unknown:
             raise ValueError(f"unknown SDCPCConfig fields {unknown}; known: {sorted(known)}")
         return cls(**d)
-
-
-def _split_frames(frames: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """(B, T+1, 3, H, W) or (B, 3, H, W) -> ((B*(T+1), 3, H, W), T+1)."""
-    if frames.ndim == 4:
-        return frames, 1
-    if frames.ndim != 5:
-        raise ValueError(f"expected frames of shape (B, T+1, 3, H, W) or (B, 3, H, W), got {tuple(frames.shape)}")
-    return frames.flatten(0, 1), frames.shape[1]
 
 
 class SegFormer(nn.Module):

@@ -119,3 +119,80 @@ def test_demo_scores_against_ground_truth(tmp_path, tiny_checkpoint, capsys):
     assert "mIoU" in capsys.readouterr().out
     strip = cv2.imread(str(out / "000000.png"))
     assert strip.shape == (64, 192, 3) and np.isfinite(strip).all()
+
+
+def _write_avi(path, frames, fps=5):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, frames[0].shape[1::-1])
+    for f in frames:
+        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+def test_segment_mp4_takes_the_source_video_frame_rate(tmp_path, tiny_checkpoint, clip):
+    video = _write_avi(tmp_path / "in.avi", clip[1], fps=7)
+    for extra, expected in (([], 7.0), (["--fps", "12"], 12.0)):
+        out = tmp_path / f"out{len(extra)}.mp4"
+        assert main(["segment", str(video), "-o", str(out), "--checkpoint", str(tiny_checkpoint),
+                     "--style", "color", "--device", "cpu", *extra]) == 0
+        cap = cv2.VideoCapture(str(out))
+        assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(expected)
+        cap.release()
+
+
+def test_segment_reports_a_truncated_video(tmp_path, tiny_checkpoint, capsys):
+    frames, _ = generate_video(seed=2, length=12, height=48, width=64)
+    video = _write_avi(tmp_path / "in.avi", frames)
+    video.write_bytes(video.read_bytes()[: video.stat().st_size // 2])
+    assert main(["segment", str(video), "-o", str(tmp_path / "out"), "--checkpoint",
+                 str(tiny_checkpoint), "--device", "cpu"]) == 0
+    written = len(list((tmp_path / "out").glob("*.png")))
+    assert 0 < written < 12
+    err = capsys.readouterr().err
+    assert f"ended after {written} of the 12 frames its container announces" in err
+
+
+def test_ctrl_c_ends_segment_demo_and_convert_with_one_line(tmp_path, tiny_checkpoint, clip, capsys,
+                                                            monkeypatch):
+    from sdcpc_core import checkpoints
+    from sdcpc_core.engine import StreamingSegmenter
+
+    step = StreamingSegmenter.step
+    calls = []
+
+    def interrupted_third_frame(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) % 3 == 0:
+            raise KeyboardInterrupt
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(StreamingSegmenter, "step", interrupted_third_frame)
+    out = tmp_path / "seg"
+    assert main(["segment", str(clip[0]), "-o", str(out), "--checkpoint", str(tiny_checkpoint),
+                 "--device", "cpu"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(list(out.glob("*.png"))) == 2  # what was written is kept
+    assert err[-1] == f"sdcpc segment: interrupted (Ctrl-C) after 2 frames; they are in {out}"
+    assert "Traceback" not in "\n".join(err)
+    assert main(["demo", "-o", str(tmp_path / "demo"), "--frames", "5", "--checkpoint",
+                 str(tiny_checkpoint), "--device", "cpu"]) == 130
+    assert len(list((tmp_path / "demo").glob("*.png"))) == 2
+    assert "sdcpc demo: interrupted (Ctrl-C) after 2 frames" in capsys.readouterr().err
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoints, "convert_checkpoint", interrupted)
+    assert main(["convert", str(tiny_checkpoint), "-o", str(tmp_path / "c.pt")]) == 130
+    assert capsys.readouterr().err.strip() == "sdcpc convert: interrupted (Ctrl-C)"
+
+
+def test_ctrl_c_during_train_is_one_line(monkeypatch, capsys):
+    import sdcpc_core.train
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sdcpc_core.train, "run_training", interrupted)
+    assert main(["train", "synthetic_b0"]) == 130
+    assert capsys.readouterr().err.strip() == "sdcpc train: interrupted (Ctrl-C)"

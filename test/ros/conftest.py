@@ -8,16 +8,10 @@ pytest.importorskip("rclpy", reason="rclpy is not importable; install the 'ros' 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """A small SD-CPC checkpoint with its initial (random) weights with named classes (person and car are dynamic)."""
-    import torch
     from ros_harness import CLASS_NAMES
 
-    from sdcpc_core.checkpoints import save_checkpoint
+    from sdcpc_core.checkpoints import save_tiny_checkpoint
     from sdcpc_core.classes import LabelSet
-    from sdcpc_core.models import SDCPCConfig, build_model
 
-    torch.manual_seed(0)
-    config = SDCPCConfig(variant="b0", num_classes=len(CLASS_NAMES), embed_dim=32, decoder_dim=32,
-                         reference_offsets=(-2, -1), window=3)
-    model = build_model(config)
     labels = LabelSet.from_names(CLASS_NAMES, dynamic_names=("person", "car"))
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", model, config, labels)
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", labels)

@@ -1,85 +1,15 @@
-"""Helpers for the end-to-end tests: run the node as a process, and a client node to talk to it."""
+"""Helpers for the end-to-end tests: the node process and client (:mod:`sdcpc_ros.node_process`)
+and the class names of the tests' tiny checkpoint."""
 
-import os
-import subprocess
-import sys
-import time
-import zlib
-from pathlib import Path
+from sdcpc_ros.node_process import (  # noqa: F401  (re-exported for the tests)
+    REPO,
+    WAIT_S,
+    Client,
+    domain_id_for,
+    node_env,
+    node_output,
+    run_node,
+    stop_node,
+)
 
-import rclpy
-from rclpy.executors import SingleThreadedExecutor
-
-REPO = Path(__file__).resolve().parents[2]
-# Safety limit for waiting on the node (start-up imports torch on a busy 2-core machine).
-WAIT_S = 90.0
 CLASS_NAMES = ("road", "person", "car", "sky", "building")
-
-
-def domain_id_for(name: str) -> int:
-    """A ROS domain per test module and test run, so parallel runs do not hear each other."""
-    return 1 + (zlib.crc32(name.encode()) + os.getpid()) % 100
-
-
-def node_env(domain_id: int) -> dict:
-    env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-               OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return env
-
-
-def run_node(params: dict, domain_id: int, log_dir: Path, wait: bool = False):
-    """Start ``python -m sdcpc_ros.node --ros-args -p k:=v ...``; stdout+stderr go to a log file."""
-    args = [sys.executable, "-m", "sdcpc_ros.node", "--ros-args"]
-    for key, value in params.items():
-        args += ["-p", f"{key}:={value}"]
-    log = open(log_dir / f"node_{domain_id}_{time.monotonic_ns()}.log", "w+")  # noqa: SIM115
-    proc = subprocess.Popen(args, env=node_env(domain_id), cwd=REPO, stdout=log,
-                            stderr=subprocess.STDOUT, text=True)
-    proc.log = log
-    if wait:
-        proc.wait(timeout=WAIT_S)
-    return proc
-
-
-def node_output(proc) -> str:
-    proc.log.flush()
-    proc.log.seek(0)
-    return proc.log.read()
-
-
-def stop_node(proc) -> None:
-    if proc.poll() is None:
-        proc.send_signal(2)  # SIGINT, as Ctrl-C / ros2 launch do
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    proc.log.close()
-
-
-class Client:
-    """A client node in the test process; ``wait_for`` spins it until a condition holds."""
-
-    def __init__(self, domain_id: int):
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=domain_id)
-        self.node = rclpy.create_node("sdcpc_test_client", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-
-    def wait_for(self, condition, what: str, timeout: float = WAIT_S, proc=None):
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if proc is not None and proc.poll() is not None:
-                raise AssertionError(f"node exited ({proc.returncode}) while waiting for {what}:\n"
-                                     + node_output(proc)[-3000:])
-            if time.monotonic() > deadline:
-                raise AssertionError(f"gave up waiting for {what}")
-            self.executor.spin_once(timeout_sec=0.05)
-
-    def close(self):
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)

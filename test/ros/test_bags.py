@@ -7,6 +7,7 @@ import pytest
 from sdcpc_core.data.synthetic import generate_video
 from sdcpc_ros import bags
 from sdcpc_ros.bags import BagError, BagReader
+from sdcpc_ros.conversions import labels_to_array
 
 IMG, LBL = bags.DEFAULT_IMAGE_TOPIC, bags.DEFAULT_LABEL_TOPIC
 
@@ -36,21 +37,21 @@ def test_synthetic_round_trip_pixels_stamps_and_video_gap(tmp_path, storage):
         assert img.header.frame_id == lbl.header.frame_id == "cam"
         assert bags.stamp_to_ns(img.header.stamp) == bags.stamp_to_ns(lbl.header.stamp) == m.log_time
         np.testing.assert_array_equal(image_to_array(img), frames[i])
-        np.testing.assert_array_equal(bags.labels_from_message(lbl), labels[i])
+        np.testing.assert_array_equal(labels_to_array(lbl), labels[i])
         stamps.append(m.log_time)
     assert np.diff(stamps).tolist() == [250_000_000, 250_000_000, 7_000_000_000, 250_000_000, 250_000_000]
     assert stamps[0] == 100_000_000_000
 
 
-def test_labels_from_message_handles_padding_mono16_and_refuses_colour():
+def test_labels_to_array_handles_padding_mono16_and_refuses_colour():
     a = np.arange(12, dtype=np.uint16).reshape(3, 4) * 300
     rows = np.zeros((3, 10), np.uint8)  # step 10 = 8 bytes of pixels + 2 padding
     rows[:, :8] = a.astype("<u2").view(np.uint8).reshape(3, 8)
     msg = bags.image_message(a, 1, "f")
     msg.step, msg.data = 10, rows.reshape(-1)
-    np.testing.assert_array_equal(bags.labels_from_message(msg), a)
+    np.testing.assert_array_equal(labels_to_array(msg), a)
     with pytest.raises(ValueError, match="rgb8"):
-        bags.labels_from_message(bags.image_message(np.zeros((2, 2, 3), np.uint8), 1, "f"))
+        labels_to_array(bags.image_message(np.zeros((2, 2, 3), np.uint8), 1, "f"))
 
 
 def test_vspw_layout_is_shifted_and_videos_are_separate(tmp_path):
@@ -66,7 +67,7 @@ def test_vspw_layout_is_shifted_and_videos_are_separate(tmp_path):
     summary = bags.write_bag(tmp_path / "b", bags.vspw_frames(tmp_path), progress=False)
     assert summary.videos == ["v2", "v1"] and summary.labelled == 4
     _, msgs = read_all(tmp_path / "b")
-    lbl = bags.labels_from_message(msgs[LBL][0][1])
+    lbl = labels_to_array(msgs[LBL][0][1])
     assert lbl[0].tolist() == [255, 0, 1, 255] * 2 + [2, 2]
 
 
@@ -83,7 +84,7 @@ def test_cityscapes_sequences_runs_are_videos_and_labels_are_sparse(tmp_path):
     assert summary.frames == 5 and summary.labelled == 1 and len(summary.videos) == 2
     _, msgs = read_all(tmp_path / "b")
     assert msgs[LBL][0][0].log_time == msgs[IMG][2][0].log_time  # the label belongs to frame 19
-    assert (bags.labels_from_message(msgs[LBL][0][1]) == 7).all()
+    assert (labels_to_array(msgs[LBL][0][1]) == 7).all()
 
 
 def test_image_folder_with_labels_and_missing_topic_lists_topics(tmp_path):
@@ -129,3 +130,73 @@ def test_garbage_file_is_a_clear_error(tmp_path):
         BagReader(path).__enter__()
     with pytest.raises(BagError, match="does not exist"):
         BagReader(tmp_path / "missing").__enter__()
+
+
+def test_labels_out_of_range_are_refused_not_narrowed(tmp_path):
+    from sdcpc_ros.conversions import ImageConversionError
+
+    with pytest.raises(ImageConversionError, match=r"\[-1, 70000\]"):
+        bags.image_message(np.array([[70000, -1]]), 1, "f")
+    assert bags.image_message(np.array([[65535, 0]]), 1, "f").encoding == "mono16"
+    frames = [bags.SourceFrame("v", np.zeros((1, 2, 3), np.uint8), np.array([[70000, -1]]))]
+    with pytest.raises(ImageConversionError):
+        bags.write_bag(tmp_path / "b", frames, progress=False)
+    assert not (tmp_path / "b").exists()
+
+
+def test_failed_convert_leaves_no_stub_and_a_retry_works(tmp_path, capsys):
+    from sdcpc_ros.evaluation import cli
+
+    (tmp_path / "img").mkdir()
+    (tmp_path / "lbl").mkdir()
+    for t in range(3):
+        cv2.imwrite(str(tmp_path / "img" / f"f{t}.png"), np.full((4, 5, 3), t, np.uint8))
+    cv2.imwrite(str(tmp_path / "lbl" / "f1.png"), np.ones((3, 5), np.uint8))  # wrong size
+    args = ["convert", "images", str(tmp_path / "img"), str(tmp_path / "b"), "--labels", str(tmp_path / "lbl")]
+    assert cli.main(args) == 2
+    assert "differ from the image" in capsys.readouterr().err and not (tmp_path / "b").exists()
+    cv2.imwrite(str(tmp_path / "lbl" / "f1.png"), np.ones((4, 5), np.uint8))
+    assert cli.main(args) == 0
+    _, msgs = read_all(tmp_path / "b")
+    assert len(msgs[IMG]) == 3 and len(msgs[LBL]) == 1
+
+
+def test_ctrl_c_during_convert_keeps_a_readable_bag(tmp_path, capsys, monkeypatch):
+    from sdcpc_ros.evaluation import cli
+
+    def interrupted_after_four(*args, **kwargs):
+        frames = bags.sources.synthetic_frames(*args, **kwargs)
+        for _ in range(4):
+            yield next(frames)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bags, "synthetic_frames", interrupted_after_four)
+    code = cli.main(["convert", "synthetic", str(tmp_path / "b"), "--videos", "1", "--length", "10",
+                     "--size", "16", "20"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 130 and len(err) == 1 and err[0].startswith("sdcpc-eval convert: interrupted (Ctrl-C)")
+    bag, msgs = read_all(tmp_path / "b")
+    assert bag.topics[IMG].count == 4 and len(msgs[IMG]) == 4 and bag.damage is None
+
+
+def test_convert_reports_a_truncated_video(tmp_path, capsys):
+    from sdcpc_ros.evaluation import cli
+
+    frames, _ = generate_video(2, 12, 24, 32)
+    video = tmp_path / "in.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (32, 24))
+    for f in frames:
+        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    writer.release()
+    video.write_bytes(video.read_bytes()[: video.stat().st_size // 2])
+    assert cli.main(["convert", "video", str(video), str(tmp_path / "b")]) == 0
+    _, msgs = read_all(tmp_path / "b", (IMG,))
+    n = len(msgs[IMG])
+    assert 0 < n < 12
+    assert f"ended after {n} of the 12 frames its container announces" in capsys.readouterr().err
+
+
+def test_vspw_without_split_file_names_it(tmp_path):
+    (tmp_path / "data" / "v1" / "origin").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="val.txt"):
+        next(bags.vspw_frames(tmp_path))

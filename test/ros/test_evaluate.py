@@ -6,24 +6,25 @@ import numpy as np
 import pytest
 import torch
 
-from sdcpc_core.checkpoints import save_checkpoint
+from sdcpc_core.checkpoints import save_tiny_checkpoint
 from sdcpc_core.data.synthetic import SYNTHETIC_LABELS, generate_video
 from sdcpc_core.engine import StreamingSegmenter
 from sdcpc_core.metrics import VideoMetrics
-from sdcpc_core.models import SDCPCConfig, build_model
-from sdcpc_ros import bags, evaluate
+from sdcpc_ros import bags
 from sdcpc_ros.bags import TYPESTORE, BagError
-from sdcpc_ros.report import markdown
+from sdcpc_ros.evaluation import cli
+from sdcpc_ros.evaluation.live import score_live
+from sdcpc_ros.evaluation.offline import evaluate_offline
+from sdcpc_ros.evaluation.pairing import Pair
+from sdcpc_ros.evaluation.report import markdown
+from sdcpc_ros.evaluation.scoring import Evaluation
 
 H, W, LENGTH, SEEDS = 40, 48, 10, (3, 4)
 
 
 def make_checkpoint(path, temporal=True, seed=0):
     """Tiny random-weight model on the synthetic classes."""
-    torch.manual_seed(seed)
-    config = SDCPCConfig(variant="b0", num_classes=SYNTHETIC_LABELS.num_classes, embed_dim=32,
-                         decoder_dim=32, reference_offsets=(-2, -1), window=3, temporal=temporal)
-    return save_checkpoint(path, build_model(config), config, SYNTHETIC_LABELS)
+    return save_tiny_checkpoint(path, temporal=temporal, seed=seed)
 
 
 def make_bag(path, videos=2, length=LENGTH, seed=SEEDS[0], **kwargs):
@@ -42,7 +43,7 @@ def bag(tmp_path_factory):
 
 
 def test_round_trip_matches_in_memory_engine_scoring(tmp_path, checkpoint, bag):
-    report = evaluate.evaluate_offline(bag, tmp_path / "out", checkpoint=checkpoint, progress=False)
+    report = evaluate_offline(bag, tmp_path / "out", checkpoint=checkpoint, progress=False)
     seg = StreamingSegmenter.from_checkpoint(checkpoint, device="cpu", max_time_gap=0.5)
     expected = VideoMetrics(SYNTHETIC_LABELS.num_classes)
     stamp = bags.DEFAULT_START_STAMP
@@ -72,7 +73,7 @@ def test_round_trip_matches_in_memory_engine_scoring(tmp_path, checkpoint, bag):
 
 def test_baseline_is_scored_side_by_side_on_the_same_frames(tmp_path, checkpoint, bag):
     base = make_checkpoint(tmp_path / "base.pt", temporal=False, seed=1)
-    report = evaluate.evaluate_offline(bag, tmp_path / "out", checkpoint=checkpoint, baseline=base,
+    report = evaluate_offline(bag, tmp_path / "out", checkpoint=checkpoint, baseline=base,
                                        progress=False)
     assert set(report["models"]) == {"sdcpc", "baseline"}
     assert report["models"]["baseline"]["latency_ms"]["count"] == 2 * LENGTH
@@ -82,7 +83,7 @@ def test_baseline_is_scored_side_by_side_on_the_same_frames(tmp_path, checkpoint
 
 
 def test_prediction_equal_to_ground_truth_scores_one(tmp_path, bag):
-    report = evaluate.evaluate_offline(bag, tmp_path / "out", predict_gt=True, progress=False)
+    report = evaluate_offline(bag, tmp_path / "out", predict_gt=True, progress=False)
     m = report["models"]["ground_truth"]
     assert m["miou"] == 1.0 and m["mvc8"] == 1.0 and m["pixel_acc"] == 1.0
     assert len(report["videos"]) == 2  # the 10 s stamp jump starts the second video
@@ -93,7 +94,7 @@ def test_truncated_bag_gives_partial_report_and_accounts_for_every_frame(tmp_pat
     big = path / "big.mcap"
     # 40x48 frames: ~8 KB per image+label, 1 MiB chunks -> keep a prefix of the single chunk
     big.write_bytes(big.read_bytes()[: int(big.stat().st_size * 0.5)])
-    code = evaluate.main(["offline", str(path), "--out", str(tmp_path / "out"), "--predict-gt"])
+    code = cli.main(["offline", str(path), "--out", str(tmp_path / "out"), "--predict-gt"])
     assert code == 1
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     f = report["frames"]
@@ -130,7 +131,7 @@ def test_bad_messages_are_listed_with_bag_topic_frame_and_stamp(tmp_path):
         gt = labels[i][:20] if i == 3 else labels[i]  # frame 3: label size differs
         items.append((lbl, t[i], bags.image_message(gt, t[i], "camera")))
     _write_raw(tmp_path / "b", items)
-    report = evaluate.evaluate_offline(tmp_path / "b", tmp_path / "out", predict_gt=True, progress=False)
+    report = evaluate_offline(tmp_path / "b", tmp_path / "out", predict_gt=True, progress=False)
     log = {fr["index"]: fr for fr in report["frame_log"]}
     assert [log[i]["status"] for i in range(5)] == ["scored", "unreadable", "unreadable", "unlabelled",
                                                     "scored"]
@@ -143,18 +144,18 @@ def test_bad_messages_are_listed_with_bag_topic_frame_and_stamp(tmp_path):
 
 
 def test_missing_topic_lists_available_topics(tmp_path, bag, capsys):
-    code = evaluate.main(["offline", str(bag), "--out", str(tmp_path / "o"), "--predict-gt",
+    code = cli.main(["offline", str(bag), "--out", str(tmp_path / "o"), "--predict-gt",
                           "--image-topic", "/nope"])
     err = capsys.readouterr().err
     assert code == 2 and "/nope" in err and bags.DEFAULT_IMAGE_TOPIC in err and str(bag) in err
     with pytest.raises(BagError, match="/camera/labels_gt"):  # an explicit label topic must exist
-        evaluate.evaluate_offline(bag, tmp_path / "o", predict_gt=True, label_topic="/gt",
+        evaluate_offline(bag, tmp_path / "o", predict_gt=True, label_topic="/gt",
                                   explicit_label_topic=True, progress=False)
 
 
 def test_bag_without_labels_still_reports_flicker_and_latency(tmp_path, checkpoint):
     path = make_bag(tmp_path / "nolabels", videos=1, length=4, label_topic=None)
-    report = evaluate.evaluate_offline(path, tmp_path / "out", checkpoint=checkpoint, progress=False)
+    report = evaluate_offline(path, tmp_path / "out", checkpoint=checkpoint, progress=False)
     m = report["models"]["sdcpc"]
     assert m["miou"] is None and m["mvc8"] is None
     assert m["flicker"] is not None and m["latency_ms"]["count"] == 4
@@ -176,7 +177,7 @@ class _Interrupting:
 
 def test_ctrl_c_writes_a_partial_report(tmp_path, checkpoint, bag):
     seg = _Interrupting(StreamingSegmenter.from_checkpoint(checkpoint, device="cpu"))
-    report = evaluate.evaluate_offline(bag, tmp_path / "out", segmenter=seg, progress=False)
+    report = evaluate_offline(bag, tmp_path / "out", segmenter=seg, progress=False)
     assert report["status"] == "interrupted" and "interrupted" in report["errors"][0]
     assert report["frames"]["scored"] == 2 and report["frames"]["not_read"] == 2 * LENGTH - 2
     assert json.loads((tmp_path / "out" / "report.json").read_text())["status"] == "interrupted"
@@ -197,7 +198,7 @@ class _RunningOutOfMemory(_Interrupting):
 
 def test_model_failure_on_one_frame_is_listed_and_evaluation_goes_on(tmp_path, checkpoint, bag):
     seg = _RunningOutOfMemory(StreamingSegmenter.from_checkpoint(checkpoint, device="cpu"))
-    report = evaluate.evaluate_offline(bag, tmp_path / "out", segmenter=seg, progress=False)
+    report = evaluate_offline(bag, tmp_path / "out", segmenter=seg, progress=False)
     assert report["frames"]["failed"] == 1 and report["frames"]["scored"] == 2 * LENGTH - 1
     failed = [f for f in report["frame_log"] if f["status"] == "failed"]
     assert failed[0]["index"] == 2 and "OutOfMemoryError" in failed[0]["reason"]
@@ -206,9 +207,9 @@ def test_model_failure_on_one_frame_is_listed_and_evaluation_goes_on(tmp_path, c
 
 def test_convert_cli_then_offline_cli(tmp_path):
     out = tmp_path / "s.db3dir"
-    assert evaluate.main(["convert", "synthetic", str(out), "--videos", "1", "--length", "3",
+    assert cli.main(["convert", "synthetic", str(out), "--videos", "1", "--length", "3",
                           "--size", "32", "40", "--storage", "sqlite3", "--fps", "5"]) == 0
-    assert evaluate.main(["offline", str(out), "--out", str(tmp_path / "r"), "--predict-gt"]) == 0
+    assert cli.main(["offline", str(out), "--out", str(tmp_path / "r"), "--predict-gt"]) == 0
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["frames"]["scored"] == 3 and report["models"]["ground_truth"]["miou"] == 1.0
 
@@ -220,15 +221,63 @@ def test_live_scoring_skips_frames_whose_stamp_was_already_published():
 
     labels = LabelSet.from_names(["a", "b"])
     gt = np.zeros((4, 4), np.uint8)
-    pairs = [evaluate.Pair(index=i, log_time=i, stamp=s, frame_id="cam", labels=gt)
+    pairs = [Pair(index=i, log_time=i, stamp=s, frame_id="cam", labels=gt)
              for i, s in enumerate([10**9, 2 * 10**9, 2 * 10**9, 3 * 10**9])]
     sent = {10**9: 0.0, 2 * 10**9: 1.0, 3 * 10**9: 3.0}
     answers = {s: (t + 0.05, gt) for s, t in sent.items()}
-    ev = evaluate.Evaluation(bag="b", mode="live", labels=labels, models=["node"])
+    ev = Evaluation(bag="b", mode="live", labels=labels, models=["node"])
     ev.total = len(pairs)
-    evaluate._score_live(ev, pairs, sent, answers, max_time_gap=5.0)
+    score_live(ev, pairs, sent, answers, max_time_gap=5.0)
     counts = ev.counts()
     assert (counts["scored"], counts["duplicate_stamp"], counts["dropped"]) == (3, 1, 0)
     dup = next(f for f in ev.frames if f["status"] == "duplicate_stamp")
     assert dup["index"] == 2 and "frame 1 has the same header stamp" in dup["reason"]
     assert "duplicate stamps" in markdown(ev.report(), [])
+
+
+def test_samples_have_no_ground_truth_column_without_labels(tmp_path, checkpoint):
+    import cv2
+
+    path = make_bag(tmp_path / "nolabels", videos=1, length=4, label_topic=None)
+    evaluate_offline(path, tmp_path / "out", checkpoint=checkpoint, samples=2, progress=False)
+    evaluate_offline(make_bag(tmp_path / "labels", videos=1, length=4), tmp_path / "out_gt",
+                     checkpoint=checkpoint, samples=2, progress=False)
+    without = cv2.imread(str(tmp_path / "out" / "samples.png")).shape[1]
+    with_gt = cv2.imread(str(tmp_path / "out_gt" / "samples.png")).shape[1]
+    assert without == round(2.6 * 2 * 90) and with_gt == round(2.6 * 3 * 90)  # input | SD-CPC [| GT]
+
+
+def test_plot_failure_is_recorded_in_report_json(tmp_path, bag, monkeypatch):
+    from sdcpc_ros.evaluation import report
+
+    def broken(*args):
+        raise RuntimeError("no fonts")
+
+    monkeypatch.setattr(report, "_vc_plot", broken)
+    evaluate_offline(bag, tmp_path / "out", predict_gt=True, progress=False)
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert "plot vc_windows.png not written: RuntimeError: no fonts" in saved["problems"]
+    assert not (tmp_path / "out" / "vc_windows.png").exists()
+    assert (tmp_path / "out" / "per_class_iou.png").is_file()  # the other plots are still written
+
+
+def test_offline_cli_shows_progress_and_ctrl_c_is_one_line(tmp_path, bag, capsys, monkeypatch):
+    assert cli.main(["offline", str(bag), "--out", str(tmp_path / "r"), "--predict-gt"]) == 0
+    err = capsys.readouterr().err
+    assert "evaluating" in err and f"{2 * LENGTH}/{2 * LENGTH}" in err  # tqdm, also without a TTY
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(StreamingSegmenter, "from_checkpoint", interrupted)
+    assert cli.main(["offline", str(bag), "--out", str(tmp_path / "r2")]) == 130
+    assert capsys.readouterr().err.strip() == "sdcpc-eval offline: interrupted (Ctrl-C)"
+
+
+def test_ctrl_c_before_live_playback_is_one_line(tmp_path, bag, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):  # e.g. while the node starts
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "evaluate_live", interrupted)
+    assert cli.main(["live", str(bag), "--out", str(tmp_path / "r")]) == 130
+    assert capsys.readouterr().err.strip() == "sdcpc-eval live: interrupted (Ctrl-C)"

@@ -8,7 +8,31 @@ import pytest
 from test_evaluate import make_bag, make_checkpoint
 
 import sdcpc_ros.node  # noqa: F401  (the live mode starts this node; rclpy presence: conftest.py)
-from sdcpc_ros import bags, evaluate
+from sdcpc_ros import bags
+from sdcpc_ros.evaluation.live import evaluate_live
+from sdcpc_ros.evaluation.offline import evaluate_offline
+
+
+def offline_scores_of(bag, checkpoint, stamps: set) -> dict:
+    """Metrics of the engine run offline on the bag's frames whose stamps are in ``stamps``,
+    videos split where the engine resets (as the live report does)."""
+    from sdcpc_core.engine import StreamingSegmenter
+    from sdcpc_core.metrics import VideoMetrics
+    from sdcpc_ros.evaluation.pairing import paired_frames
+
+    seg = StreamingSegmenter.from_checkpoint(checkpoint, device="cpu", max_time_gap=0.5)
+    metrics = VideoMetrics(seg.labels.num_classes)
+    first = True
+    with bags.BagReader(bag) as b:
+        for pair in paired_frames(b, bags.DEFAULT_IMAGE_TOPIC, bags.DEFAULT_LABEL_TOPIC, []):
+            if bags.format_stamp(pair.stamp) not in stamps:
+                continue
+            res = seg.step(pair.image, stamp=pair.stamp_s, frame_id=pair.frame_id)
+            if first or res.reset_reason:
+                metrics.start_video()
+                first = False
+            metrics.update(res.labels, pair.labels)
+    return metrics.compute()
 
 
 def test_live_replay_scores_what_the_node_publishes(tmp_path, monkeypatch):
@@ -18,7 +42,7 @@ def test_live_replay_scores_what_the_node_publishes(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     checkpoint = make_checkpoint(tmp_path / "tiny.pt")
     bag = make_bag(tmp_path / "bag", videos=2, length=5, fps=5.0, video_gap=2.0)
-    report = evaluate.evaluate_live(bag, tmp_path / "live", checkpoint=checkpoint, rate=1.0,
+    report = evaluate_live(bag, tmp_path / "live", checkpoint=checkpoint, rate=1.0,
                                     drain_timeout=20.0, startup_timeout=120.0, samples=2)
     f = report["frames"]
     assert report["status"] == "complete", report["errors"]
@@ -32,9 +56,13 @@ def test_live_replay_scores_what_the_node_publishes(tmp_path, monkeypatch):
         stamps = {bags.format_stamp(bags.stamp_to_ns(b.decode(m).header.stamp))
                   for m in b.messages([bags.DEFAULT_IMAGE_TOPIC])}
     assert {fr["stamp"] for fr in answered} <= stamps  # answers carry the input's exact stamps
-    if f["dropped"] == 0:  # nothing dropped: the node ran the same stream as the offline replay
-        offline = evaluate.evaluate_offline(bag, tmp_path / "offline", checkpoint=checkpoint,
-                                            progress=False)
+    # the node's engine saw exactly the answered frames (a dropped one never reached it): the same
+    # frames, with their stamps, through the engine offline give the same scores, dropped or not
+    expected = offline_scores_of(bag, checkpoint, {fr["stamp"] for fr in answered})
+    assert node["miou"] == pytest.approx(expected["miou"], abs=1e-9)
+    assert node["flicker"] == pytest.approx(expected["flicker"], abs=1e-9)
+    if f["dropped"] == 0:  # nothing dropped: also the whole offline replay of the bag
+        offline = evaluate_offline(bag, tmp_path / "offline", checkpoint=checkpoint, progress=False)
         assert node["miou"] == pytest.approx(offline["models"]["sdcpc"]["miou"], abs=1e-9)
         assert len(report["videos"]) == 2
     saved = json.loads((tmp_path / "live" / "report.json").read_text())

@@ -73,75 +73,93 @@ def write_report(out_dir, report: dict, labels, samples: list[dict]) -> Path:
     """Write report.json, report.md and the plots into ``out_dir``; returns the report.md path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    plots = _plots(out, report, labels, samples)  # first, so that report.json lists what failed
     (out / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
-    plots = []
-    try:
-        plots = _plots(out, report, labels, samples)
-    except Exception as exc:  # noqa: BLE001 - numbers matter more than pictures
-        report.setdefault("problems", []).append(f"plots not written: {type(exc).__name__}: {exc}")
     path = out / "report.md"
     path.write_text(markdown(report, plots))
     return path
 
 
 def _plots(out: Path, report: dict, labels, samples) -> list[str]:
+    """Write every plot that applies; a plot that fails is recorded in ``report["problems"]``
+    (numbers matter more than pictures). Returns the file names written."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    written = []
     models = list(report["models"])
-    names = report["classes"]
-    if any(report["models"][m]["miou"] is not None for m in models):
-        fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(names) * len(models)), 4))
-        width = 0.8 / len(models)
-        for j, m in enumerate(models):
-            iou = [np.nan if v is None else v for v in report["models"][m]["per_class_iou"]]
-            ax.bar(np.arange(len(names)) + j * width, iou, width, label=MODEL_TITLES.get(m, m))
-        ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=60, ha="right")
-        ax.set_ylim(0, 1)
-        ax.set_ylabel("IoU")
-        ax.legend()
-        written.append(_save(fig, out / "per_class_iou.png"))
-    if any(report["models"][m]["vc8_windows"] for m in models):
-        fig, ax = plt.subplots(figsize=(8, 3))
-        for m in models:
-            w = np.asarray(report["models"][m]["vc8_windows"], dtype=float).reshape(-1, 2)
-            ax.plot(w[:, 0], w[:, 1], ".-", ms=3, label=MODEL_TITLES.get(m, m))
-        for v in report["videos"][1:]:
-            ax.axvline(v["first_frame"], color="grey", lw=0.5)
-        ax.set_xlabel("frame index (end of the 8-frame window)")
-        ax.set_ylabel("VC8 of the window")
-        ax.set_ylim(0, 1.02)
-        ax.legend()
-        written.append(_save(fig, out / "vc_windows.png"))
     lat = {m: [fr["latency_ms"][m] for fr in report["frame_log"] if m in fr.get("latency_ms", {})]
            for m in models}
-    if any(lat.values()):
-        fig, ax = plt.subplots(figsize=(6, 3))
-        for m, values in lat.items():
-            if values:
-                ax.hist(values, bins=30, alpha=0.6, label=MODEL_TITLES.get(m, m))
-        ax.set_xlabel("latency (ms)" + (", publish to ~/labels" if report["mode"] == "live" else
-                                        ", engine step"))
-        ax.set_ylabel("frames")
-        ax.legend()
-        written.append(_save(fig, out / "latency.png"))
-    if samples:
-        written.append(_strip(out / "samples.png", samples, labels, plt))
+    wanted = [("per_class_iou.png", any(report["models"][m]["miou"] is not None for m in models),
+               lambda path: _per_class_plot(path, report, plt)),
+              ("vc_windows.png", any(report["models"][m]["vc8_windows"] for m in models),
+               lambda path: _vc_plot(path, report, plt)),
+              ("latency.png", any(lat.values()), lambda path: _latency_plot(path, report, lat, plt)),
+              ("samples.png", bool(samples), lambda path: _strip(path, samples, labels, plt))]
+    written = []
+    for name, applies, draw in wanted:
+        if not applies:
+            continue
+        try:
+            written.append(draw(out / name))
+        except Exception as exc:  # noqa: BLE001 - numbers matter more than pictures
+            plt.close("all")
+            report.setdefault("problems", []).append(f"plot {name} not written: {type(exc).__name__}: {exc}")
     return written
+
+
+def _per_class_plot(path: Path, report: dict, plt) -> str:
+    models, names = list(report["models"]), report["classes"]
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(names) * len(models)), 4))
+    width = 0.8 / len(models)
+    for j, m in enumerate(models):
+        iou = [np.nan if v is None else v for v in report["models"][m]["per_class_iou"]]
+        ax.bar(np.arange(len(names)) + j * width, iou, width, label=MODEL_TITLES.get(m, m))
+    ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=60, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("IoU")
+    ax.legend()
+    return _save(fig, path)
+
+
+def _vc_plot(path: Path, report: dict, plt) -> str:
+    fig, ax = plt.subplots(figsize=(8, 3))
+    for m in report["models"]:
+        w = np.asarray(report["models"][m]["vc8_windows"], dtype=float).reshape(-1, 2)
+        ax.plot(w[:, 0], w[:, 1], ".-", ms=3, label=MODEL_TITLES.get(m, m))
+    for v in report["videos"][1:]:
+        ax.axvline(v["first_frame"], color="grey", lw=0.5)
+    ax.set_xlabel("frame index (end of the 8-frame window)")
+    ax.set_ylabel("VC8 of the window")
+    ax.set_ylim(0, 1.02)
+    ax.legend()
+    return _save(fig, path)
+
+
+def _latency_plot(path: Path, report: dict, lat: dict, plt) -> str:
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for m, values in lat.items():
+        if values:
+            ax.hist(values, bins=30, alpha=0.6, label=MODEL_TITLES.get(m, m))
+    ax.set_xlabel("latency (ms)" + (", publish to ~/labels" if report["mode"] == "live" else
+                                    ", engine step"))
+    ax.set_ylabel("frames")
+    ax.legend()
+    return _save(fig, path)
 
 
 def _strip(path: Path, samples, labels, plt) -> str:
     keys = list(samples[0]["preds"])
-    cols = 1 + len(keys) + 1
+    with_gt = any(s["gt"] is not None for s in samples)  # no ground-truth column for an unlabelled bag
+    cols = 1 + len(keys) + with_gt
     fig, axes = plt.subplots(len(samples), cols, figsize=(2.6 * cols, 2.0 * len(samples)), squeeze=False)
     for r, s in enumerate(samples):
         panels = [("input", s["image"])] + [(MODEL_TITLES.get(k, k), labels.colorize(s["preds"][k]))
                                             for k in keys]
-        panels.append(("ground truth", labels.colorize(s["gt"]) if s["gt"] is not None
-                       else np.zeros_like(s["image"])))
+        if with_gt:
+            panels.append(("ground truth", labels.colorize(s["gt"]) if s["gt"] is not None
+                           else np.zeros_like(s["image"])))
         for c, (title, img) in enumerate(panels):
             ax = axes[r][c]
             ax.imshow(img)

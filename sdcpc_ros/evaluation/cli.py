@@ -1,0 +1,174 @@
+"""``sdcpc-eval``: convert data to rosbag2, then evaluate a bag offline (the engine) or live (the node).
+
+Both evaluations write report.json, report.md and plots, also when the bag is damaged or the run
+is interrupted: every image is accounted for as scored, unlabelled, label_error, unreadable,
+failed or dropped. Ctrl-C ends every command with one line (exit code 130) and keeps what was
+written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from sdcpc_ros import bags
+from sdcpc_ros.bags import BagError
+from sdcpc_ros.evaluation.live import evaluate_live
+from sdcpc_ros.evaluation.offline import evaluate_offline
+from sdcpc_ros.evaluation.scoring import DEFAULT_MAX_TIME_GAP
+
+
+def _add_bag_options(p) -> None:
+    p.add_argument("--fps", type=float, default=10.0, help="frame rate for the stamps (default 10)")
+    p.add_argument("--storage", choices=sorted(bags.STORAGES), default="mcap")
+    p.add_argument("--image-topic", default=bags.DEFAULT_IMAGE_TOPIC)
+    p.add_argument("--label-topic", default=bags.DEFAULT_LABEL_TOPIC)
+    p.add_argument("--frame-id", default=bags.DEFAULT_FRAME_ID)
+    p.add_argument("--start-stamp", type=float, default=bags.DEFAULT_START_STAMP,
+                   help="stamp of the first frame, seconds (default %(default)s)")
+    p.add_argument("--video-gap", type=float, default=bags.DEFAULT_VIDEO_GAP,
+                   help="stamp jump between videos, seconds (default 10; > the node's max_time_gap)")
+
+
+def _add_eval_options(p) -> None:
+    p.add_argument("bag", help="rosbag2 folder, or a .mcap / .db3 file")
+    p.add_argument("--out", required=True, help="folder for report.json, report.md and the plots")
+    p.add_argument("--checkpoint", default=None, help="sdcpc checkpoint (default: the embedded model)")
+    p.add_argument("--image-topic", default=bags.DEFAULT_IMAGE_TOPIC)
+    p.add_argument("--label-topic", default=None,
+                   help=f"ground-truth mono8 topic (default {bags.DEFAULT_LABEL_TOPIC} if present; '' = none)")
+    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None)
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N (default cpu)")
+    p.add_argument("--max-time-gap", type=float, default=DEFAULT_MAX_TIME_GAP,
+                   help="seconds between stamps that start a new stream/video (default 0.5, the node's)")
+    p.add_argument("--samples", type=int, default=4, help="sample frames in samples.png (default 4)")
+
+
+def _convert(args) -> int:
+    common = {"fps": args.fps, "storage": args.storage, "image_topic": args.image_topic,
+              "label_topic": args.label_topic or None, "frame_id": args.frame_id,
+              "start_stamp": args.start_stamp, "video_gap": args.video_gap}
+    total = None
+    problems: list[str] = []
+    if args.source == "synthetic":
+        frames = bags.synthetic_frames(args.videos, args.length, *args.size, seed=args.seed)
+        total = args.videos * args.length
+    elif args.source == "images":
+        frames = bags.image_folder_frames(args.input, args.labels)
+    elif args.source == "video":
+        frames = bags.video_file_frames(args.input, args.labels, problems)
+    elif args.source == "vspw":
+        frames = bags.vspw_frames(args.input, args.videos, args.split)
+    else:
+        frames = bags.cityscapes_frames(args.input, args.split, args.cities)
+    summary = bags.write_bag(args.output, frames, total=total, **common)
+    for line in problems:
+        print(f"sdcpc-eval: warning: {line}", file=sys.stderr)
+    what = (f"{summary.path}: {summary.frames} frames ({summary.labelled} labelled) in "
+            f"{len(summary.videos)} videos on {args.image_topic}"
+            + (f" and {args.label_topic}" if summary.labelled else ""))
+    if summary.interrupted:
+        print(f"sdcpc-eval convert: interrupted (Ctrl-C); kept {what}", file=sys.stderr)
+        return 130
+    print(f"wrote {what}")
+    return 0
+
+
+def _print_outcome(report: dict, out) -> int:
+    f = report["frames"]
+    print(f"{report['mode']} evaluation {report['status']}: {f['scored']} frames scored, "
+          f"{f['unlabelled']} unlabelled, {f['label_error']} label errors, {f['unreadable']} unreadable, "
+          f"{f['dropped']} dropped; report in {Path(out) / 'report.md'}")
+    for line in report["problems"][:10] + report["errors"]:
+        print(f"sdcpc-eval: {line}", file=sys.stderr)
+    return {"complete": 0, "partial": 1, "interrupted": 130}[report["status"]]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sdcpc-eval", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    convert = sub.add_parser("convert", help="image folders, videos, VSPW, Cityscapes, synthetic -> rosbag2")
+    sources = convert.add_subparsers(dest="source", required=True)
+    p = sources.add_parser("synthetic", help="the procedural labelled generator")
+    p.add_argument("output")
+    p.add_argument("--videos", type=int, default=3)
+    p.add_argument("--length", type=int, default=30, help="frames per video")
+    p.add_argument("--size", type=int, nargs=2, default=(120, 160), metavar=("H", "W"))
+    p.add_argument("--seed", type=int, default=1000, help="video v uses seed + v (default 1000)")
+    _add_bag_options(p)
+    for name, what in (("images", "a folder of images (one video), name order"),
+                       ("video", "a video file (OpenCV)")):
+        p = sources.add_parser(name, help=what)
+        p.add_argument("input")
+        p.add_argument("output")
+        p.add_argument("--labels", default=None, help="folder of label PNGs (class ids) by name/frame number")
+        _add_bag_options(p)
+    p = sources.add_parser("vspw", help="VSPW root (data/<video>/origin|mask), labels shifted")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.add_argument("--split", default="val")
+    p.add_argument("--videos", nargs="*", default=None)
+    _add_bag_options(p)
+    p = sources.add_parser("cityscapes", help="Cityscapes leftImg8bit_sequence + gtFine train ids")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.add_argument("--split", default="val")
+    p.add_argument("--cities", nargs="*", default=None)
+    _add_bag_options(p)
+
+    p = sub.add_parser("offline", help="replay every frame through the engine and score it")
+    _add_eval_options(p)
+    p.add_argument("--baseline", default=None, help="per-frame baseline checkpoint, scored side by side")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    p.add_argument("--predict-gt", action="store_true",
+                   help="score the label topic against itself (checks the bag and scoring: expect 1.0)")
+
+    p = sub.add_parser("live", help="play the bag to sdcpc_node and score what it publishes")
+    _add_eval_options(p)
+    p.add_argument("--rate", type=float, default=1.0, help="playback speed factor (default 1)")
+    p.add_argument("--connect", action="store_true", help="use a running node instead of starting one")
+    p.add_argument("--node-name", default="sdcpc")
+    p.add_argument("--labels-topic", default=None, help="the node's labels topic (default /<node>/labels)")
+    p.add_argument("--publish-topic", default=None, help="topic the node reads images from (default the "
+                   "bag's image topic)")
+    p.add_argument("--max-pause", type=float, default=1.0,
+                   help="longest wait between two frames in seconds (shortens video gaps; default 1)")
+    p.add_argument("--drain-timeout", type=float, default=10.0)
+    p.add_argument("--startup-timeout", type=float, default=120.0)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "convert":
+            return _convert(args)
+        explicit = args.label_topic is not None
+        label_topic = (args.label_topic if explicit else bags.DEFAULT_LABEL_TOPIC) or None
+        common = {"checkpoint": args.checkpoint, "image_topic": args.image_topic,
+                  "label_topic": label_topic, "explicit_label_topic": explicit and bool(label_topic),
+                  "input_size": args.input_size, "device": args.device,
+                  "max_time_gap": args.max_time_gap, "samples": args.samples}
+        if args.command == "offline":
+            report = evaluate_offline(args.bag, args.out, baseline=args.baseline,
+                                      precision=args.precision, predict_gt=args.predict_gt,
+                                      progress=True, **common)
+        else:
+            report = evaluate_live(args.bag, args.out, rate=args.rate, connect=args.connect,
+                                   node_name=args.node_name, labels_topic=args.labels_topic,
+                                   publish_topic=args.publish_topic, max_pause=args.max_pause,
+                                   drain_timeout=args.drain_timeout,
+                                   startup_timeout=args.startup_timeout, **common)
+        return _print_outcome(report, args.out)
+    except (BagError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"sdcpc-eval: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sdcpc-eval {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from sdcpc_core.settings import add_arguments, settings_from_arguments
 from sdcpc_ros import bags
 from sdcpc_ros.bags import BagError
 from sdcpc_ros.evaluation.live import evaluate_live
@@ -38,10 +39,9 @@ def _add_eval_options(p) -> None:
     p.add_argument("--image-topic", default=bags.DEFAULT_IMAGE_TOPIC)
     p.add_argument("--label-topic", default=None,
                    help=f"ground-truth mono8 topic (default {bags.DEFAULT_LABEL_TOPIC} if present; '' = none)")
-    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None)
-    p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N (default cpu)")
-    p.add_argument("--max-time-gap", type=float, default=DEFAULT_MAX_TIME_GAP,
-                   help="seconds between stamps that start a new stream/video (default 0.5, the node's)")
+    # engine settings, typed and checked by sdcpc_core.settings (cpu by default: reproducible)
+    add_arguments(p, ("input_size", "device", "max_time_gap"),
+                  defaults={"device": "cpu", "max_time_gap": DEFAULT_MAX_TIME_GAP})
     p.add_argument("--samples", type=int, default=4, help="sample frames in samples.png (default 4)")
 
 
@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("offline", help="replay every frame through the engine and score it")
     _add_eval_options(p)
     p.add_argument("--baseline", default=None, help="per-frame baseline checkpoint, scored side by side")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    add_arguments(p, ("precision",))
     p.add_argument("--predict-gt", action="store_true",
                    help="score the label topic against itself (checks the bag and scoring: expect 1.0)")
 
@@ -145,15 +145,16 @@ def main(argv=None) -> int:
     try:
         if args.command == "convert":
             return _convert(args)
+        stream = settings_from_arguments(args)  # a refused value: the same message as the node's
         explicit = args.label_topic is not None
         label_topic = (args.label_topic if explicit else bags.DEFAULT_LABEL_TOPIC) or None
         common = {"checkpoint": args.checkpoint, "image_topic": args.image_topic,
                   "label_topic": label_topic, "explicit_label_topic": explicit and bool(label_topic),
-                  "input_size": args.input_size, "device": args.device,
-                  "max_time_gap": args.max_time_gap, "samples": args.samples}
+                  "input_size": stream.input_size, "device": stream.device,
+                  "max_time_gap": stream.max_time_gap, "samples": args.samples}
         if args.command == "offline":
             report = evaluate_offline(args.bag, args.out, baseline=args.baseline,
-                                      precision=args.precision, predict_gt=args.predict_gt,
+                                      precision=stream.precision, predict_gt=args.predict_gt,
                                       progress=True, **common)
         else:
             report = evaluate_live(args.bag, args.out, rate=args.rate, connect=args.connect,

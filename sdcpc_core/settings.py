@@ -65,6 +65,8 @@ class Setting:
         """The words a refusal ends with."""
         if self.choices:
             return "allowed: " + ", ".join(self.choices)
+        if self.kind == "bool":
+            return "allowed: true, false"
         if self.check_extra is not None:
             return self.check_extra(None)
         if self.minimum is not None and self.maximum is not None:

@@ -112,6 +112,19 @@ def descriptor(spec: Setting) -> ParameterDescriptor:
     return d
 
 
+def parameters_markdown() -> str:
+    """The parameter table of docs/node.md, from the same definitions the node declares."""
+    rows = ["| parameter | type | default | allowed | changes at run time | what it does |",
+            "|---|---|---|---|---|---|"]
+    for name, spec in PARAMETERS.items():
+        default = NODE_DEFAULTS.get(name, spec.default)
+        shown = "unset" if default is None else f"`{json.dumps(default)}`"
+        allowed = spec.allowed.removeprefix("allowed: ").removeprefix("allowed range: ")
+        rows.append(f"| `{name}` | {spec.kind} | {shown} | {allowed} | "
+                    f"{'yes' if spec.runtime else 'no (restart)'} | {spec.description} |")
+    return "\n".join(rows) + "\n"
+
+
 class ParameterValueError(ValueError):
     """A parameter value the node refuses; the message starts with the parameter's name."""
 

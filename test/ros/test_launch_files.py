@@ -5,7 +5,7 @@ from pathlib import Path
 
 import yaml
 
-from sdcpc_ros.node import PARAMETERS
+from sdcpc_ros.node import NODE_DEFAULTS, PARAMETERS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -48,5 +48,6 @@ def test_config_yaml_sets_exactly_the_declared_parameters_to_their_defaults():
     config = yaml.safe_load((REPO / "config" / "sdcpc.yaml").read_text())
     params = config["sdcpc"]["ros__parameters"]
     assert set(params) == set(PARAMETERS) | {"use_sim_time"}
-    for name, (default, _descriptor) in PARAMETERS.items():
+    for name, spec in PARAMETERS.items():
+        default = NODE_DEFAULTS.get(name, spec.default)
         assert params[name] == ([] if default is None else default), name

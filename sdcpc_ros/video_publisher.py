@@ -95,6 +95,9 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", type=int, default=0, help="stop after this many (0 = no limit)")
     ap.add_argument("--loop", action="store_true", help="restart a video file at its end")
     ap.add_argument("--reliable", action="store_true", help="reliable QoS instead of sensor data")
+    ap.add_argument("--wait-subscribers", type=int, default=0, metavar="N",
+                    help="start once N subscribers are matched (e.g. 1: the node is up, so the "
+                         "start of a video is not published to nobody)")
     args = ap.parse_args(argv)
     if args.rate is not None and not 0 < args.rate <= 1000:
         ap.error(f"--rate {args.rate}: must be in (0, 1000] frames per second")
@@ -121,8 +124,14 @@ def main(argv=None) -> int:
     pub = node.create_publisher(Image, args.topic, image_qos(args.reliable))
     node.get_logger().info(f"publishing {args.source} on {pub.topic_name} at "
                            f"{f'{rate:g} Hz' if rate else 'the camera rate'}")
-    sent, start = 0, time.monotonic()
+    sent = 0
     try:
+        if args.wait_subscribers:
+            node.get_logger().info(f"waiting for {args.wait_subscribers} subscriber(s)")
+            while rclpy.ok() and pub.get_subscription_count() < args.wait_subscribers:
+                time.sleep(0.05)
+            time.sleep(0.5)  # the match is known here a moment before the other side has it
+        start = time.monotonic()
         while rclpy.ok() and (not args.frames or sent < args.frames):
             frame = source.read()
             if frame is None:

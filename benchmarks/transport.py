@@ -11,6 +11,8 @@ and receives ``~/labels`` (matched by stamp) and ``/diagnostics``. Frames come f
 
 BEFORE: both processes at Fast DDS's defaults (``SDCPC_FASTDDS_PROFILE=off``). AFTER: both with
 ``config/fastdds_large_images.xml``, as ``sdcpc_node`` and ``sdcpc_ros.video_publisher`` apply it.
+NODE_ONLY (``--profiles node_only``): the node has it, the publisher not (a camera driver started
+without it).
 
 Per cell: published frames; answered (a ``~/labels`` message with the frame's stamp); and the
 node's own counts over the cell (differences of its /diagnostics totals): dropped (replaced by a
@@ -42,6 +44,7 @@ DIAG_KEYS = {"dropped": "dropped frames", "lost": "dropped before the node (queu
              "refused": "rejected frames", "failed": "failed frames"}
 FLUSH_SIZE = (240, 320)
 WAIT_S = 240.0
+PROFILES = ("before", "after", "node_only")
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -184,6 +187,8 @@ def run_config(args, profile, qos, model, sizes, rates, domain, out: Path) -> li
         if profile == "before":
             os.environ["SDCPC_FASTDDS_PROFILE"] = "off"
         proc = run_node(params, domain, out)
+        if profile == "node_only":
+            os.environ["SDCPC_FASTDDS_PROFILE"] = "off"  # the publisher's only
         env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
                    PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     finally:
@@ -236,8 +241,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--role", choices=("orchestrate", "client"), default="orchestrate",
                     help=argparse.SUPPRESS)
-    ap.add_argument("--profile", choices=("before", "after"), default="after",
-                    help=argparse.SUPPRESS)
+    ap.add_argument("--profile", choices=PROFILES, default="after", help=argparse.SUPPRESS)
     ap.add_argument("--model", default="tiny", help=argparse.SUPPRESS)
     ap.add_argument("--seconds", type=float, default=10.0, help="publishing time per cell")
     ap.add_argument("--sizes", nargs="+", default=["480x640", "576x768", "720x1280", "1080x1920"],
@@ -245,8 +249,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rates", nargs="+", type=float, default=[5.0, 30.0])
     ap.add_argument("--qos", nargs="+", default=["best_effort", "reliable"],
                     choices=("best_effort", "reliable"))
-    ap.add_argument("--profiles", nargs="+", default=["before", "after"],
-                    choices=("before", "after"))
+    ap.add_argument("--profiles", nargs="+", default=["before", "after"], choices=PROFILES,
+                    help="node_only: the node applies the profile, the publisher does not")
     ap.add_argument("--video", default=str(VIDEO) if VIDEO.is_file() else "",
                     help="video file for real frames (default: OpenCV's vtest.avi when "
                          "installed); empty = synthetic frames")

@@ -1,8 +1,8 @@
 """Publish a video file, a V4L2 camera or synthetic frames as ``sensor_msgs/Image`` (rgb8).
 
-    python -m sdcpc_ros.video_publisher VIDEO.avi --rate 10 --loop
-    python -m sdcpc_ros.video_publisher 0                  # /dev/video0, at the camera's rate
-    python -m sdcpc_ros.video_publisher synthetic:768x576 --rate 30 --frames 300
+    sdcpc-camera VIDEO.avi --rate 10 --loop          # or: python -m sdcpc_ros.video_publisher
+    sdcpc-camera 0                                   # /dev/video0, at the camera's rate
+    sdcpc-camera synthetic:768x576 --rate 30 --frames 300
 
 For the pip route, where there is no ``ros2`` command and no camera driver package: it publishes
 with the sensor-data QoS a camera driver uses (best effort, keep last 5; ``--reliable`` for
@@ -85,7 +85,8 @@ def image_qos(reliable: bool):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("source", help="video file, camera index (0 = /dev/video0) or synthetic:WxH")
-    ap.add_argument("--topic", default="/camera/image_raw")
+    ap.add_argument("--topic", default="image",
+                    help="default: image, the topic sdcpc_node subscribes to by default")
     ap.add_argument("--frame-id", default="camera")
     ap.add_argument("--rate", type=float, default=None,
                     help="frames per second (default: the video's, 30 for synthetic frames; a "

@@ -24,7 +24,7 @@ def receive_from_publisher(tmp_path, size, profile_off: bool) -> tuple[int, str]
     client = Client(domain)
     got = set()
     client.node.create_subscription(
-        Image, "/camera/image_raw",
+        Image, "/image",
         lambda m: got.add((m.header.stamp.sec, m.header.stamp.nanosec)), qos_profile_sensor_data)
     env = node_env(domain)
     if profile_off:

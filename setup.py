@@ -38,7 +38,7 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
-        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
     ],
     install_requires=[
         "torch>=2.4",  # CI and the README pin torch==2.13.0 (the CPU build) before installing this
@@ -67,6 +67,7 @@ setup(
             "sdcpc_node = sdcpc_ros.node:main",
             "sdcpc-eval = sdcpc_ros.evaluation.cli:main",
             "sdcpc-param = sdcpc_ros.param_tool:main",
+            "sdcpc-camera = sdcpc_ros.video_publisher:main",
         ],
     },
 )

@@ -2,23 +2,31 @@
 
 ros2 launch sdcpc_ros camera.launch.py driver:=v4l2_camera video_device:=/dev/video0
 The driver package (v4l2_camera or usb_cam) must be installed: apt install ros-$ROS_DISTRO-v4l2-camera
+The driver is started with the large-image Fast DDS profile (config/fastdds_large_images.xml;
+without it best-effort images over 512 KB are lost on their way to the node, docs/transport.md),
+unless FASTDDS_DEFAULT_PROFILES_FILE or another Fast DDS setting of yours is in the environment.
 """
 
 # ruff: noqa: I001  (the repository's launch/ folder makes ruff take ROS 'launch' for first-party)
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription
+from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription, LogInfo
 from launch.conditions import LaunchConfigurationEquals
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
+from sdcpc_ros.transport import PROFILE_ENV, choose_profile
+
 IMAGE_TOPIC = "/camera/image_raw"
 
 
 def generate_launch_description() -> LaunchDescription:
     video_device = LaunchConfiguration("video_device")
+    profile, note = choose_profile()  # the publishing side needs it: the writer's segment counts
+    driver_env = {PROFILE_ENV: str(profile)} if profile else {}
     return LaunchDescription([
+        LogInfo(msg=f"camera driver: {note}"),
         DeclareLaunchArgument("driver", default_value="v4l2_camera",
                               choices=["v4l2_camera", "usb_cam"],
                               description="Camera driver package"),
@@ -31,13 +39,13 @@ def generate_launch_description() -> LaunchDescription:
         Node(
             condition=LaunchConfigurationEquals("driver", "v4l2_camera"),
             package="v4l2_camera", executable="v4l2_camera_node", name="camera",
-            namespace="camera", output="screen",
+            namespace="camera", output="screen", additional_env=driver_env,
             parameters=[{"video_device": video_device, "image_size": [640, 480]}],
         ),
         Node(
             condition=LaunchConfigurationEquals("driver", "usb_cam"),
             package="usb_cam", executable="usb_cam_node_exe", name="camera",
-            namespace="camera", output="screen",
+            namespace="camera", output="screen", additional_env=driver_env,
             parameters=[{"video_device": video_device, "image_width": 640, "image_height": 480,
                          "pixel_format": "yuyv2rgb"}],
         ),

@@ -1,7 +1,8 @@
 """Start the sdcpc segmentation node.
 
 ros2 launch sdcpc_ros sdcpc.launch.py image_topic:=/camera/image_raw device:=cuda
-Arguments given here override the same parameters in params_file.
+Arguments given here override the same parameters in params_file. The node applies the large-image
+Fast DDS profile itself unless you have your own (docs/transport.md).
 """
 
 # ruff: noqa: I001  (the repository's launch/ folder makes ruff take ROS 'launch' for first-party)

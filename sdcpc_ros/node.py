@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import rclpy
 import rclpy.exceptions
+import rclpy.logging
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import (
     FloatingPointRange,
@@ -49,6 +50,7 @@ from sdcpc_ros.conversions import (
     compressed_to_array,
     image_to_array,
 )
+from sdcpc_ros.transport import use_default_profile
 
 try:  # built by scripts/build_interfaces.sh or colcon; std_msgs/String JSON otherwise
     from sdcpc_interfaces.msg import ClassInfo, FrameInfo, LabelInfo
@@ -482,7 +484,9 @@ class SegmentationNode(Node):
 
 def main(args=None) -> int:
     """``sdcpc_node [--ros-args ...]``; exits 2 on a refused parameter."""
+    transport_note = use_default_profile()  # before rclpy.init: Fast DDS reads it then
     rclpy.init(args=args)
+    rclpy.logging.get_logger("sdcpc").info(transport_note)
     node = None
     try:
         node = SegmentationNode()

@@ -59,6 +59,7 @@ except ImportError:
 
 TRANSPORTS = ("raw", "compressed")
 THROTTLE_S = 5.0
+SHM_SEGMENT_BYTES = 512 * 1024  # Fast DDS's default shared-memory segment (docs/transport.md)
 NODE_DEFAULTS = {"max_time_gap": 0.5}  # a camera stream has stamps: reset on a 0.5 s gap
 
 
@@ -244,6 +245,12 @@ class SegmentationNode(Node):
     # -- executor callbacks (cheap) ----------------------------------------------------------
     def _on_image(self, msg, info) -> None:
         lost = self._lost_before(info)
+        if lost and len(msg.data) > SHM_SEGMENT_BYTES:
+            self.get_logger().warning(
+                f"{lost} image(s) lost before the node; images of {len(msg.data)} bytes need a "
+                "publisher whose Fast DDS shared-memory segment is larger than 512 KB: start the "
+                "camera driver with FASTDDS_DEFAULT_PROFILES_FILE pointing at the profile the node "
+                "logged at start-up (docs/transport.md)", throttle_duration_sec=30.0)
         # continuity is judged on every image received, segmented or not (engine.observe)
         number = self._seg.observe(_stamp_seconds(msg.header))
         with self._cv:

@@ -3,6 +3,8 @@
     python benchmarks/soak.py --seconds 60 --tiny-checkpoint --input-size 64 80 --out out/soak
     python benchmarks/soak.py --seconds 3600 --checkpoint model.pt --input-size 480 640 --out out/soak_1h
     python benchmarks/soak.py --seconds 60 --mode overload --tiny-checkpoint --input-size 64 80
+    python benchmarks/soak.py --seconds 900 --video /usr/share/doc/opencv-doc/examples/data/vtest.avi \
+        --best-effort --max-time-gap 0.5 --out out/soak_video    # a camera as a user has it
 
 Starts the node as its own process on a private ROS domain (localhost discovery, through
 :mod:`sdcpc_ros.node_process`), publishes 640x480 rgb8 frames (``--size``) reliably at ``--rate`` Hz
@@ -136,6 +138,28 @@ class Observer:
             return int(self.diag.get("failed frames", 0))
 
 
+class VideoLoop:
+    """RGB frames of a video file, decoded as they are sent, from the start again at its end."""
+
+    def __init__(self, path: Path):
+        import cv2
+
+        self.cv2, self.path = cv2, path
+        self.cap = cv2.VideoCapture(str(path))
+        if not self.cap.isOpened():
+            raise SystemExit(f"soak: cannot open video {path}")
+
+    def next(self) -> np.ndarray:
+        ok, bgr = self.cap.read()
+        if not ok:
+            self.cap.release()
+            self.cap = self.cv2.VideoCapture(str(self.path))
+            ok, bgr = self.cap.read()
+            if not ok:
+                raise SystemExit(f"soak: {self.path} yields no frames")
+        return self.cv2.cvtColor(bgr, self.cv2.COLOR_BGR2RGB)
+
+
 def synthetic_frames(h: int, w: int, n: int = 8) -> list[np.ndarray]:
     """A bright square moving over a noisy gradient."""
     rng = np.random.default_rng(0)
@@ -223,12 +247,20 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="seconds excluded from the memory baseline (default: min(10, 20 %% of run))")
     ap.add_argument("--out", type=Path, default=REPO / "out" / "soak")
     ap.add_argument("--domain", type=int, default=None, help="ROS domain (default: from the pid)")
+    ap.add_argument("--video", type=Path, default=None,
+                    help="publish this video's frames (looped, at --rate, stamps continuous) "
+                         "instead of synthetic ones; --size is then the video's")
+    ap.add_argument("--best-effort", action="store_true",
+                    help="the camera-driver QoS (sensor data, best effort) on both sides instead "
+                         "of reliable; the node's defaults")
+    ap.add_argument("--max-time-gap", type=float, default=1.0, help="the node's max_time_gap (s)")
     return ap.parse_args(argv)
 
 
 def node_params(args, checkpoint: str) -> dict:
-    params = {"device": args.device, "reliable_qos": "true", "publish_color": "false",
-              "diagnostics_period": "0.5", "max_time_gap": "1.0"}
+    params = {"device": args.device, "reliable_qos": "false" if args.best_effort else "true",
+              "publish_color": "false", "diagnostics_period": "0.5",
+              "max_time_gap": str(float(args.max_time_gap))}
     if checkpoint:
         params["checkpoint"] = checkpoint
     if args.input_size:
@@ -241,15 +273,19 @@ class Stream:
 
     def __init__(self, args, client, obs: Observer, proc, warmup: float):
         import psutil
-        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
         from sensor_msgs.msg import Image
 
         from sdcpc_ros.conversions import array_to_image
 
         self.args, self.client, self.obs, self.proc, self.warmup = args, client, obs, proc, warmup
-        self.pub = client.node.create_publisher(Image, "/image",
-                                                QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
-        self.templates = [array_to_image(f, "rgb8") for f in synthetic_frames(*args.size)]
+        qos = (qos_profile_sensor_data if args.best_effort
+               else QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+        self.pub = client.node.create_publisher(Image, "/image", qos)
+        self.video = VideoLoop(args.video) if args.video else None
+        frames = [self.video.next()] if self.video else synthetic_frames(*args.size)
+        args.size = tuple(frames[0].shape[:2])
+        self.templates = [array_to_image(f, "rgb8") for f in frames]
         for m in self.templates:
             m.header.frame_id = "camera"
         self.node_ps = psutil.Process(proc.pid)
@@ -264,7 +300,13 @@ class Stream:
                              "the node to start", timeout=180, proc=self.proc)
 
     def send(self, stamp: float) -> None:
-        msg = self.templates[self.sent % len(self.templates)]
+        if self.video:
+            from sdcpc_ros.conversions import array_to_image
+
+            msg = array_to_image(self.video.next(), "rgb8")
+            msg.header.frame_id = "camera"
+        else:
+            msg = self.templates[self.sent % len(self.templates)]
         msg.header.stamp.sec = int(stamp)
         msg.header.stamp.nanosec = int(round((stamp - int(stamp)) * 1e9)) % 1_000_000_000
         with self.obs.lock:
@@ -364,8 +406,21 @@ def judge(obs: Observer, stream: Stream, proc, alive: bool, checkpoint: str, war
                "latency_ms": percentiles([ms for t, ms in latency if t >= warmup]),
                "rss_mb": {"baseline": rss_base, "final": rss_final,
                           "max": max((s["rss_mb"] for s in samples), default=None)},
-               "rss_growth_pct": 100 * growth, "diagnostics_at_end": diag}
+               "rss_growth_pct": 100 * growth, "diagnostics_at_end": diag,
+               "lost_before_node": int(diag.get("dropped before the node (queue, transport)", 0)),
+               "buffer_resets": int(diag.get("buffer resets", 0)),
+               "rss_first_vs_last_5min_mb": _first_vs_last(samples, 300.0)}
     return criteria, summary
+
+
+def _first_vs_last(samples: list[dict], window: float) -> list[float] | None:
+    """Median RSS over the first and the last ``window`` seconds (runs of at least twice that)."""
+    if not samples or samples[-1]["t"] < 2 * window:
+        return None
+    end = samples[-1]["t"]
+    first = [s["rss_mb"] for s in samples if s["t"] < window]
+    last = [s["rss_mb"] for s in samples if s["t"] >= end - window]
+    return [float(np.median(first)), float(np.median(last))]
 
 
 def print_summary(report: dict, args, path: Path) -> None:
@@ -377,7 +432,12 @@ def print_summary(report: dict, args, path: Path) -> None:
           f"{report['machine']['load_average_at_end'][0]:.2f}")
     print(f"  sent {s['sent']} ({s['input_rate_hz']:.1f} Hz), answered {s['answered']} "
           f"({s['output_rate_hz']:.1f} Hz), dropped {s['dropped']}, rejected {s['rejected']}, "
-          f"failed {s['failed']}, in flight {s['in_flight']}")
+          f"failed {s['failed']}, in flight {s['in_flight']}; of the dropped, lost before the node "
+          f"{s['lost_before_node']}; buffer resets {s['buffer_resets']}")
+    if s["rss_first_vs_last_5min_mb"]:
+        first, last = s["rss_first_vs_last_5min_mb"]
+        print(f"  node RSS median, first 5 min {first:.1f} MB, last 5 min {last:.1f} MB "
+              f"({100 * (last - first) / first:+.2f} %)")
     print(f"  latency publish->labels after warm-up: p50 {fmt(lat['p50'])} ms, p95 {fmt(lat['p95'])} ms,"
           f" p99 {fmt(lat['p99'])} ms, max {fmt(lat['max'])} ms")
     print(f"  node RSS {s['rss_mb']['baseline']:.1f} MB after warm-up -> {s['rss_mb']['final']:.1f} MB "
@@ -398,6 +458,9 @@ def main(argv=None) -> int:
     from sdcpc_core.checkpoints import save_tiny_checkpoint
     from sdcpc_ros.node import FrameInfo
     from sdcpc_ros.node_process import Client, domain_id_for, run_node, stop_node
+    from sdcpc_ros.transport import use_default_profile
+
+    print(use_default_profile())  # this process publishes the camera's images: large samples
 
     checkpoint = args.checkpoint
     if args.tiny_checkpoint:
@@ -424,7 +487,9 @@ def main(argv=None) -> int:
         "config": {"seconds": args.seconds, "mode": args.mode, "rate_hz": stream.rate,
                    "size": list(args.size), "input_size": args.input_size,
                    "checkpoint": checkpoint or "(embedded default)", "device": args.device,
-                   "warmup_s": warmup, "qos": "reliable",
+                   "warmup_s": warmup, "qos": "best effort" if args.best_effort else "reliable",
+                   "video": str(args.video) if args.video else None,
+                   "max_time_gap": args.max_time_gap,
                    "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])])},
         "machine": {"cpus": os.cpu_count(), "load_average_at_end": os.getloadavg(),
                     "platform": platform.platform(), "python": platform.python_version(),

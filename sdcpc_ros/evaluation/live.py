@@ -205,8 +205,11 @@ def evaluate_live(bag_path, out_dir, *, rate=1.0, checkpoint=None, connect=False
 def score_live(ev: Evaluation, pairs, sent, answers, max_time_gap) -> None:
     """Score each published frame against the node's answer with the same stamp. A frame whose
     stamp an earlier frame already had was not published: the node's labels carry only the
-    stamp, so the two answers could not be told apart."""
-    previous, first_with_stamp = None, {}
+    stamp, so the two answers could not be told apart. Videos split where the node resets: the
+    time rules on every published frame (the node judges gaps on its input stream), size and
+    frame_id between answered frames."""
+    previous_input = previous_answer = pending = None
+    first_with_stamp = {}
     for pair in pairs:
         if pair.error:
             ev.skip(pair, "unreadable", pair.error)
@@ -219,16 +222,20 @@ def score_live(ev: Evaluation, pairs, sent, answers, max_time_gap) -> None:
         if pair.stamp not in sent:
             ev.skip(pair, "dropped", "not published (run stopped)")
             continue
+        current_input = (pair.stamp_s, None, None)
+        pending = continuity_break(previous_input, current_input, max_time_gap) or pending
+        previous_input = current_input
         answer = answers.get(pair.stamp)
         if answer is None:
             ev.skip(pair, "dropped", "published, never answered on ~/labels")
             continue
         arrival, pred = answer
-        current = (pair.stamp_s, pair.frame_id, pred.shape)
-        reason = continuity_break(previous, current, max_time_gap)
-        if previous is None or reason:
+        current = (None, pair.frame_id, pred.shape)
+        reason = pending or continuity_break(previous_answer, current, None)
+        pending = None
+        if previous_answer is None or reason:
             ev.start_video(pair.index, reason)
-        previous = current
+        previous_answer = current
         if pair.labels is not None and pair.labels.shape != pred.shape:
             pair.label_error = f"node output {pred.shape} differs from the label {pair.labels.shape}"
             pair.labels = None

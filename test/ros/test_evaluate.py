@@ -235,6 +235,27 @@ def test_live_scoring_skips_frames_whose_stamp_was_already_published():
     assert "duplicate stamps" in markdown(ev.report(), [])
 
 
+def test_live_videos_split_where_the_input_stream_breaks_not_where_answers_are_sparse():
+    """The node judges gaps on every image it receives: frames it dropped do not make a cut, a
+    jump in the published stamps does."""
+    from sdcpc_core.classes import LabelSet
+
+    labels = LabelSet.from_names(["a", "b"])
+    gt = np.zeros((4, 4), np.uint8)
+    stamps = [int(s * 10**9) for s in (1.0, 1.2, 1.4, 1.6, 1.8, 9.0, 9.2)]
+    pairs = [Pair(index=i, log_time=i, stamp=s, frame_id="cam", labels=gt)
+             for i, s in enumerate(stamps)]
+    sent = {s: float(i) for i, s in enumerate(stamps)}
+    answered = [stamps[0], stamps[4], stamps[6]]  # 0.8 s between the first two answers
+    answers = {s: (sent[s] + 0.05, gt) for s in answered}
+    ev = Evaluation(bag="b", mode="live", labels=labels, models=["node"])
+    ev.total = len(pairs)
+    score_live(ev, pairs, sent, answers, max_time_gap=0.5)
+    assert (ev.counts()["scored"], ev.counts()["dropped"]) == (3, 4)
+    assert len(ev.videos) == 2 and ev.videos[1]["first_frame"] == 6
+    assert "gap of 7.200 s" in ev.videos[1]["reason"]
+
+
 def test_samples_have_no_ground_truth_column_without_labels(tmp_path, checkpoint):
     import cv2
 

@@ -307,8 +307,8 @@ class Stream:
             msg.header.frame_id = "camera"
         else:
             msg = self.templates[self.sent % len(self.templates)]
-        msg.header.stamp.sec = int(stamp)
-        msg.header.stamp.nanosec = int(round((stamp - int(stamp)) * 1e9)) % 1_000_000_000
+        # whole nanoseconds first: rounding the fraction alone can give 1e9 (sec not carried)
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(round(stamp * 1e9), 1_000_000_000)
         with self.obs.lock:
             self.obs.sent_at[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = time.perf_counter()
         self.pub.publish(msg)

@@ -150,8 +150,8 @@ def run_client(args) -> int:
             spin_until(lambda i=i: False, max(0.0, start + i / rate - time.monotonic()))
             msg = frames[i % len(frames)]
             offset = i / rate
-            msg.header.stamp.sec = base + int(offset)
-            msg.header.stamp.nanosec = int(round((offset % 1) * 1e9))
+            seconds, nanoseconds = divmod(round(offset * 1e9), 1_000_000_000)
+            msg.header.stamp.sec, msg.header.stamp.nanosec = base + seconds, nanoseconds
             pub.publish(msg)
             sent.append((msg.header.stamp.sec, msg.header.stamp.nanosec))
         elapsed = time.monotonic() - start

@@ -69,6 +69,7 @@ setup(
             "sdcpc = sdcpc_core.cli:main",
             "sdcpc_node = sdcpc_ros.node:main",
             "sdcpc-eval = sdcpc_ros.evaluate:main",
+            "sdcpc-param = sdcpc_ros.param_tool:main",
         ],
     },
 )

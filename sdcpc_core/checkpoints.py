@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from sdcpc_core.classes import CITYSCAPES, LabelSet
-from sdcpc_core.data.clips import IMAGENET_MEAN, IMAGENET_STD
 from sdcpc_core.models import MIT_SPECS, SDCPCConfig, build_model
+from sdcpc_core.settings import IMAGENET_MEAN, IMAGENET_STD
 
 FORMAT = "sdcpc"
 VERSION = 1
@@ -183,10 +183,26 @@ def load_checkpoint(path, map_location="cpu") -> tuple[nn.Module, dict]:
     model = build_model(config)
     check_state_dict(model, state, f"model it describes ({config.variant}, {config.num_classes} classes)",
                      str(path))
+    check_finite(state, str(path))
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     meta = {k: v for k, v in obj.items() if k != "state_dict"}
     meta["config"], meta["labels"] = config, labels
     return model.to(map_location).eval(), meta
+
+
+def non_finite_tensors(state: dict) -> list[str]:
+    """Names of the floating-point tensors holding NaN or ±inf."""
+    return [k for k, v in state.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()]
+
+
+def check_finite(state: dict, source: str) -> None:
+    """Refuse weights with NaN/inf: such a model labels every pixel with garbage, silently."""
+    bad = non_finite_tensors(state)
+    if bad:
+        shown = ", ".join(bad[:8]) + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
+        raise CheckpointError(f"{source}: {len(bad)} weight tensor(s) hold NaN or inf values ({shown}); "
+                              "the file is damaged or training diverged: use an earlier checkpoint")
 
 
 def load_pretrained(model: nn.Module, source, load_head: bool = True) -> dict:
@@ -212,6 +228,7 @@ def load_pretrained(model: nn.Module, source, load_head: bool = True) -> dict:
                               "SegFormer checkpoint (backbone.* / decode_head.*); pass a mit_b*.pth "
                               "or a SegFormer .pth file")
     check_state_dict(model.backbone, backbone, "model's MiT encoder", str(source))
+    check_finite({**backbone, **(head if load_head else {})}, str(source))
     model.backbone.load_state_dict(backbone)
     loaded = ["backbone"]
     if head and load_head:

@@ -86,10 +86,9 @@ def render(frame: np.ndarray, labels_rgb: np.ndarray, style: str) -> np.ndarray:
 
 def _engine(args):
     from sdcpc_core.engine import StreamingSegmenter
+    from sdcpc_core.settings import settings_from_arguments
 
-    return StreamingSegmenter.from_checkpoint(
-        args.checkpoint or None, device=args.device, precision=args.precision,
-        channels_last=args.channels_last, input_size=tuple(args.input_size) if args.input_size else None)
+    return StreamingSegmenter.from_checkpoint(args.checkpoint or None, settings_from_arguments(args))
 
 
 def cmd_segment(args) -> int:
@@ -195,13 +194,14 @@ def cmd_train(args) -> int:
     return 0
 
 
+ENGINE_OPTIONS = ("device", "precision", "channels_last", "input_size", "reference_offsets")
+
+
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    from sdcpc_core.settings import add_arguments
+
     p.add_argument("--checkpoint", default="", help="sdcpc checkpoint (default: the embedded model)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--channels-last", action="store_true", help="channels_last memory format")
-    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
-                   help="resolution the network sees (default: the input's own)")
+    add_arguments(p, ENGINE_OPTIONS)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,9 +4,16 @@
 what is measured offline is what runs on the robot. ``segment_clip`` is the paper's protocol
 (every target re-encodes its references) and must give the same numbers.
 
+Settings (device, precision, input size, references, reset rules, ...) are one validated
+``sdcpc_core.settings.StreamSettings``; ``update`` changes those that may change while streaming.
+
 Reference frames: target ``n`` uses frames ``n + o`` for ``o`` in ``reference_offsets``. A frame
 that does not exist (stream start, after a reset) is replaced by the oldest frame still available,
-and the very first frame of a stream is its own reference.
+and the very first frame of a stream is its own reference (``settings.reference_indices``).
+
+Continuity is the camera's: a caller that skips frames while busy (the node) reports every input
+image with ``observe``; gaps, stamps going backwards and frame_id or size changes are judged on
+that input stream, so frames skipped by a slow consumer are not taken for a scene cut.
 """
 
 from __future__ import annotations
@@ -23,16 +30,27 @@ import torch.nn.functional as F
 
 from sdcpc_core.checkpoints import DEFAULT_CHECKPOINT, CheckpointError, load_checkpoint
 from sdcpc_core.classes import LabelSet
-from sdcpc_core.data.clips import IMAGENET_MEAN, IMAGENET_STD, reference_indices
 from sdcpc_core.models.temporal import FrameCache
 from sdcpc_core.postprocess import labels_and_confidence, resized_labels
+from sdcpc_core.settings import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MIN_SIDE,
+    SETTINGS,
+    SettingError,
+    StreamSettings,
+    reference_indices,
+)
 
-MIN_SIDE = 32  # stride 4 then spatial reduction 8 in MiT stage 1: smaller inputs cannot be encoded
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class FrameError(ValueError):
     """A frame the engine cannot segment (wrong shape or dtype)."""
+
+
+class NonFiniteOutputError(RuntimeError):
+    """The network produced NaN/inf logits for a frame: nothing may be published for it."""
 
 
 @dataclass
@@ -47,6 +65,8 @@ class SegmentationResult:
     reset_reason: str | None  # why the buffer was cleared before this frame, if it was
     latency_ms: float  # preprocessing + network + postprocessing
     probabilities: torch.Tensor | None = None  # (K, H, W) float32 when asked for
+    reference_age_s: float | None = None  # stamp minus the oldest aggregated reference's stamp
+    frames_since_reset: int = 0  # input frames of this continuous stream before this one
 
 
 def resolve_device(device: str) -> torch.device:
@@ -68,13 +88,13 @@ def resolve_device(device: str) -> torch.device:
 
 
 def continuity_break(previous, current, max_time_gap: float | None) -> str | None:
-    """The stream's reset rules on ``(stamp_s, frame_id, (H, W))`` pairs: why ``current`` cannot
+    """The stream's reset rules on ``(stamp_s, frame_id, (H, W))`` triples: why ``current`` cannot
     continue ``previous`` (size or frame_id change, stamp going backwards, gap above
-    ``max_time_gap``), or None. ``None`` stamps / frame_ids disable their rules."""
+    ``max_time_gap``), or None. ``None`` stamps / frame_ids / sizes disable their rules."""
     if previous is None:
         return None
     (last_stamp, last_id, last_size), (stamp, frame_id, size) = previous, current
-    if tuple(size) != tuple(last_size):
+    if size is not None and last_size is not None and tuple(size) != tuple(last_size):
         return f"frame size changed from {last_size[1]}x{last_size[0]} to {size[1]}x{size[0]}"
     if frame_id is not None and last_id is not None and frame_id != last_id:
         return f"frame_id changed from {last_id!r} to {frame_id!r}"
@@ -87,56 +107,107 @@ def continuity_break(previous, current, max_time_gap: float | None) -> str | Non
 
 
 class StreamingSegmenter:
-    """Segment a stream frame by frame with SD-CPC (or the per-frame baseline)."""
+    """Segment a stream frame by frame with SD-CPC (or the per-frame baseline).
 
-    def __init__(self, model: torch.nn.Module, labels: LabelSet, mean=IMAGENET_MEAN,
-                 std=IMAGENET_STD, *, device: str = "auto", precision: str = "fp32",
-                 channels_last: bool = False, input_size: tuple[int, int] | None = None,
-                 reference_offsets=None, max_time_gap: float | None = None, dynamic_classes=None):
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision {precision!r} is not one of {sorted(PRECISIONS)}")
-        if input_size is not None:
-            input_size = tuple(int(s) for s in input_size)
-            if len(input_size) != 2 or min(input_size) < MIN_SIDE:
-                raise ValueError(f"input_size must be [height, width], each >= {MIN_SIDE}; got {list(input_size)}")
-        offsets = tuple(model.reference_offsets if reference_offsets is None else reference_offsets)
-        if any(o >= 0 for o in offsets):
-            raise ValueError(f"reference_offsets {list(offsets)}: a stream has only past frames, use negative offsets")
-        if max_time_gap is not None and max_time_gap <= 0:
-            raise ValueError(f"max_time_gap must be > 0 seconds, got {max_time_gap}")
-        self.device = resolve_device(device)
-        self.precision = precision
-        self.channels_last = channels_last
-        self.input_size = input_size
-        self.reference_offsets = offsets
-        self.max_time_gap = max_time_gap
-        self.labels = labels if dynamic_classes is None else labels.with_dynamic(dynamic_classes)
+    ``settings`` (a StreamSettings) or keyword overrides of its fields, e.g.
+    ``StreamingSegmenter(model, labels, device="cpu", precision="bf16")``.
+    """
+
+    def __init__(self, model: torch.nn.Module, labels: LabelSet, settings: StreamSettings | None = None,
+                 **overrides):
+        settings = (settings or StreamSettings()).replace(**overrides)
+        self._checkpoint_labels = labels
+        self.labels = self._labels_for(settings.dynamic_classes)
+        self.settings = settings
+        self._model_offsets = tuple(model.reference_offsets)
+        self.device = resolve_device(settings.device)
         self.model = model.to(self.device).eval()
-        if channels_last:
+        if settings.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        mean, std = settings.mean or IMAGENET_MEAN, settings.std or IMAGENET_STD
         self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the model and the buffer
         self._buffer: dict[int, FrameCache] = {}
+        self._stamps: dict[int, float | None] = {}  # stamp of each buffered frame
         self._frame_count = 0
         self._stream_start = 0
-        self._last: tuple | None = None  # (stamp, frame_id, (H, W)) of the previous frame
+        self._last: tuple | None = None  # (stamp, frame_id, (H, W)) of the previous segmented frame
         self._pending_reset: str | None = None
+        # The input stream (every frame observed, segmented or not), guarded by its own lock so
+        # that observing never waits for the network.
+        self._input_lock = threading.Lock()
+        self._last_input: tuple | None = None
+        self._input_count = 0
+        self._input_stream_start = 0  # input count at the last break
+        self._breaks: list[tuple[int, str]] = []  # (input number, reason), not yet applied
+        self._frames_since_reset = 0
 
     @classmethod
-    def from_checkpoint(cls, path=None, **kwargs) -> StreamingSegmenter:
+    def from_checkpoint(cls, path=None, settings: StreamSettings | None = None,
+                        **overrides) -> StreamingSegmenter:
         """Build from our checkpoint; ``path=None`` (or "") is the embedded default model.
 
-        ``input_size`` defaults to the checkpoint's recorded training resolution, if any.
+        Unset ``input_size``, ``mean`` and ``std`` take the checkpoint's recorded values.
         """
+        settings = (settings or StreamSettings()).replace(**overrides)
         path = Path(path) if path else DEFAULT_CHECKPOINT
         if not path.exists() and path == DEFAULT_CHECKPOINT:
             raise CheckpointError(f"the embedded default model {path} is missing from this install; "
                                   "reinstall sdcpc or pass a checkpoint path")
         model, meta = load_checkpoint(path)
-        if kwargs.get("input_size") is None and meta.get("input_size"):
-            kwargs["input_size"] = tuple(meta["input_size"])
-        return cls(model, meta["labels"], meta["mean"], meta["std"], **kwargs)
+        settings = settings.replace(
+            input_size=settings.input_size or (tuple(meta["input_size"]) if meta.get("input_size") else None),
+            mean=settings.mean or tuple(meta["mean"]), std=settings.std or tuple(meta["std"]))
+        return cls(model, meta["labels"], settings)
+
+    # -- settings -----------------------------------------------------------------------------
+    @property
+    def precision(self) -> str:
+        return self.settings.precision
+
+    @property
+    def channels_last(self) -> bool:
+        return self.settings.channels_last
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        return self.settings.input_size
+
+    @property
+    def max_time_gap(self) -> float | None:
+        return self.settings.max_time_gap
+
+    @property
+    def reference_offsets(self) -> tuple[int, ...]:
+        offsets = self.settings.reference_offsets
+        return self._model_offsets if offsets is None else offsets
+
+    def _labels_for(self, dynamic_classes) -> LabelSet:
+        if dynamic_classes is None:
+            return self._checkpoint_labels
+        try:
+            return self._checkpoint_labels.with_dynamic(dynamic_classes)
+        except ValueError as exc:
+            raise SettingError("dynamic_classes", dynamic_classes, str(exc)) from None
+
+    def check_update(self, **changes) -> StreamSettings:
+        """The settings ``update`` would apply, validated, without applying them. Only settings
+        marked ``runtime`` may change while streaming (max_time_gap, dynamic_classes)."""
+        new = self.settings.replace(**changes)
+        for name, value in self.settings.changed(new).items():
+            if not SETTINGS[name].runtime:
+                raise SettingError(name, value, "cannot change while streaming; build a new engine "
+                                   "(node: restart it with the new value)")
+        self._labels_for(new.dynamic_classes)
+        return new
+
+    def update(self, **changes) -> None:
+        """Change settings while streaming (see ``check_update``); takes effect at the next frame."""
+        new = self.check_update(**changes)
+        labels = self._labels_for(new.dynamic_classes)
+        with self._lock, self._input_lock:
+            self.settings, self.labels = new, labels
 
     # -- buffer -------------------------------------------------------------------------------
     @property
@@ -151,17 +222,44 @@ class StreamingSegmenter:
         """Forget all past frames; the next frame starts a new stream."""
         with self._lock:
             self._clear(reason)
+        with self._input_lock:
+            self._last_input = None
+            self._breaks.clear()
+            self._input_stream_start = self._input_count
 
     def _clear(self, reason: str) -> None:
         self._buffer.clear()
+        self._stamps.clear()
         self._stream_start = self._frame_count
         self._last = None
         self._pending_reset = reason
 
-    def _check_continuity(self, stamp, frame_id, size) -> None:
-        reason = continuity_break(self._last, (stamp, frame_id, size), self.max_time_gap)
-        if reason:
-            self._clear(reason)
+    # -- continuity ---------------------------------------------------------------------------
+    def observe(self, stamp: float | None = None, frame_id: str | None = None,
+                size: tuple[int, int] | None = None) -> int:
+        """Report an input frame (segmented or not) and return its input number, to pass to
+        ``step(..., input_number=)`` if this frame is segmented. A break in the input stream
+        (gap above max_time_gap, stamp going backwards, frame_id or size change) resets the
+        buffer before the next frame segmented at or after it. Cheap; never waits for the network."""
+        with self._input_lock:
+            number = self._input_count
+            reason = continuity_break(self._last_input, (stamp, frame_id, size), self.max_time_gap)
+            if reason:
+                self._breaks.append((number, reason))
+                self._input_stream_start = number
+            self._last_input = (stamp, frame_id, size)
+            self._input_count += 1
+            return number
+
+    def _catch_up(self, input_number: int) -> None:
+        """Apply the input-stream breaks up to and including ``input_number`` (lock held)."""
+        with self._input_lock:
+            due = [reason for number, reason in self._breaks if number <= input_number]
+            self._breaks = [(n, r) for n, r in self._breaks if n > input_number]
+            since_reset = input_number - self._input_stream_start
+        if due:
+            self._clear(due[-1])
+        self._frames_since_reset = max(since_reset, 0)
 
     # -- tensors ------------------------------------------------------------------------------
     def _autocast(self):
@@ -206,34 +304,57 @@ class StreamingSegmenter:
     # -- streaming ----------------------------------------------------------------------------
     @torch.inference_mode()
     def step(self, frame, stamp: float | None = None, frame_id: str | None = None,
-             return_confidence: bool = False, return_probabilities: bool = False) -> SegmentationResult:
+             return_confidence: bool = False, return_probabilities: bool = False,
+             input_number: int | None = None) -> SegmentationResult:
         """Segment the next frame of the stream (stamp in seconds, for the reset rules).
 
+        ``input_number``: what ``observe`` returned for this frame, when the caller reports every
+        input frame (segmented or not) with ``observe``; without it the frame is observed here.
         Labels alone are cheap to resize (see ``sdcpc_core.postprocess``); the confidence map
         and the (K, H, W) probabilities cost a pass over every class at every pixel, so they
-        are computed only when asked for.
+        are computed only when asked for. Raises NonFiniteOutputError (state unchanged) if the
+        network's output is not finite.
         """
         t0 = time.perf_counter()
         size = tuple(np.shape(frame)[:2])
         x = self.preprocess(frame)
+        if input_number is None:
+            input_number = self.observe(stamp, frame_id, size)
         with self._lock:
-            self._check_continuity(stamp, frame_id, size)
+            self._catch_up(input_number)
+            # size and frame_id against the previous segmented frame too (an observer may not
+            # know the size of a compressed image); the time rules are the input stream's
+            reason = continuity_break(self._last, (None, frame_id, size), None)
+            if reason:
+                self._clear(reason)
             index = self._frame_count
             with self._autocast():
                 current = self.model.encode(x)
                 ref_ids = reference_indices(index, self.reference_offsets, first=self._stream_start)
                 refs = [current if i == index else self._buffer[i] for i in ref_ids]
                 logits = self.model.forward_cached(current, refs)["logits"]
+            if not bool(torch.isfinite(logits).all()):
+                raise NonFiniteOutputError(
+                    f"the network produced NaN/inf logits for frame {index}; nothing is published for "
+                    "it (check the weights with `sdcpc info`, or try precision fp32)")
+            past = {i for i in ref_ids if i != index}
+            ref_stamps = [self._stamps.get(i) for i in past]
             self._buffer[index] = current
+            self._stamps[index] = stamp
             self._frame_count += 1
             self._last = (stamp, frame_id, size)
             oldest_needed = self._frame_count + min(self.reference_offsets, default=0)
             for i in [i for i in self._buffer if i < oldest_needed]:
                 del self._buffer[i]
+                self._stamps.pop(i, None)
             reset_reason, self._pending_reset = self._pending_reset, None
-        aggregated = len({i for i in ref_ids if i != index})
-        return self._postprocess(logits, size, t0, index, aggregated, reset_reason,
-                                 return_confidence, return_probabilities)
+            since_reset = self._frames_since_reset
+        age = (stamp - min(ref_stamps) if past and stamp is not None
+               and all(t is not None for t in ref_stamps) else None)
+        result = self._postprocess(logits, size, t0, index, len(past), reset_reason,
+                                   return_confidence, return_probabilities)
+        result.reference_age_s, result.frames_since_reset = age, since_reset
+        return result
 
     @torch.inference_mode()
     def segment_clip(self, frames, return_confidence: bool = False,

@@ -1,14 +1,22 @@
 """Stride-4 logits -> labels (and confidence) at the input resolution, without the (K, H, W) volume.
 
 The definition is the reference evaluation's: resize the logits bilinearly to (H, W)
-(``align_corners=False``), then argmax over classes (and, for confidence, the max softmax
-probability). Both functions here compute exactly that, to float rounding, faster on CPU:
+(``align_corners=False``, float32), then argmax over classes (first index on ties) and, for
+confidence, the max softmax probability. ``resized_labels`` returns exactly
+``F.interpolate(logits.float()[None], size, mode="bilinear").argmax(1)[0]``, bit for bit:
 
-- ``resized_labels``: an output pixel is a convex mix of its four source neighbours, so where
-  all four have the same argmax that class is the argmax of the mix. Only pixels between
-  neighbours that disagree (object boundaries) are mixed over all K classes.
-- ``labels_and_confidence``: confidence needs every class everywhere, so the volume is
-  resized separably in strips of rows, classes last (the fast reduction axis on CPU).
+- An output pixel is a convex mix of the four corners of its source cell. A cell where one class
+  is the argmax at all four corners, each time ahead of the runner-up by more than a rounding
+  margin, is decided: that class wins at every output pixel inside it.
+- In the other cells only candidates are mixed: a class whose largest corner value is below the
+  best smallest corner value (less the margin) cannot win anywhere in the cell.
+- A pixel whose two best mixed values lie within the margin (a near tie, where our rounding may
+  differ from PyTorch's) is settled by ``F.interpolate`` itself, on its contending classes only:
+  interpolation treats channels independently, so those values are the reference's own.
+
+When nearly every cell is undecided (noise-like logits) the volume is resized in strips of rows,
+classes last, with the same near-tie check. ``labels_and_confidence``: confidence needs every
+class everywhere, so it resizes in strips; its labels come from ``resized_labels``.
 """
 
 from __future__ import annotations
@@ -16,8 +24,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-BOUNDARY_CHUNK = 16384  # boundary pixels mixed at once: 16384 × K floats per neighbour gather
-DENSE_BOUNDARY = 0.3  # above this fraction of boundary pixels, resizing in strips is faster
+MARGIN = 2.0 ** -18  # near-tie margin, relative to the largest |logit| involved (64 float32 ulps)
+DENSE_CELLS = 0.6  # above this fraction of undecided cells, resize in strips instead
+STRIP_ROWS = 32  # output rows per strip on CPU
 
 
 def source_coordinates(in_size: int, out_size: int, device=None):
@@ -30,55 +39,182 @@ def source_coordinates(in_size: int, out_size: int, device=None):
     return lower, upper, src - lower
 
 
+def _tiles(lower: torch.Tensor, in_size: int):
+    """Split the output indices along one axis into tiles of consecutive indices that share the
+    lower source index, at most ceil(out/in) long. Returns per tile (source index, first output
+    index, length) and the tile of every output index."""
+    out_size = lower.numel()
+    longest = max(1, -(-out_size // in_size))
+    count = torch.bincount(lower, minlength=in_size)
+    start = torch.cumsum(count, 0) - count
+    piece = (torch.arange(out_size, device=lower.device) - start[lower]) // longest
+    key = lower * out_size + piece
+    _, tile_of = torch.unique_consecutive(key, return_inverse=True)
+    n = int(tile_of[-1]) + 1 if out_size else 0
+    first = torch.full((n,), out_size, dtype=torch.long, device=lower.device).scatter_reduce_(
+        0, tile_of, torch.arange(out_size, device=lower.device), "amin")
+    length = torch.bincount(tile_of, minlength=n)
+    return lower[first], first, length, tile_of
+
+
 def resized_labels(logits: torch.Tensor, size) -> torch.Tensor:
     """(K, h, w) logits -> (H, W) int64 labels at ``size = (H, W)``: argmax of the resized logits."""
+    _check(logits, size)
     k, h, w = logits.shape
-    y0, y1, fy = source_coordinates(h, size[0], logits.device)
-    x0, x1, fx = source_coordinates(w, size[1], logits.device)
-    flat = logits.float().permute(1, 2, 0).reshape(h * w, k)  # (h*w, K), classes last
-    low = flat.argmax(1).view(h, w)
-    labels = low[y0[:, None], x0[None, :]]  # (H, W): the top-left neighbour's class
-    mixed = ((labels != low[y0[:, None], x1[None, :]]) | (labels != low[y1[:, None], x0[None, :]])
-             | (labels != low[y1[:, None], x1[None, :]]))
-    ys, xs = mixed.nonzero(as_tuple=True)
-    if ys.numel() > DENSE_BOUNDARY * mixed.numel():  # boundaries everywhere (a noisy prediction)
-        return _resize_in_strips(logits, size, None, with_confidence=False)[0]
-    for start in range(0, ys.numel(), BOUNDARY_CHUNK):
-        y, x = ys[start:start + BOUNDARY_CHUNK], xs[start:start + BOUNDARY_CHUNK]
-        wx = fx[x, None]
-        top = torch.lerp(flat[y0[y] * w + x0[x]], flat[y0[y] * w + x1[x]], wx)  # (n, K)
-        bottom = torch.lerp(flat[y1[y] * w + x0[x]], flat[y1[y] * w + x1[x]], wx)
-        labels[y, x] = torch.lerp(top, bottom, fy[y, None]).argmax(1)
+    out_h, out_w = int(size[0]), int(size[1])
+    dev = logits.device
+    x = logits.float()
+    pixels = x.permute(1, 2, 0).reshape(h * w, k)  # (h*w, K), classes last
+    y0, _, fy = source_coordinates(h, out_h, dev)
+    x0, _, fx = source_coordinates(w, out_w, dev)
+    scale = pixels.abs().amax(1)  # (h*w,) largest |logit| of each source pixel
+    if k > 1:
+        best2, arg2 = pixels.topk(2, 1)
+        arg = arg2[:, 0].view(h, w)
+        sure = (best2[:, 0] - best2[:, 1] > MARGIN * scale).view(h, w)
+    else:
+        arg = torch.zeros(h, w, dtype=torch.long, device=dev)
+        sure = torch.ones(h, w, dtype=torch.bool, device=dev)
+    # a cell is named by its lower corner (cy, cx); its upper corner is (by[cy], bx[cx])
+    by = torch.arange(1, h + 1, device=dev).clamp_max(h - 1)
+    bx = torch.arange(1, w + 1, device=dev).clamp_max(w - 1)
+    sure = sure & sure[:, bx]
+    decided = sure & sure[by] & (arg == arg[:, bx]) & (arg == arg[by]) & (arg == arg[by][:, bx])
+    labels = arg[y0[:, None], x0[None, :]]  # (H, W): right wherever the cell is decided
+
+    ty_src, ty_first, ty_len, tile_y = _tiles(y0, h)
+    tx_src, tx_first, tx_len, tile_x = _tiles(x0, w)
+    open_tiles = (~decided[ty_src][:, tx_src]).nonzero()  # (n, 2): tiles in undecided cells
+    n = open_tiles.shape[0]
+    if n == 0:
+        return labels
+    if n > DENSE_CELLS * ty_src.numel() * tx_src.numel():
+        labels, ties = _strip_labels(x, (out_h, out_w))
+        if ties:
+            ys, xs, member = (torch.cat(t) for t in zip(*ties))
+            classes = torch.arange(k, device=dev).expand(member.shape[0], k)
+            labels[ys, xs] = _exact_labels(x, (out_h, out_w), ys, xs, (classes, member))
+        return labels
+
+    ty, tx = open_tiles[:, 0], open_tiles[:, 1]
+    cy, cx = ty_src[ty], tx_src[tx]
+    corners = torch.stack([cy * w + cx, cy * w + bx[cx], by[cy] * w + cx, by[cy] * w + bx[cx]], 1)
+    values = pixels[corners.view(-1)].view(n, 4, k)
+    margin = MARGIN * scale[corners].amax(1)  # (n,)
+    high, low = values.amax(1), values.amin(1)  # (n, K)
+    candidate = high >= (low.amax(1) - margin)[:, None]
+    tile_i, cls = candidate.nonzero(as_tuple=True)  # sorted by tile, then class
+    count = candidate.sum(1)
+    slot = torch.arange(tile_i.numel(), device=dev) - (torch.cumsum(count, 0) - count)[tile_i]
+    corner = values[tile_i, :, cls]  # (P, 4)
+
+    rows_n, cols_n = int(ty_len.max()), int(tx_len.max())
+    r = torch.arange(rows_n, device=dev)
+    c = torch.arange(cols_n, device=dev)
+    rows = (ty_first[ty][:, None] + r).clamp_max(out_h - 1)  # (n, R)
+    cols = (tx_first[tx][:, None] + c).clamp_max(out_w - 1)  # (n, C)
+    wy, wx = fy[rows][tile_i], fx[cols][tile_i]
+    top = torch.lerp(corner[:, 0:1], corner[:, 1:2], wx)  # (P, C)
+    bottom = torch.lerp(corner[:, 2:3], corner[:, 3:4], wx)
+    mixed = torch.lerp(top[:, None, :], bottom[:, None, :], wy[:, :, None]).view(-1, rows_n * cols_n)
+
+    # per tile: candidates in class order, padded with -inf; argmax then picks the first best
+    table = torch.full((n, int(count.max()), rows_n * cols_n), float("-inf"), device=dev)
+    table[tile_i, slot] = mixed
+    best, pick = table.max(1)  # (n, R*C)
+    contenders = table >= (best - margin[:, None])[:, None, :]
+    classes = torch.full((n, table.shape[1]), k, dtype=torch.long, device=dev)
+    classes[tile_i, slot] = cls
+    valid = ((r[None, :] < ty_len[ty][:, None])[:, :, None]
+             & (c[None, :] < tx_len[tx][:, None])[:, None, :]).view(n, -1)
+    ys = rows[:, :, None].expand(n, rows_n, cols_n).reshape(n, -1)[valid]
+    xs = cols[:, None, :].expand(n, rows_n, cols_n).reshape(n, -1)[valid]
+    labels[ys, xs] = classes.gather(1, pick)[valid]
+    tie = (contenders.sum(1) > 1) & valid
+    if tie.any():
+        tile_t, slot_t = tie.nonzero(as_tuple=True)
+        member = contenders[tile_t, :, slot_t] & (classes[tile_t] < k)  # (T, cmax)
+        ys, xs = rows[tile_t, slot_t // cols_n], cols[tile_t, slot_t % cols_n]
+        labels[ys, xs] = _exact_labels(x, (out_h, out_w), ys, xs, (classes[tile_t], member))
     return labels
+
+
+def _exact_labels(x, size, ys, xs, contenders):
+    """Labels at pixels (ys, xs) from the reference's own values: ``F.interpolate`` of just the
+    contending classes, ``contenders = (classes (T, c), member (T, c))``."""
+    k = x.shape[0]
+    classes, member_of = contenders
+    chosen = torch.unique(classes[member_of])
+    if chosen.numel() == 3 < k:  # 3 channels can select another CPU kernel: add a 4th
+        spare = torch.ones(k, dtype=torch.bool, device=x.device)
+        spare[chosen] = False
+        chosen = torch.sort(torch.cat([chosen, spare.nonzero()[0]])).values
+    member = torch.zeros(chosen.numel(), ys.numel(), dtype=torch.bool, device=x.device)
+    t, j = member_of.nonzero(as_tuple=True)
+    member[torch.searchsorted(chosen, classes[t, j]), t] = True
+    exact = F.interpolate(x[chosen][None], size=size, mode="bilinear", align_corners=False)[0]
+    values = exact[:, ys, xs].masked_fill(~member, float("-inf"))
+    return chosen[values.argmax(0)]
+
+
+def _strip_labels(x, size):
+    """Dense path: labels and the near ties, a list of (ys, xs, contending classes (T, K) bool)."""
+    labels, _, ties = _resize_in_strips(x, size, None, with_confidence=False)
+    return labels, ties
 
 
 def labels_and_confidence(logits: torch.Tensor, size, strip_rows: int | None = None):
     """(K, h, w) logits -> (labels (H, W) int64, confidence (H, W) float32) at ``size = (H, W)``.
 
-    Separable (width, then rows two at a time) in strips of ``strip_rows`` output rows, classes
-    last. ``strip_rows=None``: 32 on CPU, all rows at once on a GPU.
+    Labels are ``resized_labels``'s (exact); confidence is resized separably (width, then rows)
+    in strips of ``strip_rows`` output rows, classes last. ``strip_rows=None``: 32 on CPU, all
+    rows at once on a GPU.
     """
-    return _resize_in_strips(logits, size, strip_rows, with_confidence=True)
+    _check(logits, size)
+    _, confidence, _ = _resize_in_strips(logits.float(), size, strip_rows, with_confidence=True)
+    return resized_labels(logits, size), confidence
 
 
-def _resize_in_strips(logits, size, strip_rows, with_confidence: bool):
-    h = logits.shape[1]
-    out_h, out_w = size
+def _check(logits, size):
+    if logits.dim() != 3:
+        raise ValueError(f"logits must be (K, h, w); got shape {tuple(logits.shape)} "
+                         "(pass logits[0] for a batch of one)")
+    if not logits.is_floating_point():
+        raise ValueError(f"logits must be a floating-point tensor; got {logits.dtype}")
+    if len(size) != 2 or min(int(size[0]), int(size[1])) < 1 or min(logits.shape) < 1:
+        raise ValueError(f"size must be (H, W) with H, W >= 1 and logits non-empty; got size={tuple(size)}, "
+                         f"logits {tuple(logits.shape)}")
+
+
+def _resize_in_strips(x, size, strip_rows, with_confidence: bool):
+    k, h = x.shape[0], x.shape[1]
+    out_h, out_w = int(size[0]), int(size[1])
     # width first: (K, h, w) -> (h, W, K)
-    rows = F.interpolate(logits.float()[None], size=(h, out_w), mode="bilinear",
+    rows = F.interpolate(x[None], size=(h, out_w), mode="bilinear",
                          align_corners=False)[0].permute(1, 2, 0).contiguous()
-    top_row, bottom_row, frac = source_coordinates(h, out_h, logits.device)
+    top_row, bottom_row, frac = source_coordinates(h, out_h, x.device)
     frac = frac.view(-1, 1, 1)
-    labels = torch.empty(out_h, out_w, dtype=torch.long, device=logits.device)
-    confidence = torch.empty(out_h, out_w, dtype=torch.float32, device=logits.device) if with_confidence else None
-    step = strip_rows or (out_h if logits.is_cuda else 32)
+    labels = torch.empty(out_h, out_w, dtype=torch.long, device=x.device)
+    confidence = torch.empty(out_h, out_w, dtype=torch.float32, device=x.device) if with_confidence else None
+    ties = []
+    scale = float(x.abs().amax()) if not with_confidence else 0.0  # one margin for the frame
+    step = strip_rows or (out_h if x.is_cuda else STRIP_ROWS)
     for start in range(0, out_h, step):
         sl = slice(start, min(start + step, out_h))
-        x = torch.lerp(rows[top_row[sl]], rows[bottom_row[sl]], frac[sl])  # (S, W, K)
+        v = torch.lerp(rows[top_row[sl]], rows[bottom_row[sl]], frac[sl])  # (S, W, K)
         if not with_confidence:
-            labels[sl] = x.argmax(2)
+            if k == 1:
+                labels[sl] = 0
+                continue
+            best2, arg2 = v.topk(2, 2)
+            labels[sl] = arg2[..., 0]
+            margin = torch.full_like(best2[..., 0], MARGIN * scale)
+            ys, xs = (best2[..., 0] - best2[..., 1] <= margin).nonzero(as_tuple=True)
+            if ys.numel():
+                member = v[ys, xs] >= (best2[ys, xs, 0] - margin[ys, xs])[:, None]
+                ties.append((ys + start, xs, member))
             continue
-        top, labels[sl] = x.max(2)
+        top = v.amax(2, keepdim=True)
         # max softmax probability = 1 / sum_k exp(l_k - l_max)
-        confidence[sl] = x.sub_(top.unsqueeze(2)).exp_().sum(2).reciprocal_()
-    return labels, confidence
+        confidence[sl] = v.sub_(top).exp_().sum(2).reciprocal_()
+    return labels, confidence, ties

@@ -9,7 +9,6 @@ and so is one that never reached the callback, seen as a gap in its publisher's 
 from __future__ import annotations
 
 import json
-import re
 import sys
 import threading
 import time
@@ -42,6 +41,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
+from sdcpc_core.settings import SETTINGS, Setting, SettingError
 from sdcpc_ros.conversions import (
     DEFAULT_MAX_PIXELS,
     ImageConversionError,
@@ -55,97 +55,70 @@ try:  # built by scripts/build_interfaces.sh or colcon; std_msgs/String JSON oth
 except ImportError:
     ClassInfo = FrameInfo = LabelInfo = None
 
-DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
-PRECISIONS = ("fp32", "fp16", "bf16")
 TRANSPORTS = ("raw", "compressed")
 THROTTLE_S = 5.0
+NODE_DEFAULTS = {"max_time_gap": 0.5}  # a camera stream has stamps: reset on a 0.5 s gap
+
+
+def _checkpoint_words(value):
+    if value is None or (value and not Path(value).is_file()):
+        return "must be an existing checkpoint file, or empty for the embedded default model"
+    return None
+
+
+# The node's own parameters, described and checked like the engine's settings (sdcpc_core.settings).
+NODE_SETTINGS: dict[str, Setting] = {s.name: s for s in (
+    Setting("publish_color", "bool", True, "Publish ~/color (palette-coloured labels) when subscribed.",
+            runtime=True),
+    Setting("publish_overlay", "bool", False, "Publish ~/overlay (labels over the image) when subscribed.",
+            runtime=True),
+    Setting("publish_confidence", "bool", False, "Publish ~/confidence (32FC1) when subscribed.",
+            runtime=True),
+    Setting("input_transport", "string", "raw",
+            "raw: subscribe to 'image' (sensor_msgs/Image); compressed: to 'image/compressed'.",
+            choices=TRANSPORTS),
+    Setting("reliable_qos", "bool", False,
+            "Subscribe reliable instead of the sensor-data (best effort) profile; for bag replay."),
+    Setting("max_image_pixels", "integer", DEFAULT_MAX_PIXELS,
+            "Images with more pixels are refused before anything is allocated for them.",
+            minimum=1, maximum=2**31 - 1, runtime=True),
+    Setting("diagnostics_period", "double", 1.0, "Seconds between /diagnostics messages.",
+            minimum=0.1, maximum=60.0),
+)}
+CHECKPOINT = Setting("checkpoint", "string", "",
+                     "sdcpc checkpoint file (.pt); empty = the embedded default model.",
+                     check_extra=_checkpoint_words)
+# Every parameter, in the order users see them: the model, the stream settings, the node's own.
+PARAMETERS: dict[str, Setting] = {"checkpoint": CHECKPOINT, **SETTINGS, **NODE_SETTINGS}
+
+_ROS_TYPES = {"string": ParameterType.PARAMETER_STRING, "bool": ParameterType.PARAMETER_BOOL,
+              "double": ParameterType.PARAMETER_DOUBLE, "integer": ParameterType.PARAMETER_INTEGER,
+              "integer_array": ParameterType.PARAMETER_INTEGER_ARRAY,
+              "string_array": ParameterType.PARAMETER_STRING_ARRAY,
+              "double_array": ParameterType.PARAMETER_DOUBLE_ARRAY}
+
+
+def descriptor(spec: Setting) -> ParameterDescriptor:
+    """The ROS parameter descriptor of a setting: type, description, range, read-only."""
+    text = spec.description + (f" One of: {', '.join(spec.choices)}." if spec.choices else "")
+    d = ParameterDescriptor(type=_ROS_TYPES[spec.kind], description=text, read_only=not spec.runtime)
+    if spec.minimum is not None and spec.maximum is not None:
+        if spec.kind == "double":
+            d.floating_point_range = [FloatingPointRange(from_value=float(spec.minimum),
+                                                         to_value=float(spec.maximum))]
+        elif spec.kind == "integer":
+            d.integer_range = [IntegerRange(from_value=int(spec.minimum), to_value=int(spec.maximum),
+                                            step=1)]
+    return d
 
 
 class ParameterValueError(ValueError):
     """A parameter value the node refuses; the message starts with the parameter's name."""
 
 
-def _string(description, read_only=True, choices=None):
-    text = description + (f" One of: {', '.join(choices)}." if choices else "")
-    return ParameterDescriptor(type=ParameterType.PARAMETER_STRING, description=text,
-                               read_only=read_only)
-
-
-def _bool(description, read_only=False):
-    return ParameterDescriptor(type=ParameterType.PARAMETER_BOOL, description=description,
-                               read_only=read_only)
-
-
-# name -> (default; None = unset, typed by the descriptor), descriptor
-PARAMETERS: dict[str, tuple] = {
-    "checkpoint": ("", _string("sdcpc checkpoint file (.pt); empty = the embedded default model.")),
-    "device": ("auto", _string("Torch device: auto, cpu, cuda or cuda:N.")),
-    "precision": ("fp32", _string("Inference precision.", choices=PRECISIONS)),
-    "input_size": (None, ParameterDescriptor(
-        type=ParameterType.PARAMETER_INTEGER_ARRAY, read_only=True,
-        description="[height, width] the network sees (each >= 32); unset = the image's own size. "
-                    "Outputs are always at the input image's resolution.")),
-    "reference_offsets": (None, ParameterDescriptor(
-        type=ParameterType.PARAMETER_INTEGER_ARRAY, read_only=True,
-        description="Past frames used as references, negative, e.g. [-9, -6, -3]; unset = the "
-                    "checkpoint's.")),
-    "max_time_gap": (0.5, ParameterDescriptor(
-        type=ParameterType.PARAMETER_DOUBLE,
-        description="Seconds between stamps above which the frame buffer is reset.",
-        floating_point_range=[FloatingPointRange(from_value=0.001, to_value=3600.0)])),
-    "publish_color": (True, _bool("Publish ~/color (palette-coloured labels) when subscribed.")),
-    "publish_overlay": (False, _bool("Publish ~/overlay (labels over the image) when subscribed.")),
-    "publish_confidence": (False, _bool("Publish ~/confidence (32FC1) when subscribed.")),
-    "dynamic_classes": (None, ParameterDescriptor(
-        type=ParameterType.PARAMETER_STRING_ARRAY,
-        description="Class names marked 255 in ~/dynamic_mask; unset = the checkpoint's dynamic "
-                    "classes (person, car, ...).")),
-    "input_transport": ("raw", _string(
-        "raw: subscribe to 'image' (sensor_msgs/Image); compressed: to 'image/compressed'.",
-        choices=TRANSPORTS)),
-    "reliable_qos": (False, _bool(
-        "Subscribe reliable instead of the sensor-data (best effort) profile; for bag replay.",
-        read_only=True)),
-    "max_image_pixels": (DEFAULT_MAX_PIXELS, ParameterDescriptor(
-        type=ParameterType.PARAMETER_INTEGER,
-        description="Images with more pixels are refused before anything is allocated for them.",
-        integer_range=[IntegerRange(from_value=1, to_value=2**31 - 1, step=1)])),
-    "diagnostics_period": (1.0, ParameterDescriptor(
-        type=ParameterType.PARAMETER_DOUBLE, read_only=True,
-        description="Seconds between /diagnostics messages.",
-        floating_point_range=[FloatingPointRange(from_value=0.1, to_value=60.0)])),
-}
-
-
 def validate_parameter(name: str, value) -> None:
-    """Raise ParameterValueError (naming ``name`` and what is allowed) for a value the node refuses.
-
-    Checks what descriptors cannot express; ranges are checked here too, so start-up and dynamic
-    updates give the same message.
-    """
-    def refuse(allowed):
-        raise ParameterValueError(f"parameter '{name}' = {value!r} is refused: {allowed}")
-
-    if value is None:
-        return
-    if name == "checkpoint" and value and not Path(value).is_file():
-        refuse("must be an existing checkpoint file, or empty for the embedded default model")
-    elif name == "device" and not DEVICE_PATTERN.match(value):
-        refuse("allowed: auto, cpu, cuda, cuda:N")
-    elif name == "precision" and value not in PRECISIONS:
-        refuse(f"allowed: {', '.join(PRECISIONS)}")
-    elif name == "input_transport" and value not in TRANSPORTS:
-        refuse(f"allowed: {', '.join(TRANSPORTS)}")
-    elif name == "input_size" and (len(value) != 2 or min(value) < 32 or max(value) > 8192):
-        refuse("allowed: [height, width] with each in [32, 8192], or unset for the image's size")
-    elif name == "reference_offsets" and (not value or any(o >= 0 or o < -1000 for o in value)):
-        refuse("allowed: a non-empty list of negative offsets in [-1000, -1], e.g. [-9, -6, -3]")
-    elif name == "max_time_gap" and not 0.001 <= value <= 3600.0:
-        refuse("allowed range: [0.001, 3600] seconds")
-    elif name == "max_image_pixels" and not 1 <= value <= 2**31 - 1:
-        refuse(f"allowed range: [1, {2**31 - 1}] pixels")
-    elif name == "diagnostics_period" and not 0.1 <= value <= 60.0:
-        refuse("allowed range: [0.1, 60] seconds")
+    """Raise SettingError (naming ``name`` and what is allowed) for a value the node refuses."""
+    PARAMETERS[name].check(value)
 
 
 def _stamp_seconds(header) -> float | None:
@@ -159,52 +132,78 @@ class SegmentationNode(Node):
 
     def __init__(self, **kwargs):
         super().__init__("sdcpc", **kwargs)
-        p = {}
-        for name, (default, descriptor) in PARAMETERS.items():
-            initial = Parameter.Type(descriptor.type) if default is None else default
-            p[name] = self.declare_parameter(name, initial, descriptor).value  # None: unset
-            validate_parameter(name, p[name])
+        p = self._declare_parameters()
+        self._seg = self._build_engine(p)
+        self._max_pixels = p["max_image_pixels"]
+        self._enabled = {"color": p["publish_color"], "overlay": p["publish_overlay"],
+                         "confidence": p["publish_confidence"]}
+        self._init_counters(p["diagnostics_period"])
+        self._create_publishers()
+        self.create_service(Trigger, "~/reset", self._on_reset)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.add_post_set_parameters_callback(self._after_set_parameters)
+        self.create_timer(p["diagnostics_period"], self._publish_diagnostics)
+        self._worker = threading.Thread(target=self._work, name="sdcpc_worker", daemon=True)
+        self._worker.start()
+        self._subscribe(p["input_transport"], p["reliable_qos"])
+        self._publish_label_info()
+        self.get_logger().info(
+            f"segmenting {self._image_topic} on {self._seg.device} ({p['precision']}), "
+            f"{self._seg.labels.num_classes} classes, "
+            f"custom messages: {'sdcpc_interfaces' if LabelInfo else 'no (std_msgs/String JSON)'}")
 
+    # -- start-up -----------------------------------------------------------------------------
+    def _declare_parameters(self) -> dict:
+        """Declare every parameter from its Setting and validate it; name -> value (None: unset)."""
+        values = {}
+        for name, spec in PARAMETERS.items():
+            default = NODE_DEFAULTS.get(name, spec.default)
+            initial = Parameter.Type(_ROS_TYPES[spec.kind]) if default is None else default
+            values[name] = self.declare_parameter(name, initial, descriptor(spec)).value
+            validate_parameter(name, values[name])
+        return values
+
+    def _build_engine(self, p: dict):
         # torch is imported only once the parameters are known to be valid
         from sdcpc_core.engine import FrameError, StreamingSegmenter, resolve_device
 
         self._input_errors = (ImageConversionError, FrameError)  # the message's fault: "refused"
-
         try:
             resolve_device(p["device"])
         except ValueError as exc:
             raise ParameterValueError(f"parameter 'device': {exc}") from None
+        stream = {name: p[name] for name in SETTINGS}
         try:
-            self._seg = StreamingSegmenter.from_checkpoint(
-                p["checkpoint"] or None, device=p["device"], precision=p["precision"],
-                input_size=p["input_size"], reference_offsets=p["reference_offsets"],
-                max_time_gap=p["max_time_gap"])
+            return StreamingSegmenter.from_checkpoint(p["checkpoint"] or None, **stream)
+        except SettingError:
+            raise
         except ValueError as exc:  # CheckpointError: missing, corrupt or unsafe file
             raise ParameterValueError(f"parameter 'checkpoint': {exc}") from None
-        if p["dynamic_classes"] is not None:
-            try:
-                self._seg.labels = self._seg.labels.with_dynamic(p["dynamic_classes"])
-            except ValueError as exc:
-                raise ParameterValueError(f"parameter 'dynamic_classes': {exc}") from None
 
-        self._max_pixels = p["max_image_pixels"]
-        self._enabled = {"color": p["publish_color"], "overlay": p["publish_overlay"],
-                         "confidence": p["publish_confidence"]}
+    def _init_counters(self, diagnostics_period: float) -> None:
+        """Hand-over state (the newest message) and the frame accounting, under one condition.
 
-        # Hand-over state: the newest message and counters, guarded by one condition.
+        Every image a publisher sent ends in exactly one count: published (answered), replaced
+        (a newer image arrived first: latest frame wins), lost (never reached the callback, seen as
+        a gap in the publisher's sequence numbers), rejected (bad input), failed (segmentation
+        raised or gave non-finite output), or is in flight (pending or being segmented).
+        """
         self._cv = threading.Condition()
-        self._pending = None  # (msg, perf_counter at receipt)
+        self._pending = None  # (msg, perf_counter at receipt, engine input number)
+        self._busy = False  # the worker is segmenting a frame
         self._stopping = False
         self._received = self._dropped = self._rejected = self._failed = self._published = 0
         self._lost = 0  # part of _dropped: never reached the callback (queue overflow, transport)
         self._last_sequence: dict[bytes, int] = {}  # publisher gid -> last publication sequence
         self._latencies = deque(maxlen=200)  # (node latency ms, inference ms)
         self._last_reset = ""
+        self._resets = 0
         self._diag_counts = (0, 0, 0, 0, time.monotonic())  # received, published, failed, rejected, t
         self._last_receipt = None  # monotonic time of the last image received
-        self._image_topic = ""  # resolved input topic, set with the subscription below
-        self._stall_s = max(2.0, 2 * p["diagnostics_period"])  # input silent this long: WARN
+        self._image_topic = ""  # resolved input topic, set with the subscription
+        self._stall_s = max(2.0, 2 * diagnostics_period)  # input silent this long: WARN
 
+    def _create_publishers(self) -> None:
         outputs = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
                              reliability=ReliabilityPolicy.RELIABLE)
         latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
@@ -212,36 +211,26 @@ class SegmentationNode(Node):
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self._pub = {name: self.create_publisher(Image, f"~/{name}", outputs)
                      for name in ("labels", "color", "overlay", "confidence", "dynamic_mask")}
-        self._pub_label_info = self.create_publisher(
-            LabelInfo or String, "~/label_info", latched)
+        self._pub_label_info = self.create_publisher(LabelInfo or String, "~/label_info", latched)
         self._pub_frame_info = self.create_publisher(FrameInfo or String, "~/frame_info", outputs)
         self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
-        self.create_service(Trigger, "~/reset", self._on_reset)
-        self.add_on_set_parameters_callback(self._on_set_parameters)
-        self.create_timer(p["diagnostics_period"], self._publish_diagnostics)
-
-        self._worker = threading.Thread(target=self._work, name="sdcpc_worker", daemon=True)
-        self._worker.start()
-
-        if p["reliable_qos"]:
+    def _subscribe(self, transport: str, reliable: bool) -> None:
+        if reliable:
             qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
                              reliability=ReliabilityPolicy.RELIABLE)
         else:
             qos = qos_profile_sensor_data
-        compressed = p["input_transport"] == "compressed"
+        compressed = transport == "compressed"
         topic = "image/compressed" if compressed else "image"
         self.create_subscription(CompressedImage if compressed else Image, topic, self._on_image, qos)
         self._image_topic = self.resolve_topic_name(topic)
-        self._publish_label_info()
-        self.get_logger().info(
-            f"segmenting {self._image_topic} on {self._seg.device} ({p['precision']}), "
-            f"{self._seg.labels.num_classes} classes, "
-            f"custom messages: {'sdcpc_interfaces' if LabelInfo else 'no (std_msgs/String JSON)'}")
 
     # -- executor callbacks (cheap) ----------------------------------------------------------
     def _on_image(self, msg, info) -> None:
         lost = self._lost_before(info)
+        # continuity is judged on every image received, segmented or not (engine.observe)
+        number = self._seg.observe(_stamp_seconds(msg.header))
         with self._cv:
             self._last_receipt = time.monotonic()
             self._received += 1 + lost
@@ -249,7 +238,7 @@ class SegmentationNode(Node):
             self._lost += lost
             if self._pending is not None:
                 self._dropped += 1
-            self._pending = (msg, time.perf_counter())
+            self._pending = (msg, time.perf_counter(), number)
             self._cv.notify()
 
     def _lost_before(self, info) -> int:
@@ -276,28 +265,32 @@ class SegmentationNode(Node):
         return response
 
     def _on_set_parameters(self, params) -> SetParametersResult:
+        """Validate a parameter change (no side effects: the post-set callback applies it)."""
         try:
+            stream = {}
             for param in params:
-                validate_parameter(param.name, param.value)
-                if param.name == "dynamic_classes":
-                    names = param.value if param.value is not None else ()
-                    self._seg.labels.ids_for(names)  # raises on unknown names
+                if param.name in SETTINGS:
+                    stream[param.name] = param.value
+                elif param.name in PARAMETERS:
+                    validate_parameter(param.name, param.value)
+            if stream:
+                self._seg.check_update(**stream)
         except ValueError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
-        for param in params:
-            self._apply(param.name, param.value)
         return SetParametersResult(successful=True)
 
-    def _apply(self, name, value) -> None:
-        if name.startswith("publish_"):
-            self._enabled[name[len("publish_"):]] = value
-        elif name == "max_time_gap":
-            self._seg.max_time_gap = value
-        elif name == "max_image_pixels":
-            self._max_pixels = value
-        elif name == "dynamic_classes" and value is not None:
-            self._seg.labels = self._seg.labels.with_dynamic(value)
-            self._publish_label_info()
+    def _after_set_parameters(self, params) -> None:
+        """Apply a validated parameter change."""
+        stream = {p.name: p.value for p in params if p.name in SETTINGS}
+        if stream:
+            self._seg.update(**stream)
+            if "dynamic_classes" in stream:
+                self._publish_label_info()
+        for param in params:
+            if param.name.startswith("publish_"):
+                self._enabled[param.name[len("publish_"):]] = param.value
+            elif param.name == "max_image_pixels":
+                self._max_pixels = param.value
 
     # -- worker thread ----------------------------------------------------------------------
     def _work(self) -> None:
@@ -306,28 +299,37 @@ class SegmentationNode(Node):
                 self._cv.wait_for(lambda: self._pending is not None or self._stopping)
                 if self._stopping:
                     return
-                (msg, received_at), self._pending = self._pending, None
+                (msg, received_at, number), self._pending = self._pending, None
+                self._busy = True
+            outcome = "published"
             try:
-                self._segment(msg, received_at)
+                self._segment(msg, received_at, number)
             except self._input_errors as exc:
-                self._rejected += 1
+                outcome = "rejected"
                 self.get_logger().warning(f"image refused: {exc}",
                                           throttle_duration_sec=THROTTLE_S)
             except Exception as exc:  # noqa: BLE001 - keep segmenting the next frames
-                self._failed += 1
+                outcome = "failed"
                 self.get_logger().error(f"segmentation failed: {type(exc).__name__}: {exc}",
                                         throttle_duration_sec=THROTTLE_S)
+            with self._cv:
+                self._busy = False
+                if outcome == "rejected":
+                    self._rejected += 1
+                elif outcome == "failed":
+                    self._failed += 1
 
-    def _segment(self, msg, received_at: float) -> None:
+    def _segment(self, msg, received_at: float, input_number: int | None = None) -> None:
         if isinstance(msg, CompressedImage):
             rgb = compressed_to_array(msg, self._max_pixels)
         else:
             rgb = image_to_array(msg, self._max_pixels)
         # confidence costs a pass over every class at every pixel: only when someone listens
         res = self._seg.step(rgb, stamp=_stamp_seconds(msg.header), frame_id=msg.header.frame_id,
-                             return_confidence=self._wanted("confidence"))
+                             return_confidence=self._wanted("confidence"), input_number=input_number)
         if res.reset_reason:
             self._last_reset = res.reset_reason
+            self._resets += 1
             if self._published:
                 self.get_logger().info(f"frame buffer reset: {res.reset_reason}")
         header = msg.header
@@ -346,9 +348,19 @@ class SegmentationNode(Node):
         if res.confidence is not None:  # a subscriber that arrived mid-frame gets the next one
             self._publish("confidence", lambda: array_to_image(res.confidence, "32FC1", header))
         latency_ms = (time.perf_counter() - received_at) * 1e3
-        self._published += 1
+        with self._cv:
+            self._published += 1
         self._latencies.append((latency_ms, res.latency_ms))
         self._publish_frame_info(header, res, latency_ms)
+
+    def accounting(self) -> dict:
+        """The frame counts (one consistent snapshot): received = published + replaced + lost +
+        rejected + failed + in_flight."""
+        with self._cv:
+            return {"received": self._received, "published": self._published,
+                    "replaced": self._dropped - self._lost, "lost": self._lost,
+                    "rejected": self._rejected, "failed": self._failed,
+                    "in_flight": int(self._pending is not None) + int(self._busy)}
 
     def _wanted(self, name: str) -> bool:
         return self._enabled.get(name, True) and self._pub[name].get_subscription_count() > 0
@@ -363,13 +375,18 @@ class SegmentationNode(Node):
         fields = {"inference_ms": float(res.latency_ms), "node_latency_ms": float(latency_ms),
                   "frames_aggregated": int(res.frames_aggregated),
                   "dropped_frames": self._dropped, "rejected_frames": self._rejected,
+                  "received_frames": self._received, "lost_frames": self._lost,
+                  "failed_frames": self._failed,
+                  "reference_age_s": float(res.reference_age_s or 0.0),
+                  "frames_since_reset": int(res.frames_since_reset),
                   "reset_reason": res.reset_reason or ""}
         if FrameInfo is None:
             stamp = {"sec": header.stamp.sec, "nanosec": header.stamp.nanosec}
             msg = String(data=json.dumps(
                 {"header": {"stamp": stamp, "frame_id": header.frame_id}, **fields}))
-        else:
-            msg = FrameInfo(header=header, **fields)
+        else:  # an sdcpc_interfaces built before a field was added lacks it
+            known = FrameInfo.get_fields_and_field_types()
+            msg = FrameInfo(header=header, **{k: v for k, v in fields.items() if k in known})
         self._pub_frame_info.publish(msg)
 
     # -- metadata and diagnostics -----------------------------------------------------------
@@ -394,20 +411,28 @@ class SegmentationNode(Node):
         received, published, failed, rejected, since = self._diag_counts
         now = time.monotonic()
         period = max(now - since, 1e-6)
-        self._diag_counts = (self._received, self._published, self._failed, self._rejected, now)
+        counts = self.accounting()
+        self._diag_counts = (counts["received"], counts["published"], counts["failed"],
+                             counts["rejected"], now)
         node_ms = np.array([n for n, _ in self._latencies]) if self._latencies else np.zeros(1)
         infer_ms = np.array([i for _, i in self._latencies]) if self._latencies else np.zeros(1)
         values = {
-            "input rate (Hz)": f"{(self._received - received) / period:.2f}",
-            "output rate (Hz)": f"{(self._published - published) / period:.2f}",
+            "input rate (Hz)": f"{(counts['received'] - received) / period:.2f}",
+            "output rate (Hz)": f"{(counts['published'] - published) / period:.2f}",
             "latency p50 (ms)": f"{np.percentile(node_ms, 50):.1f}",
             "latency p95 (ms)": f"{np.percentile(node_ms, 95):.1f}",
             "inference p50 (ms)": f"{np.percentile(infer_ms, 50):.1f}",
-            "dropped frames": str(self._dropped),
-            "dropped before the node (queue, transport)": str(self._lost),
-            "rejected frames": str(self._rejected),
-            "failed frames": str(self._failed),
+            "received frames": str(counts["received"]),
+            "published frames": str(counts["published"]),
+            "dropped frames": str(counts["replaced"] + counts["lost"]),
+            "dropped before the node (queue, transport)": str(counts["lost"]),
+            "rejected frames": str(counts["rejected"]),
+            "failed frames": str(counts["failed"]),
+            "in flight": str(counts["in_flight"]),
+            "unseen losses": "frames lost after the last one received are counted when the same "
+                             "publisher's next frame arrives",
             "buffer length": str(self._seg.buffer_length),
+            "buffer resets": str(self._resets),
             "device": str(self._seg.device),
             "last reset": self._last_reset,
         }
@@ -416,7 +441,7 @@ class SegmentationNode(Node):
                                   values=[KeyValue(key=k, value=v) for k, v in values.items()])
         # The level describes this period (totals stay in the values), so one transient failure
         # does not leave the node at ERROR for the rest of the run.
-        new_failed, new_rejected = self._failed - failed, self._rejected - rejected
+        new_failed, new_rejected = counts["failed"] - failed, counts["rejected"] - rejected
         if new_failed:
             status.level = DiagnosticStatus.ERROR
             status.message = f"{new_failed} segmentation failures in the last {period:.1f} s"
@@ -434,10 +459,11 @@ class SegmentationNode(Node):
         self._pub_diag.publish(array)
 
     def destroy_node(self) -> None:
-        with self._cv:
-            self._stopping = True
-            self._cv.notify()
-        self._worker.join(timeout=10.0)
+        if hasattr(self, "_worker"):  # not when the constructor refused a parameter
+            with self._cv:
+                self._stopping = True
+                self._cv.notify()
+            self._worker.join(timeout=10.0)
         super().destroy_node()
 
 
@@ -448,7 +474,7 @@ def main(args=None) -> int:
     try:
         node = SegmentationNode()
         rclpy.spin(node)
-    except (ParameterValueError, rclpy.exceptions.ParameterException) as exc:
+    except (ParameterValueError, SettingError, rclpy.exceptions.ParameterException) as exc:
         print(f"sdcpc_node: {exc}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, ExternalShutdownException):

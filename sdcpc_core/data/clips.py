@@ -23,9 +23,8 @@ import torch
 from torch.utils.data import Dataset
 
 from sdcpc_core.classes import IGNORE_INDEX
-
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
+from sdcpc_core.settings import IMAGENET_MEAN, IMAGENET_STD
+from sdcpc_core.settings import reference_indices as reference_indices  # the clip readers' rule
 
 
 def read_image(path) -> np.ndarray:
@@ -46,14 +45,6 @@ def read_label(path) -> np.ndarray:
             raise ValueError(f"{path}: label PNG must be single-channel or palette, got {im.mode}")
         a = np.array(im)
     return a.astype(np.uint8) if a.max(initial=0) < 256 else a.astype(np.int64)
-
-
-def reference_indices(index: int, offsets, length: int | None = None, first: int = 0) -> list[int]:
-    """Frame indices ``index + o`` for o in ``offsets``, clamped to the frames that exist,
-    ``[first, length)``: a missing reference becomes the nearest existing frame. Training clips,
-    clip-mode inference and the stream (``first`` = its first frame since a reset) share this rule."""
-    last = index if length is None else length - 1
-    return [min(max(index + int(o), first), last) for o in offsets]
 
 
 def normalize(frames, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:

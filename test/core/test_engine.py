@@ -3,13 +3,11 @@
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from sdcpc_core.classes import LabelSet
 from sdcpc_core.data.clips import reference_indices
 from sdcpc_core.engine import FrameError, StreamingSegmenter, resolve_device
 from sdcpc_core.models import SDCPCConfig, build_model
-from sdcpc_core.postprocess import labels_and_confidence, resized_labels
 
 LABELS = LabelSet.from_names(["road", "building", "sky", "person", "car"])
 
@@ -166,32 +164,3 @@ def test_device_resolution():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda:0")
-
-
-@pytest.mark.parametrize("size, strip_rows", [((480, 480), None), ((97, 131), 7), ((61, 45), 1),
-                                              ((20, 13), None), ((33, 200), 64)])
-def test_labels_and_confidence_equal_resizing_the_logits(size, strip_rows):
-    """Strip-wise separable resizing gives what resizing the whole (K, H, W) volume gives, for
-    upsampling and downsampling, whatever the strip height."""
-    torch.manual_seed(0)
-    logits = torch.randn(1, 11, 30, 37) * 3
-    full = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)[0]
-    labels, confidence = labels_and_confidence(logits[0], size, strip_rows)
-    assert labels.shape == confidence.shape == size
-    torch.testing.assert_close(labels, full.argmax(0), rtol=0, atol=0)
-    torch.testing.assert_close(confidence, full.softmax(0).amax(0), rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("size", [(480, 480), (97, 131), (61, 45), (20, 13)])
-def test_resized_labels_equal_argmax_of_the_resized_logits(size, monkeypatch):
-    """Exact where the four source neighbours agree, mixed over every class where they do not:
-    spatially smooth logits (regions and boundaries) and pure noise (boundaries everywhere),
-    boundary pixels in several chunks."""
-    import sdcpc_core.postprocess as post
-
-    monkeypatch.setattr(post, "BOUNDARY_CHUNK", 97)
-    torch.manual_seed(0)
-    smooth = F.interpolate(torch.randn(1, 9, 6, 7) * 4, size=(30, 37), mode="bilinear")
-    for logits in (smooth, torch.randn(1, 9, 30, 37)):
-        full = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)[0]
-        torch.testing.assert_close(resized_labels(logits[0], size), full.argmax(0), rtol=0, atol=0)

@@ -127,30 +127,43 @@ def export_model(checkpoint, output, input_size=None, openvino: bool = False) ->
     size = input_size or meta.get("input_size")
     if not size:
         raise ExportError(f"{checkpoint} records no input size; pass one (sdcpc export --input-size H W)")
-    size = [int(s) for s in size]
+    return export_module(model, meta, size, output, checkpoint, openvino)
+
+
+def export_module(model, meta: dict, input_size, output, checkpoint=None, openvino: bool = False) -> Path:
+    """Export a loaded model; ``meta`` has the checkpoint's labels, mean and std. ``checkpoint``
+    (its file) is copied in as model.pt when given."""
+    size = [int(s) for s in input_size]
     if len(size) != 2 or min(size) < 32:
         raise ExportError(f"input size must be [height, width], each >= 32; got {size}")
     config = model.config
     num_refs = len(config.reference_offsets) if config.temporal else 0
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    model.eval()
-    if config.temporal:
-        model.dssa.fine.fixed_shape = True
+    model = model.float().eval()
+    fine = model.dssa.fine if config.temporal else None
     names = cache_names(config.temporal)
     agg_names = aggregate_input_names(config.temporal, num_refs)
-    with torch.no_grad():
-        image = torch.randn(1, 3, *size)
-        cache = model.encode(image)
-        _export_graph(_Encode(model), (image,), out / "encode.onnx", ["image"], names)
-        # distinct tensors: the exporter would merge inputs that alias one tensor
-        refs = [model.encode(torch.randn(1, 3, *size)) for _ in range(num_refs)]
-        _export_graph(_Aggregate(model, num_refs), aggregate_inputs(cache, refs, config.temporal),
-                      out / "aggregate.onnx", agg_names, ["logits"])
-        logits_shape = list(model.forward_cached(cache, refs)["logits"].shape)
-    shutil.copyfile(checkpoint, out / CHECKPOINT)
+    try:
+        if fine is not None:
+            fine.fixed_shape = True
+        with torch.no_grad():
+            image = torch.randn(1, 3, *size)
+            cache = model.encode(image)
+            _export_graph(_Encode(model), (image,), out / "encode.onnx", ["image"], names)
+            # distinct tensors: the exporter would merge inputs that alias one tensor
+            refs = [model.encode(torch.randn(1, 3, *size)) for _ in range(num_refs)]
+            _export_graph(_Aggregate(model, num_refs), aggregate_inputs(cache, refs, config.temporal),
+                          out / "aggregate.onnx", agg_names, ["logits"])
+            logits_shape = list(model.forward_cached(cache, refs)["logits"].shape)
+    finally:
+        if fine is not None:
+            fine.fixed_shape = False
+    files = ["encode.onnx", "aggregate.onnx"]
+    if checkpoint is not None:
+        shutil.copyfile(checkpoint, out / CHECKPOINT)
+        files.append(CHECKPOINT)
     shapes = dict(zip(names, (list(t.shape) for t in cache_to_tensors(cache, config.temporal))))
-    files = ["encode.onnx", "aggregate.onnx", CHECKPOINT]
     if openvino:
         import openvino as ov
 
@@ -159,10 +172,10 @@ def export_model(checkpoint, output, input_size=None, openvino: bool = False) ->
             files += [f"{graph}.xml", f"{graph}.bin"]
     meta_out = {
         "format": FORMAT, "version": VERSION, "config": config.to_dict(),
-        "labels": meta["labels"].to_dict(), "mean": meta["mean"], "std": meta["std"],
+        "labels": meta["labels"].to_dict(), "mean": list(meta["mean"]), "std": list(meta["std"]),
         "input_size": size, "reference_offsets": list(config.reference_offsets) if config.temporal else [],
         "num_references": num_refs, "cache": shapes, "logits": logits_shape, "opset": OPSET,
-        "files": files, "source": str(checkpoint),
+        "files": files, "source": str(checkpoint) if checkpoint else None,
     }
     (out / METADATA).write_text(json.dumps(meta_out, indent=1))
     return out

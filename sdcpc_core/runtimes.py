@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from sdcpc_core.export import aggregate_input_names, aggregate_inputs, cache_names, tensors_to_cache
+from sdcpc_core.settings import BACKENDS, SettingError
 
-BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -31,11 +31,11 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     """``auto`` -> the fastest installed backend for the device (measured in benchmarks/engine.py):
     OpenVINO on CPU, ONNX Runtime with a GPU execution provider on CUDA, else torch."""
     if backend not in BACKENDS:
-        raise ValueError(f"backend {backend!r} is not one of {list(BACKENDS)}")
+        raise SettingError("backend", backend, "allowed: " + ", ".join(BACKENDS))
     if backend != "auto":
         if not installed(backend):
-            raise ValueError(f"backend {backend!r} is not installed; `pip install {backend}` "
-                             "(scripts/setup.sh installs it) or use backend 'torch'")
+            raise SettingError("backend", backend, f"not installed here; `pip install {backend}` "
+                               "(scripts/setup.sh installs it) or use backend torch")
         return backend
     if device.type == "cpu":
         for name in ("openvino", "onnxruntime"):
@@ -126,15 +126,17 @@ class OnnxRuntimeRunner(_GraphRunner):
             if "CUDAExecutionProvider" in available:
                 providers.append(("CUDAExecutionProvider", {"device_id": device.index or 0}))
             if not providers:
-                raise ValueError("device is CUDA but this onnxruntime has no CUDA or TensorRT execution "
-                                 "provider; install onnxruntime-gpu (docs/deployment.md) or use device cpu")
+                raise SettingError("device", str(device), "this onnxruntime has no CUDA or TensorRT "
+                                   "execution provider; install onnxruntime-gpu (docs/deployment.md) "
+                                   "or use device cpu")
             providers.append("CPUExecutionProvider")
         else:
             providers = ["CPUExecutionProvider"]
         has_trt = any(p[0] == "TensorrtExecutionProvider" for p in providers if isinstance(p, tuple))
         if precision != "fp32" and not (precision == "fp16" and has_trt):
-            raise ValueError(f"backend onnxruntime runs precision fp32 (fp16 with the TensorRT execution "
-                             f"provider), not {precision!r}; use backend openvino or torch for {precision}")
+            raise SettingError("precision", precision, "backend onnxruntime runs fp32 (fp16 with the "
+                               "TensorRT execution provider); use backend openvino or torch for "
+                               f"{precision}")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -161,9 +163,13 @@ class OpenVINORunner(_GraphRunner):
 
         super().__init__(export_dir, meta, device)
         if device.type != "cpu":
-            raise ValueError("backend openvino runs on the CPU here (device cpu); on a GPU use "
-                             "onnxruntime with its CUDA/TensorRT execution providers")
+            raise SettingError("device", str(device), "backend openvino runs on device cpu; on a GPU "
+                               "use backend onnxruntime (CUDA/TensorRT execution providers)")
         core = ov.Core()
+        capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        if precision != "fp32" and precision.upper() not in capabilities:
+            raise SettingError("precision", precision, f"this CPU offers OpenVINO {', '.join(capabilities)} "
+                               f"but not {precision.upper()}; use fp32 (or backend torch)")
         config = {"INFERENCE_PRECISION_HINT": self.HINTS[precision], "PERFORMANCE_HINT": "LATENCY",
                   "EXECUTION_MODE_HINT": "ACCURACY" if precision == "fp32" else "PERFORMANCE",
                   "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}

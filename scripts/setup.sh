@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up sdcpc from nothing: a virtual environment with CPU torch, the package (editable) with the
-# PyPI ROS 2 wheels, dev tools and the deployment runtimes (ONNX Runtime, OpenVINO), and the sdcpc_interfaces messages built into it.
+# PyPI ROS 2 wheels, dev tools and the deployment runtimes (ONNX Runtime, OpenVINO), and the
+# sdcpc_interfaces messages built into it.
 #   bash scripts/setup.sh [VENV]          (default .venv)
 # On a machine with ROS 2 from apt, use colcon instead (README, "On a ROS 2 install").
 set -euo pipefail

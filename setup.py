@@ -57,6 +57,9 @@ setup(
             "ros-diagnostic-msgs", "ros-rmw-fastrtps-cpp",
         ],
         "dev": ["pytest>=8", "pytest-timeout", "hypothesis>=6", "ruff"],
+        # export and the onnxruntime / openvino backends (docs/deployment.md); on a GPU machine
+        # install onnxruntime-gpu instead of onnxruntime for the CUDA / TensorRT providers
+        "deploy": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18", "openvino>=2024.0"],
     },
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -1,116 +1,147 @@
-"""Engine benchmark (on demand, not in CI): params, GFLOPs/frame, ms/frame and FPS.
+"""Engine benchmark (on demand, not in CI): full ``step`` on every backend × precision.
 
-Rows: per-frame SegFormer baseline, SD-CPC in clip mode (the paper's protocol: every target
-re-encodes its references) and SD-CPC streaming (one encoder pass per frame, cached references),
-for MiT-B0 and MiT-B1 at 480×480, random weights. The streaming/clip throughput ratio is measured
-in the same run (target ≥ 3.5×).
+Rows: SD-CPC-B0 and SegFormer-B0 (random weights, 150 classes) and the embedded SD-CPC-B0 /
+baseline, all at 480×480, each on every installed backend (torch eager, ONNX Runtime, OpenVINO)
+and precision it supports; median ms of a full engine ``step`` (preprocess, network, labels at
+input size). The yardstick, timed in the same run because this machine is noisy: the per-frame
+SegFormer-B0 network alone in torch fp32 eager (``model(x)``).
 
-    python benchmarks/engine.py [--size 480] [--frames 12] [--variants b0 b1] [--precision fp32]
+    python benchmarks/engine.py [--size 480] [--frames 30] [--threads 2] [--no-embedded]
+
+Exports (one per model, in a temporary folder) take a minute or two each before timing starts.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
+from sdcpc_core.checkpoints import BASELINE_CHECKPOINT, DEFAULT_CHECKPOINT, load_checkpoint
 from sdcpc_core.classes import LabelSet
+from sdcpc_core.data.synthetic import generate_video
 from sdcpc_core.engine import StreamingSegmenter
+from sdcpc_core.export import export_module
 from sdcpc_core.models import SDCPCConfig, build_model
-from sdcpc_core.postprocess import resized_labels
+from sdcpc_core.runtimes import installed
+from sdcpc_core.settings import IMAGENET_MEAN, IMAGENET_STD
+
+PRECISIONS = {"torch": ("fp32", "bf16"), "onnxruntime": ("fp32",), "openvino": ("fp32", "bf16")}
 
 
-def gflops_per_frame(model, size: int, clip: bool) -> float:
-    """FLOPs of one target frame: encode it (and, in clip mode, re-encode every reference),
-    then aggregate. Post-processing (resizing the logits to the frame) is not counted."""
-    x = torch.randn(1, 3, size, size)
-    with torch.inference_mode():
-        refs = [model.encode(x) for _ in model.reference_offsets]
-        counter = FlopCounterMode(display=False)
-        with counter:
-            current = model.encode(x)
-            if clip:
-                refs = [model.encode(x) for _ in model.reference_offsets]
-            model.forward_cached(current, refs)
-    return counter.get_total_flops() / 1e9
+def openvino_has(precision: str) -> bool:
+    import openvino as ov
+
+    return precision == "fp32" or precision.upper() in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
-def time_engine(engine: StreamingSegmenter, frames, clip: bool) -> float:
-    """Median ms per frame after one warm-up frame."""
-    if clip:
-        engine.segment_clip(frames[:1])
-        t = time.perf_counter()
-        engine.segment_clip(frames)
-        return (time.perf_counter() - t) * 1e3 / len(frames)
+def combinations():
+    for backend, precisions in PRECISIONS.items():
+        if not installed(backend):
+            continue
+        for p in precisions:
+            if backend == "openvino" and not openvino_has(p):
+                continue
+            if backend == "torch" and p == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+                continue  # emulated bf16 on a CPU without it is many times slower than fp32
+            yield backend, p
+
+
+def time_steps(engine, frames) -> tuple[float, list[np.ndarray]]:
+    """Median ms of a full step after two warm-up frames, and every step's labels."""
     engine.reset()
-    engine.step(frames[0])
-    times = []
+    for f in frames[:2]:
+        engine.step(f)
+    engine.reset()
+    times, labels = [], []
     for f in frames:
         t = time.perf_counter()
-        engine.step(f)
+        labels.append(engine.step(f).labels)
         times.append((time.perf_counter() - t) * 1e3)
+    return float(np.median(times)), labels
+
+
+def yardstick(size: int, frames: int) -> float:
+    """SegFormer-B0 network alone, torch fp32 eager, random weights, 150 classes."""
+    model = build_model(SDCPCConfig(variant="b0", num_classes=150, temporal=False)).eval()
+    x = torch.randn(1, 3, size, size)
+    times = []
+    with torch.inference_mode():
+        model(x)
+        for _ in range(frames):
+            t = time.perf_counter()
+            model(x)
+            times.append((time.perf_counter() - t) * 1e3)
     return float(np.median(times))
 
 
-def streaming_breakdown(engine: StreamingSegmenter, frames) -> dict[str, float]:
-    """Median ms of the three parts of a streaming step. Clip mode pays ``encode`` once per
-    frame of the clip, the other two once per target: they bound the streaming/clip ratio."""
-    model, parts = engine.model, {"encode": [], "aggregate + head": [], "resize labels": []}
-    with torch.inference_mode():
-        refs = [model.encode(engine.preprocess(frames[0])) for _ in model.reference_offsets]
-        for f in frames:
-            t0 = time.perf_counter()
-            current = model.encode(engine.preprocess(f))
-            t1 = time.perf_counter()
-            logits = model.forward_cached(current, refs)["logits"]
-            t2 = time.perf_counter()
-            resized_labels(logits[0], f.shape[:2])
-            t3 = time.perf_counter()
-            for name, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2)):
-                parts[name].append(dt * 1e3)
-    return {name: float(np.median(v)) for name, v in parts.items()}
+def models(size: int, embedded: bool):
+    """(row name, model, meta) for the random-weights and embedded models."""
+    labels = LabelSet.from_names([f"class_{i}" for i in range(150)])
+    meta = {"labels": labels, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+    for name, temporal in (("SD-CPC-B0", True), ("SegFormer-B0", False)):
+        torch.manual_seed(0)
+        yield name, build_model(SDCPCConfig(variant="b0", num_classes=150, temporal=temporal)).eval(), meta
+    if embedded:
+        for name, path in (("SD-CPC-B0 embedded", DEFAULT_CHECKPOINT), ("SegFormer-B0 embedded", BASELINE_CHECKPOINT)):
+            model, m = load_checkpoint(path)
+            yield name, model.float().eval(), m
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, default=480)
-    p.add_argument("--frames", type=int, default=12)
-    p.add_argument("--variants", nargs="+", default=["b0", "b1"])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.add_argument("--frames", type=int, default=30)
+    p.add_argument("--threads", type=int, default=2, help="CPU threads of every backend")
+    p.add_argument("--no-embedded", action="store_true", help="skip the embedded models")
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    rng = np.random.default_rng(0)
-    frames = [rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8) for _ in range(args.frames)]
-    labels = LabelSet.from_names([f"class_{i}" for i in range(124)])
-    print(f"device {args.device}, precision {args.precision}, {args.size}x{args.size}, "
-          f"{args.frames} frames, torch threads {torch.get_num_threads()}")
-    print("| model | mode | params (M) | GFLOPs/frame | ms/frame | FPS |")
-    print("|---|---|---|---|---|---|")
-    breakdown = []
-    for variant in args.variants:
-        ms = {}
-        for name, temporal, clip in (("SegFormer", False, False), ("SD-CPC", True, True),
-                                     ("SD-CPC", True, False)):
-            model = build_model(SDCPCConfig(variant=variant, num_classes=124, temporal=temporal)).eval()
-            engine = StreamingSegmenter(model, labels, device=args.device, precision=args.precision)
-            mode = "per-frame" if not temporal else ("clip" if clip else "streaming")
-            ms[mode] = time_engine(engine, frames, clip)
-            params = sum(q.numel() for q in model.parameters()) / 1e6
-            gf = gflops_per_frame(model, args.size, clip)
-            print(f"| {name}-{variant.upper()} | {mode} | {params:.2f} | {gf:.1f} | {ms[mode]:.1f} | "
-                  f"{1e3 / ms[mode]:.2f} |")
-        print(f"| {variant.upper()} streaming / clip throughput | | | | | **{ms['clip'] / ms['streaming']:.2f}×** |")
-        parts = streaming_breakdown(engine, frames)
-        breakdown.append(f"{variant.upper()} streaming step: " + ", ".join(
-            f"{name} {v:.1f} ms" for name, v in parts.items()))
+    torch.set_num_threads(args.threads)
+    size = (args.size, args.size)
+    frames = list(generate_video(3, args.frames, args.size, args.size)[0])
+    combos = list(combinations())
+    print(f"{args.size}x{args.size}, {args.frames} frames, {args.threads} threads; backends: "
+          + ", ".join(f"{b} {q}" for b, q in combos))
+    ms, labels = {}, {}
+    with tempfile.TemporaryDirectory(prefix="sdcpc_bench_") as tmp:
+        for name, model, meta in models(args.size, not args.no_embedded):
+            export_dir = None
+            if any(b != "torch" for b, _ in combos):
+                t = time.perf_counter()
+                export_dir = export_module(model, meta, size, Path(tmp) / name.replace(" ", "_"))
+                print(f"exported {name} in {time.perf_counter() - t:.0f} s")
+            for backend, precision in combos:
+                engine = StreamingSegmenter(model, meta["labels"], device="cpu", backend=backend,
+                                            precision=precision, input_size=size,
+                                            export_dir=None if backend == "torch" else export_dir)
+                ms[name, backend, precision], labels[name, backend, precision] = time_steps(engine, frames)
+                print(f"  {name:22s} {backend:12s} {precision}: {ms[name, backend, precision]:7.1f} ms/step",
+                      flush=True)
+    yard = yardstick(args.size, args.frames)
+
     print()
-    print("\n".join(breakdown))
+    print("| model | backend | precision | ms/step | FPS | vs yardstick |")
+    print("|---|---|---|---|---|---|")
+    for (name, backend, precision), v in ms.items():
+        print(f"| {name} | {backend} | {precision} | {v:.1f} | {1e3 / v:.1f} | {v / yard:.2f}× |")
+    print(f"| yardstick: SegFormer-B0 network, torch fp32 eager | | | {yard:.1f} | {1e3 / yard:.1f} | 1.00× |")
+    print()
+    sd = {k: v for k, v in ms.items() if k[0] == "SD-CPC-B0"}
+    fastest = min(sd, key=sd.get)
+    _, backend, precision = fastest
+    seg = ms["SegFormer-B0", backend, precision]
+    base = labels["SD-CPC-B0", "torch", "fp32"]
+    agree = np.mean([np.mean(a == b) for a, b in zip(labels[fastest], base)])
+    print(f"fastest backend: {backend} {precision}")
+    print(f"step vs yardstick (SD-CPC-B0 step, fastest backend / SegFormer-B0 network, torch fp32): "
+          f"{sd[fastest] / yard:.2f}x")
+    print(f"temporal overhead (SD-CPC-B0 / SegFormer-B0 step, fastest backend): {sd[fastest] / seg:.2f}x")
+    print(f"label agreement (fastest backend vs torch fp32): {100 * agree:.2f}%")
+    print(f"speedup (SD-CPC-B0 step, fastest backend vs torch fp32): "
+          f"{sd['SD-CPC-B0', 'torch', 'fp32'] / sd[fastest]:.2f}x")
 
 
 if __name__ == "__main__":

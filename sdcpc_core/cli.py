@@ -1,4 +1,4 @@
-"""Command line: ``sdcpc segment | demo | info | palette | convert | train``.
+"""Command line: ``sdcpc segment | demo | info | palette | convert | export | train``.
 
 Ctrl-C ends any command with one line (exit code 130); what was written so far is kept."""
 
@@ -171,6 +171,18 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from sdcpc_core.export import export_model, read_export
+
+    out = export_model(args.checkpoint or None, args.output, args.input_size, openvino=args.openvino)
+    meta = read_export(out)
+    print(f"wrote {out}: encode.onnx, aggregate.onnx{' + OpenVINO IR' if args.openvino else ''} for "
+          f"{meta['config'].variant.upper()} {'SD-CPC' if meta['config'].temporal else 'SegFormer'}, "
+          f"input {meta['input_size'][0]}x{meta['input_size'][1]}, {meta['num_references']} references; "
+          f"run it with --checkpoint {out} --backend onnxruntime|openvino")
+    return 0
+
+
 def cmd_train(args) -> int:
     from sdcpc_core.train import run_training
 
@@ -178,13 +190,14 @@ def cmd_train(args) -> int:
     return 0
 
 
-ENGINE_OPTIONS = ("device", "precision", "channels_last", "input_size", "reference_offsets")
+ENGINE_OPTIONS = ("device", "precision", "backend", "channels_last", "input_size", "reference_offsets")
 
 
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
     from sdcpc_core.settings import add_arguments
 
-    p.add_argument("--checkpoint", default="", help="sdcpc checkpoint (default: the embedded model)")
+    p.add_argument("--checkpoint", default="", help="sdcpc checkpoint or export directory "
+                   "(default: the embedded model)")
     add_arguments(p, ENGINE_OPTIONS)
 
 
@@ -229,6 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resolution the engine should use by default")
     p.add_argument("--half", action="store_true", help="store weights as fp16 (half the size)")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("export", help="checkpoint -> ONNX graphs (+ OpenVINO IR) for deployment")
+    p.add_argument("checkpoint", nargs="?", default="", help="default: the embedded model")
+    p.add_argument("-o", "--output", required=True, help="export directory to write")
+    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
+                   help="the graphs' fixed input size (default: the checkpoint's training size)")
+    p.add_argument("--openvino", action="store_true", help="also write OpenVINO IR (.xml/.bin)")
+    p.set_defaults(func=cmd_export)
 
     from sdcpc_core.train import add_train_arguments
 

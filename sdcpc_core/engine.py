@@ -18,7 +18,6 @@ that input stream, so frames skipped by a slow consumer are not taken for a scen
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from dataclasses import dataclass
@@ -30,6 +29,8 @@ import torch.nn.functional as F
 
 from sdcpc_core.checkpoints import DEFAULT_CHECKPOINT, CheckpointError, load_checkpoint
 from sdcpc_core.classes import LabelSet
+from sdcpc_core.export import CHECKPOINT as EXPORT_CHECKPOINT
+from sdcpc_core.export import is_export_dir, read_export
 from sdcpc_core.models.temporal import FrameCache
 from sdcpc_core.postprocess import labels_and_confidence, resized_labels
 from sdcpc_core.settings import (
@@ -114,7 +115,7 @@ class StreamingSegmenter:
     """
 
     def __init__(self, model: torch.nn.Module, labels: LabelSet, settings: StreamSettings | None = None,
-                 **overrides):
+                 export_dir=None, **overrides):
         settings = (settings or StreamSettings()).replace(**overrides)
         self._checkpoint_labels = labels
         self.labels = self._labels_for(settings.dynamic_classes)
@@ -124,6 +125,7 @@ class StreamingSegmenter:
         self.model = model.to(self.device).eval()
         if settings.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.runner = self._build_runner(export_dir, labels)
         mean, std = settings.mean or IMAGENET_MEAN, settings.std or IMAGENET_STD
         self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
@@ -155,11 +157,62 @@ class StreamingSegmenter:
         if not path.exists() and path == DEFAULT_CHECKPOINT:
             raise CheckpointError(f"the embedded default model {path} is missing from this install; "
                                   "reinstall sdcpc or pass a checkpoint path")
-        model, meta = load_checkpoint(path)
+        export_dir = None
+        if is_export_dir(path):  # an export directory: its graphs, and its checkpoint for torch
+            export_dir, meta = path, read_export(path)
+            if not (path / EXPORT_CHECKPOINT).is_file():
+                raise CheckpointError(f"export directory {path} lacks {EXPORT_CHECKPOINT}; re-export it "
+                                      "with `sdcpc export CKPT -o DIR`")
+            model, _ = load_checkpoint(path / EXPORT_CHECKPOINT)
+            if model.config != meta["config"]:
+                raise CheckpointError(f"{path}: {EXPORT_CHECKPOINT} and the export metadata describe "
+                                      "different models; re-export the directory")
+        else:
+            model, meta = load_checkpoint(path)
         settings = settings.replace(
             input_size=settings.input_size or (tuple(meta["input_size"]) if meta.get("input_size") else None),
             mean=settings.mean or tuple(meta["mean"]), std=settings.std or tuple(meta["std"]))
-        return cls(model, meta["labels"], settings)
+        return cls(model, meta["labels"], settings, export_dir=export_dir)
+
+    def _build_runner(self, export_dir, labels):
+        """The backend that runs ``encode`` and ``aggregate`` (sdcpc_core.runtimes). A backend other
+        than torch runs an export directory's graphs; given none, the model is exported first."""
+        from sdcpc_core import runtimes
+
+        backend = runtimes.resolve_backend(self.settings.backend, self.device)
+        if backend == "torch":
+            return runtimes.TorchRunner(self.model, self.device, self.precision)
+        from sdcpc_core.export import export_module, read_export
+
+        if export_dir is None:
+            import tempfile
+
+            size = self.input_size
+            if size is None:
+                raise SettingError("input_size", None, f"backend {backend} runs fixed-size graphs: set "
+                                   "input_size, or export the model first (sdcpc export)")
+            meta = {"labels": labels, "mean": self._mean.flatten().tolist(),
+                    "std": self._std.flatten().tolist()}
+            export_dir = export_module(self.model.float().cpu(), meta, size,
+                                       tempfile.mkdtemp(prefix="sdcpc_export_"))
+            self.model.to(self.device)
+        export_dir = Path(export_dir)
+        meta = read_export(export_dir)
+        if self.input_size is not None and tuple(self.input_size) != tuple(meta["input_size"]):
+            raise SettingError("input_size", self.input_size, f"the export {export_dir} takes "
+                               f"{meta['input_size']} only; unset it or re-export with --input-size")
+        if self.settings.input_size is None:
+            self.settings = self.settings.replace(input_size=tuple(meta["input_size"]))
+        if meta["config"].temporal and len(self.reference_offsets) != meta["num_references"]:
+            raise SettingError("reference_offsets", self.reference_offsets, f"the export {export_dir} "
+                               f"aggregates {meta['num_references']} references; use as many offsets")
+        cls = runtimes.OnnxRuntimeRunner if backend == "onnxruntime" else runtimes.OpenVINORunner
+        return cls(export_dir, meta, self.device, self.precision)
+
+    @property
+    def backend(self) -> str:
+        """The backend in use (``auto`` resolved)."""
+        return self.runner.name
 
     # -- settings -----------------------------------------------------------------------------
     @property
@@ -262,11 +315,6 @@ class StreamingSegmenter:
         self._frames_since_reset = max(since_reset, 0)
 
     # -- tensors ------------------------------------------------------------------------------
-    def _autocast(self):
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
-
     def preprocess(self, frame) -> torch.Tensor:
         """(H, W, 3) uint8 RGB (numpy or tensor) -> (1, 3, h, w) normalised float on the device."""
         x = torch.as_tensor(np.ascontiguousarray(frame) if isinstance(frame, np.ndarray) else frame)
@@ -328,11 +376,10 @@ class StreamingSegmenter:
             if reason:
                 self._clear(reason)
             index = self._frame_count
-            with self._autocast():
-                current = self.model.encode(x)
-                ref_ids = reference_indices(index, self.reference_offsets, first=self._stream_start)
-                refs = [current if i == index else self._buffer[i] for i in ref_ids]
-                logits = self.model.forward_cached(current, refs)["logits"]
+            current = self.runner.encode(x)
+            ref_ids = reference_indices(index, self.reference_offsets, first=self._stream_start)
+            refs = [current if i == index else self._buffer[i] for i in ref_ids]
+            logits = self.runner.aggregate(current, refs)
             if not bool(torch.isfinite(logits).all()):
                 raise NonFiniteOutputError(
                     f"the network produced NaN/inf logits for frame {index}; nothing is published for "
@@ -364,11 +411,10 @@ class StreamingSegmenter:
         for t, frame in enumerate(frames):
             t0 = time.perf_counter()
             ref_ids = reference_indices(t, self.reference_offsets)
-            with self._autocast():
-                current = self.model.encode(self.preprocess(frame))
-                refs = [current if i == t else self.model.encode(self.preprocess(frames[i]))
-                        for i in ref_ids]
-                logits = self.model.forward_cached(current, refs)["logits"]
+            current = self.runner.encode(self.preprocess(frame))
+            refs = [current if i == t else self.runner.encode(self.preprocess(frames[i]))
+                    for i in ref_ids]
+            logits = self.runner.aggregate(current, refs)
             aggregated = len({i for i in ref_ids if i != t})
             results.append(self._postprocess(logits, tuple(np.shape(frame)[:2]), t0, t, aggregated,
                                              None, return_confidence, return_probabilities))

@@ -25,6 +25,7 @@ MIN_SIDE = 32  # stride 4 then spatial reduction 8 in MiT stage 1: smaller input
 MAX_SIDE = 8192
 MAX_OFFSET = 1000  # references at most this many frames back
 PRECISIONS = ("fp32", "fp16", "bf16")
+BACKENDS = ("torch", "onnxruntime", "openvino", "auto")  # sdcpc_core.runtimes; auto: fastest installed
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
@@ -165,6 +166,10 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             check_extra=_device_words),
     Setting("precision", "string", "fp32", "Inference precision (autocast for fp16/bf16).",
             choices=PRECISIONS),
+    Setting("backend", "string", "torch",
+            "Inference runtime: torch (eager), onnxruntime, openvino, or auto (the fastest installed); "
+            "the others run the graphs of an export directory (sdcpc export), exporting a checkpoint "
+            "first if given one.", choices=BACKENDS),
     Setting("channels_last", "bool", False, "Run the network with channels_last memory format."),
     Setting("input_size", "integer_array", None,
             f"[height, width] the network sees (each in [{MIN_SIDE}, {MAX_SIDE}]); unset = the "
@@ -205,6 +210,7 @@ class StreamSettings:
 
     device: str = "auto"
     precision: str = "fp32"
+    backend: str = "torch"
     channels_last: bool = False
     input_size: tuple[int, int] | None = None
     reference_offsets: tuple[int, ...] | None = None

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sdcpc_core.ops import window_attention
+from sdcpc_core.ops import window_attention, window_attention_fixed
 
 DIFFERENCE_KINDS = ("bhattacharyya", "cosine", "argmax")
 
@@ -141,9 +141,15 @@ class WindowCrossFrameAttention(nn.Module):
 
     The ``selection_ratio`` fraction of locations with the largest perceptual difference are
     queried (1.0 = all); the others receive zero context.
+
+    Two paths give the same numbers: eager inference and training attend from the selected
+    queries only (``select``, data-dependent shapes); under ``torch.compile``/export, or with
+    ``fixed_shape = True``, every query attends and the unselected ones are masked
+    (``selection_mask``), so every shape follows from the frame size.
     """
 
     NOISE = 1e-5  # perceptual differences below this are treated as zero when selecting
+    fixed_shape = False  # set by sdcpc_core.export; not part of the state_dict
 
     def __init__(self, dim: int, window: int = 9, dilation: int = 1, selection_ratio: float = 0.25):
         super().__init__()
@@ -175,6 +181,20 @@ class WindowCrossFrameAttention(nn.Module):
         d = d.masked_fill(d < self.NOISE, 0.0)
         return d.sort(dim=1, descending=True, stable=True).indices[:, :m].sort(1).values
 
+    def selection_mask(self, difference: torch.Tensor) -> torch.Tensor | None:
+        """(B, 1, h, w) -> (B, 1, h, w) bool of exactly the locations ``select`` picks, or None
+        for all; static shapes (a top-k value, comparisons and a cumulative sum, no sort)."""
+        n = difference.shape[2] * difference.shape[3]
+        m = max(1, math.ceil(self.selection_ratio * n))
+        if m >= n:
+            return None
+        d = difference.flatten(1)
+        d = d.masked_fill(d < self.NOISE, 0.0)
+        kth = d.topk(m, dim=1).values[:, m - 1:]  # (B, 1): the m-th largest difference
+        above, tied = d > kth, d == kth
+        room = m - above.sum(1, keepdim=True)  # tied locations still to take, earliest first
+        return (above | (tied & (tied.cumsum(1) <= room))).view_as(difference)
+
     def forward(self, x: torch.Tensor, references: list[FrameCache],
                 difference: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -184,6 +204,10 @@ class WindowCrossFrameAttention(nn.Module):
         k = torch.stack([a.permute(0, 2, 3, 1) for a, _ in kv], 1).permute(0, 1, 4, 2, 3)
         v = torch.stack([b.permute(0, 2, 3, 1) for _, b in kv], 1).permute(0, 1, 4, 2, 3)
         q = self.query(x)
+        if self.fixed_shape or torch.compiler.is_compiling():
+            out = window_attention_fixed(q, k, v, window=self.window, dilation=self.dilation)
+            mask = self.selection_mask(difference)
+            return out if mask is None else torch.where(mask, out, torch.zeros((), dtype=out.dtype))
         index = self.select(difference)
         out = window_attention(q, k, v, window=self.window, dilation=self.dilation, query_index=index)
         if index is None:
@@ -209,5 +233,5 @@ class DSSA(nn.Module):
         """-> (enriched target feature (B, C, h, w), perceptual difference (B, 1, h, w))."""
         diff = torch.stack([static_difference(target, r, self.difference) for r in references]).amax(0)
         x = target.static + self.coarse(target.static, references)
-        x = x + self.fine(x, references, diff.to(x.dtype))
+        x = x + self.fine(x, references, diff)  # selection on the fp32 difference
         return self.norm(x), diff

@@ -18,6 +18,7 @@ Two implementations give the same numbers:
 import math
 
 import torch
+import torch.nn.functional as F
 
 try:  # built by setup.py / cuda_build.py only when a CUDA torch and nvcc are present
     from sdcpc_core.ops import _window_attention_cuda as _ext
@@ -29,13 +30,14 @@ _CUDA_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def backend():
-    """Which implementation ``window_attention`` uses for CUDA tensors: "cuda" or "pytorch"."""
+    """Which implementation ``window_attention`` uses for CUDA tensors: "cuda" when the extension
+    imports, else "pytorch". Even with the extension, windows over ``MAX_CUDA_WINDOW`` and float64
+    tensors use the PyTorch path; CPU tensors always do."""
     return "cuda" if _ext is not None else "pytorch"
 
 
-def _offsets(window, dilation):
-    r = window // 2
-    return [(dilation * dy, dilation * dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)]
+TILE = 8  # query tile side of the PyTorch path (halo overhead (TILE + 2R)^2 / TILE^2 vs wasted logits)
+CHUNK_ELEMS = 1 << 20  # per chunk of tiles: about this many elements of halos + logits (cache-sized)
 
 
 class _WindowAttentionTorch(torch.autograd.Function):
@@ -114,10 +116,6 @@ class _WindowAttentionTorch(torch.autograd.Function):
         return grad_q, grad_k, grad_v, None, None, None
 
 
-TILE = 8  # query tile side of the PyTorch path (halo overhead (TILE + 2R)^2 / TILE^2 vs wasted logits)
-CHUNK_ELEMS = 1 << 20  # per chunk of tiles: about this many elements of halos + logits (cache-sized)
-
-
 class _Chunk:
     """Tiles g0..g1 (in the plan's order), their padded rows r0..r1 = (g1 - g0) * mc."""
 
@@ -164,20 +162,20 @@ class _Plan:
         pos = torch.full((B * L,), -1, dtype=torch.long, device=dev)
         pos[used] = torch.arange(n_used, device=dev)
         self.row = torch.tensor(base, dtype=torch.long, device=dev)[pos[grp]] + slot  # B*M: padded row
-        self.gb = (used // L).tolist()
-        self.gy, self.gx = ((used % L) // self.Lx).tolist(), ((used % L) % self.Lx).tolist()
+        self.tile_batch = (used // L).tolist()
+        self.tile_row, self.tile_col = ((used % L) // self.Lx).tolist(), ((used % L) % self.Lx).tolist()
         # in-tile position of each padded row (padding rows: -1 -> see every in-frame halo key)
         ry = torch.full((self.rows,), -1, dtype=torch.long, device=dev)
         rx = torch.full_like(ry, -1)
         ry[self.row], rx[self.row] = (y % b).view(-1), (x % b).view(-1)
-        self.ry, self.rx = ry[:, None], rx[:, None]
+        self.query_row, self.query_col = ry[:, None], rx[:, None]
         s = torch.arange(S, device=dev)
         rel = s[None, :] - self.R - torch.arange(b, device=dev)[:, None]  # b, S: key offset from query
         win = (rel.abs() <= self.R) & (rel % dilation == 0)
         self.win = torch.cat([win, torch.ones(1, S, dtype=torch.bool, device=dev)])  # row -1: all
-        ty = torch.tensor(self.gy, device=dev)[:, None] * b + s - self.R  # tiles, S: frame row of halo key
-        tx = torch.tensor(self.gx, device=dev)[:, None] * b + s - self.R
-        self.fy, self.fx = (ty >= 0) & (ty < H), (tx >= 0) & (tx < W)
+        ty = torch.tensor(self.tile_row, device=dev)[:, None] * b + s - self.R  # tiles, S: frame row of halo key
+        tx = torch.tensor(self.tile_col, device=dev)[:, None] * b + s - self.R
+        self.halo_row_in_frame, self.halo_col_in_frame = (ty >= 0) & (ty < H), (tx >= 0) & (tx < W)
 
     def scatter(self, x):
         """(B*M, X) per query -> (rows, X) in the padded tile order, zero on padding rows."""
@@ -187,7 +185,7 @@ class _Plan:
     def _clip(self, i):
         """Tile i's halo rows / cols: frame slices and the matching slices inside the S x S halo."""
         S, R, b = self.S, self.R, self.b
-        y0, x0 = self.gy[i] * b - R, self.gx[i] * b - R
+        y0, x0 = self.tile_row[i] * b - R, self.tile_col[i] * b - R
         fy = slice(max(y0, 0), min(y0 + S, self.H))
         fx = slice(max(x0, 0), min(x0 + S, self.W))
         return fy, fx, slice(fy.start - y0, fy.stop - y0), slice(fx.start - x0, fx.stop - x0)
@@ -206,7 +204,7 @@ class _Plan:
             fy, fx, hy, hx = self._clip(i)
             if fy.stop - fy.start < S or fx.stop - fx.start < S:
                 h[j].zero_()
-            h[j, :, hy, hx] = kc[self.gb[i], :, fy, fx]
+            h[j, :, hy, hx] = kc[self.tile_batch[i], :, fy, fx]
         return h.view(ch.g1 - ch.g0, T * S * S, C)
 
     def fold(self, gkc, gh, ch):
@@ -215,14 +213,14 @@ class _Plan:
         gh = gh.view(ch.g1 - ch.g0, gkc.shape[1], S, S, gkc.shape[4])
         for j, i in enumerate(range(ch.g0, ch.g1)):
             fy, fx, hy, hx = self._clip(i)
-            gkc[self.gb[i], :, fy, fx] += gh[j, :, hy, hx]
+            gkc[self.tile_batch[i], :, fy, fx] += gh[j, :, hy, hx]
 
     def softmax(self, logits, ch):
         """Mask keys outside the window or the frame, softmax jointly over T*S*S."""
         G, S = ch.g1 - ch.g0, self.S
-        ry, rx = ch.view(self.ry).view(G, ch.mc), ch.view(self.rx).view(G, ch.mc)
-        my = self.win[ry] & self.fy[ch.g0:ch.g1, None]  # G, mc, S
-        mx = self.win[rx] & self.fx[ch.g0:ch.g1, None]
+        ry, rx = ch.view(self.query_row).view(G, ch.mc), ch.view(self.query_col).view(G, ch.mc)
+        my = self.win[ry] & self.halo_row_in_frame[ch.g0:ch.g1, None]  # G, mc, S
+        mx = self.win[rx] & self.halo_col_in_frame[ch.g0:ch.g1, None]
         mask = my[..., :, None] & mx[..., None, :]  # G, mc, S, S
         logits = logits.view(G, ch.mc, -1, S, S).masked_fill_(~mask[:, :, None], float("-inf"))
         return logits.view(G, ch.mc, -1).softmax(-1)
@@ -306,6 +304,84 @@ def window_attention(q, k, v, window=9, dilation=1, query_index=None):
         with torch.autocast(q.device.type, enabled=False):
             out = _WindowAttentionTorch.apply(q, k, v, idx, window, dilation)
     return out.view(B, C, H, W) if dense else out
+
+
+def window_attention_fixed(q, k, v, window=9, dilation=1):
+    """Dense window attention whose every shape follows from the input shapes alone.
+
+    Same arguments and result as ``window_attention(q, k, v, window, dilation)`` (dense), for
+    ``torch.compile(fullgraph=True)`` and ONNX export: no data-dependent Python, no checks on
+    values. Every TILE x TILE tile of queries attends to its (TILE + 2R)^2 halo in each reference
+    with two batched matmuls; keys outside a query's window or the frame are masked. Costs every
+    query's attention (the sparse path costs only the selected ones), so a caller that needs a
+    subset multiplies the result by a mask. Accumulates in fp32 (float64 stays float64).
+    """
+    B, C, H, W = q.shape
+    dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
+    acc = _acc_dtype(dtype)
+    R = dilation * (window // 2)
+    S = TILE + 2 * R
+    tiles_y, tiles_x = -(-H // TILE), -(-W // TILE)
+    Hp, Wp = tiles_y * TILE, tiles_x * TILE
+    with torch.autocast(q.device.type, enabled=False):
+        qt = F.pad(q.to(acc), (0, Wp - W, 0, Hp - H))  # B, C, Hp, Wp
+        qt = qt.view(B, C, tiles_y, TILE, tiles_x, TILE).permute(0, 2, 4, 3, 5, 1)
+        qt = qt.reshape(B, 1, tiles_y * tiles_x, TILE * TILE, C)  # B, 1, tiles, queries, C
+        kh, vh = (_halos(x, acc, R, S, tiles_y, tiles_x) for x in (k, v))  # B, T, tiles, S*S, C
+        logits = torch.matmul(qt * (1.0 / math.sqrt(C)), kh.transpose(-1, -2))  # B, T, tiles, q, S*S
+        logits = logits + _halo_bias(H, W, window, dilation, q.device, acc)
+        # softmax jointly over the T halos, without moving T next to S*S
+        e = (logits - logits.amax(dim=(1, 4), keepdim=True)).exp()
+        attn = e / e.sum(dim=(1, 4), keepdim=True)
+        out = torch.matmul(attn, vh).sum(1)  # B, tiles, queries, C
+        out = out.view(B, tiles_y, tiles_x, TILE, TILE, C).permute(0, 5, 1, 3, 2, 4)
+        out = out.reshape(B, C, Hp, Wp)[:, :, :H, :W]
+    return out.to(dtype)
+
+
+def _halos(k, dtype, R, S, tiles_y, tiles_x):
+    """(B, T, C, H, W) -> (B, T, tiles, S*S, C) in dtype: each tile's halo, zero outside the frame.
+    Reads k channels-last (one gather of C-vectors); SD-CPC's cached keys are stored that way."""
+    B, T, C, H, W = k.shape
+    Hp, Wp = tiles_y * TILE, tiles_x * TILE
+    rows = k.permute(0, 1, 3, 4, 2).to(dtype)  # B, T, H, W, C
+    rows = F.pad(rows, (0, 0, R, Wp - W + R, R, Hp - H + R))  # B, T, Hp + 2R, Wp + 2R, C
+    width = Wp + 2 * R
+    tile_y = torch.arange(tiles_y, device=k.device) * TILE
+    tile_x = torch.arange(tiles_x, device=k.device) * TILE
+    s = torch.arange(S, device=k.device)
+    ys = (tile_y[:, None, None, None] + s[None, None, :, None]) * width  # ty, 1, S, 1
+    xs = tile_x[None, :, None, None] + s[None, None, None, :]  # 1, tx, 1, S
+    index = (ys + xs).flatten()  # tiles*S*S flat positions, in (tile, sy, sx) order
+    h = rows.flatten(2, 3).index_select(2, index)  # B, T, tiles*S*S, C
+    return h.view(B, T, tiles_y * tiles_x, S * S, C)
+
+
+def _halo_bias(H, W, window, dilation, device, dtype):
+    """(tiles, TILE*TILE, S*S): 0 where a tile's query may see a halo key, -inf elsewhere.
+
+    A key is seen when it is in the frame and in the query's window. Padding queries (outside
+    the frame) see every in-frame key of the halo: finite numbers, dropped afterwards.
+    """
+    R = dilation * (window // 2)
+    S = TILE + 2 * R
+    tiles_y, tiles_x = -(-H // TILE), -(-W // TILE)
+    p = torch.arange(TILE, device=device)
+    s = torch.arange(S, device=device)
+    rel = s[None, :] - R - p[:, None]  # TILE, S: key offset from the query
+    in_window = (rel.abs() <= R) & (rel % dilation == 0)
+
+    def axis(n_tiles, size):  # n_tiles, TILE, S: may query p of tile t see halo position s
+        start = torch.arange(n_tiles, device=device)[:, None, None] * TILE
+        key_in = (start + s - R >= 0) & (start + s - R < size)  # n_tiles, 1, S
+        query_in = start + p[:, None] < size  # n_tiles, TILE, 1
+        return key_in & (in_window | ~query_in)
+
+    ok_y, ok_x = axis(tiles_y, H), axis(tiles_x, W)
+    ok = ok_y[:, None, :, None, :, None] & ok_x[None, :, None, :, None, :]  # ty, tx, p, p, S, S
+    ok = ok.reshape(tiles_y * tiles_x, TILE * TILE, S * S)
+    return torch.where(ok, torch.zeros((), dtype=dtype, device=device),
+                       torch.full((), float("-inf"), dtype=dtype, device=device))
 
 
 class _WindowAttentionCUDA(torch.autograd.Function):

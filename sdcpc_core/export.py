@@ -1,0 +1,244 @@
+"""Export a checkpoint to ONNX (and OpenVINO IR) for the deployment runtimes.
+
+An export directory holds two graphs with fixed shapes and the checkpoint's metadata::
+
+    encode.onnx       image (1, 3, H, W) -> the frame cache, flattened to named tensors
+    aggregate.onnx    target cache + one cache per reference -> logits (1, K, H/4, W/4)
+    encode.xml/.bin, aggregate.xml/.bin   OpenVINO IR (``openvino=True``), optional
+    model.pt          the checkpoint itself (the ``torch`` backend, and re-exports)
+    sdcpc_export.json metadata: config, classes and palette, mean/std, input size, offsets, tensors
+
+The frame buffer stays in the engine: ``encode`` runs once per frame, and ``aggregate`` takes the
+target's cache and the cached references, so exported graphs and eager PyTorch stream alike.
+The fine stage runs its fixed-shape path (see ``WindowCrossFrameAttention``), equal to eager.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sdcpc_core.checkpoints import CheckpointError, load_checkpoint
+from sdcpc_core.models.temporal import FrameCache
+
+FORMAT = "sdcpc-export"
+VERSION = 1
+METADATA = "sdcpc_export.json"
+CHECKPOINT = "model.pt"
+GRAPHS = ("encode", "aggregate")
+OPSET = 18
+FEATURES = ("feature4", "feature8", "feature16", "feature32")  # encoder maps by stride
+TARGET_FIELDS = FEATURES + ("static", "static_logits")  # what aggregate reads of the target
+REFERENCE_FIELDS = ("static", "static_logits", "keys", "values")  # ... and of each reference
+
+
+class ExportError(CheckpointError):
+    """An export directory that cannot be used, with what is wrong and what to do."""
+
+
+def cache_names(temporal: bool) -> list[str]:
+    """Output names of ``encode``: the FrameCache fields the graphs exchange."""
+    return list(FEATURES) + (["static", "static_logits", "keys", "values"] if temporal else [])
+
+
+def aggregate_input_names(temporal: bool, num_references: int) -> list[str]:
+    if not temporal:
+        return [f"target_{f}" for f in FEATURES]
+    return ([f"target_{f}" for f in TARGET_FIELDS]
+            + [f"ref{i}_{f}" for i in range(num_references) for f in REFERENCE_FIELDS])
+
+
+def cache_to_tensors(cache: FrameCache, temporal: bool) -> list[torch.Tensor]:
+    """FrameCache -> the tensors named by ``cache_names`` (B = 1)."""
+    extra = [cache.static, cache.static_logits, cache.keys, cache.values] if temporal else []
+    return list(cache.features) + extra
+
+
+def tensors_to_cache(tensors, temporal: bool) -> FrameCache:
+    features = tuple(tensors[:4])
+    if not temporal:
+        return FrameCache(features, features[1], features[1][:, :0])
+    return FrameCache(features, *tensors[4:8])
+
+
+def aggregate_inputs(current: FrameCache, references, temporal: bool) -> list[torch.Tensor]:
+    """The inputs of ``aggregate`` in ``aggregate_input_names`` order."""
+    out = list(current.features)
+    if temporal:
+        out += [current.static, current.static_logits]
+        for r in references:
+            out += [r.static, r.static_logits, r.keys, r.values]
+    return out
+
+
+class _Encode(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.temporal = model.config.temporal
+
+    def forward(self, image):
+        return tuple(cache_to_tensors(self.model.encode(image), self.temporal))
+
+
+class _Aggregate(nn.Module):
+    def __init__(self, model, num_references: int):
+        super().__init__()
+        self.model = model
+        self.temporal = model.config.temporal
+        self.num_references = num_references
+
+    def forward(self, *tensors):
+        features = tuple(tensors[:4])
+        if not self.temporal:
+            return self.model.decode_head(list(features))
+        target = FrameCache(features, tensors[4], tensors[5])
+        refs = [FrameCache((), *tensors[6 + 4 * i: 10 + 4 * i]) for i in range(self.num_references)]
+        return self.model.forward_cached(target, refs)["logits"]
+
+
+def _export_graph(module, args, path: Path, input_names, output_names) -> None:
+    # the exporter logs a warning per torchvision op it cannot register; torchvision is not used
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(module, tuple(args), dynamo=True, opset_version=OPSET,
+                                    input_names=input_names, output_names=output_names,
+                                    optimize=True, verbose=False)
+    program.save(str(path))
+
+
+def export_model(checkpoint, output, input_size=None, openvino: bool = False) -> Path:
+    """Write the export directory ``output`` for ``checkpoint`` (a path; None: the embedded model).
+
+    ``input_size`` ([H, W]) defaults to the checkpoint's recorded training size; the graphs take
+    exactly this size (the engine resizes frames to it).
+    """
+    from sdcpc_core.checkpoints import DEFAULT_CHECKPOINT
+
+    checkpoint = Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT
+    model, meta = load_checkpoint(checkpoint)
+    size = input_size or meta.get("input_size")
+    if not size:
+        raise ExportError(f"{checkpoint} records no input size; pass one (sdcpc export --input-size H W)")
+    return export_module(model, meta, size, output, checkpoint, openvino)
+
+
+def export_module(model, meta: dict, input_size, output, checkpoint=None, openvino: bool = False) -> Path:
+    """Export a loaded model; ``meta`` has the checkpoint's labels, mean and std. ``checkpoint``
+    (its file) is copied in as model.pt when given."""
+    size = [int(s) for s in input_size]
+    if len(size) != 2 or min(size) < 32:
+        raise ExportError(f"input size must be [height, width], each >= 32; got {size}")
+    config = model.config
+    num_refs = len(config.reference_offsets) if config.temporal else 0
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.float().eval()
+    fine = model.dssa.fine if config.temporal else None
+    names = cache_names(config.temporal)
+    agg_names = aggregate_input_names(config.temporal, num_refs)
+    try:
+        if fine is not None:
+            fine.fixed_shape = True
+        with torch.no_grad():
+            image = torch.randn(1, 3, *size)
+            cache = model.encode(image)
+            _export_graph(_Encode(model), (image,), out / "encode.onnx", ["image"], names)
+            # distinct tensors: the exporter would merge inputs that alias one tensor
+            refs = [model.encode(torch.randn(1, 3, *size)) for _ in range(num_refs)]
+            _export_graph(_Aggregate(model, num_refs), aggregate_inputs(cache, refs, config.temporal),
+                          out / "aggregate.onnx", agg_names, ["logits"])
+            logits_shape = list(model.forward_cached(cache, refs)["logits"].shape)
+    finally:
+        if fine is not None:
+            fine.fixed_shape = False
+    files = ["encode.onnx", "aggregate.onnx"]
+    if checkpoint is not None:
+        shutil.copyfile(checkpoint, out / CHECKPOINT)
+        files.append(CHECKPOINT)
+    shapes = dict(zip(names, (list(t.shape) for t in cache_to_tensors(cache, config.temporal))))
+    if openvino:
+        import openvino as ov
+
+        for graph in GRAPHS:
+            ov.save_model(ov.convert_model(str(out / f"{graph}.onnx")), str(out / f"{graph}.xml"))
+            files += [f"{graph}.xml", f"{graph}.bin"]
+    meta_out = {
+        "format": FORMAT, "version": VERSION, "config": config.to_dict(),
+        "labels": meta["labels"].to_dict(), "mean": list(meta["mean"]), "std": list(meta["std"]),
+        "input_size": size, "reference_offsets": list(config.reference_offsets) if config.temporal else [],
+        "num_references": num_refs, "cache": shapes, "logits": logits_shape, "opset": OPSET,
+        "files": files, "source": str(checkpoint) if checkpoint else None,
+    }
+    (out / METADATA).write_text(json.dumps(meta_out, indent=1))
+    return out
+
+
+def is_export_dir(path) -> bool:
+    return path is not None and Path(path).is_dir() and (Path(path) / METADATA).exists()
+
+
+def read_export(path) -> dict:
+    """Metadata of an export directory, checked against its files and graphs; clear errors."""
+    from sdcpc_core.classes import LabelSet
+    from sdcpc_core.models import SDCPCConfig
+
+    path = Path(path)
+    if not path.is_dir():
+        raise ExportError(f"export directory {path} does not exist; write one with `sdcpc export CKPT -o DIR`")
+    meta_file = path / METADATA
+    if not meta_file.is_file():
+        raise ExportError(f"{path} has no {METADATA}: not an sdcpc export directory; write one with "
+                          "`sdcpc export CKPT -o DIR`")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ExportError(f"{meta_file} is not valid JSON ({e}); re-export the model") from None
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise ExportError(f"{meta_file}: format {meta.get('format')!r} version {meta.get('version')!r}, "
+                          f"expected {FORMAT!r} version {VERSION}; re-export with this sdcpc")
+    missing = [f for f in ("encode.onnx", "aggregate.onnx") if not (path / f).is_file()]
+    if missing:
+        raise ExportError(f"export directory {path} lacks {', '.join(missing)}; re-export the model "
+                          "(`sdcpc export CKPT -o DIR`)")
+    try:
+        meta["config"] = SDCPCConfig.from_dict(meta["config"])
+        meta["labels"] = LabelSet.from_dict(meta["labels"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ExportError(f"{meta_file}: bad config or classes ({e}); re-export the model") from None
+    if meta["labels"].num_classes != meta["config"].num_classes:
+        raise ExportError(f"{meta_file}: {meta['labels'].num_classes} classes but the config has "
+                          f"{meta['config'].num_classes}; re-export the model")
+    _check_graphs(path, meta)
+    return meta
+
+
+def _check_graphs(path: Path, meta: dict) -> None:
+    """The graphs' declared inputs and outputs must be what the metadata says."""
+    import onnx
+
+    config, size = meta["config"], meta["input_size"]
+    temporal = config.temporal
+    want = {
+        "encode": ({"image": [1, 3, *size]}, {n: meta["cache"].get(n) for n in cache_names(temporal)}),
+        "aggregate": ({n: None for n in aggregate_input_names(temporal, meta["num_references"])},
+                      {"logits": [1, config.num_classes, *meta["logits"][2:]]}),
+    }
+    for graph, (inputs, outputs) in want.items():
+        g = onnx.load(str(path / f"{graph}.onnx"), load_external_data=False).graph
+        for kind, declared, expected in (("input", g.input, inputs), ("output", g.output, outputs)):
+            found = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in declared}
+            if set(found) != set(expected):
+                raise ExportError(f"{path / graph}.onnx {kind}s {sorted(found)} do not match the metadata "
+                                  f"({sorted(expected)}); the directory mixes exports, re-export the model")
+            for name, shape in expected.items():
+                if shape is not None and found[name] != list(shape):
+                    raise ExportError(f"{path / graph}.onnx {kind} {name!r} has shape {found[name]} but "
+                                      f"{METADATA} says {list(shape)}; re-export the model")

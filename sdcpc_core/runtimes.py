@@ -1,0 +1,187 @@
+"""Inference backends for the engine: eager PyTorch, ONNX Runtime, OpenVINO.
+
+Each runner exposes the two steps the engine streams with::
+
+    encode(image (1, 3, H, W) float32) -> FrameCache
+    aggregate(target FrameCache, reference FrameCaches) -> logits (1, K, H/4, W/4)
+
+The ONNX Runtime and OpenVINO runners run the graphs of an export directory (``sdcpc_core.export``)
+and exchange torch tensors with the engine (zero-copy numpy views on CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+
+import numpy as np
+import torch
+
+from sdcpc_core.export import aggregate_input_names, aggregate_inputs, cache_names, tensors_to_cache
+from sdcpc_core.settings import BACKENDS, SettingError
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def installed(backend: str) -> bool:
+    return backend == "torch" or importlib.util.find_spec(backend) is not None
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """``auto`` -> the fastest installed backend for the device (measured in benchmarks/engine.py):
+    OpenVINO on CPU, ONNX Runtime with a GPU execution provider on CUDA, else torch."""
+    if backend not in BACKENDS:
+        raise SettingError("backend", backend, "allowed: " + ", ".join(BACKENDS))
+    if backend != "auto":
+        if not installed(backend):
+            raise SettingError("backend", backend, f"not installed here; `pip install {backend}` "
+                               "(scripts/setup.sh installs it) or use backend torch")
+        return backend
+    if device.type == "cpu":
+        for name in ("openvino", "onnxruntime"):
+            if installed(name):
+                return name
+        return "torch"
+    if installed("onnxruntime"):
+        import onnxruntime as ort
+
+        if {"TensorrtExecutionProvider", "CUDAExecutionProvider"} & set(ort.get_available_providers()):
+            return "onnxruntime"
+    return "torch"
+
+
+class TorchRunner:
+    """Eager PyTorch (the reference): autocast to ``precision``, optional channels-last."""
+
+    name = "torch"
+
+    def __init__(self, model, device: torch.device, precision: str = "fp32"):
+        self.model, self.device, self.precision = model, device, precision
+
+    def _autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
+
+    def encode(self, image):
+        with self._autocast():
+            return self.model.encode(image)
+
+    def aggregate(self, current, references):
+        with self._autocast():
+            return self.model.forward_cached(current, references)["logits"]
+
+
+class _GraphRunner:
+    """Shared by the exported-graph runners: flatten caches to the graphs' named tensors."""
+
+    def __init__(self, export_dir, meta: dict, device: torch.device):
+        self.dir, self.meta, self.device = export_dir, meta, device
+        self.temporal = meta["config"].temporal
+        self.cache_names = cache_names(self.temporal)
+        self.input_names = aggregate_input_names(self.temporal, meta["num_references"])
+
+    def _run(self, graph: str, feeds: dict) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def encode(self, image):
+        out = self._run("encode", {"image": _numpy(image)})
+        return tensors_to_cache([torch.from_numpy(np.asarray(o)).to(self.device) for o in out], self.temporal)
+
+    def aggregate(self, current, references):
+        n = self.meta["num_references"]
+        if self.temporal and len(references) != n:
+            raise ValueError(f"this export aggregates exactly {n} reference frames, got {len(references)}; "
+                             "re-export with the reference offsets you stream with")
+        tensors = aggregate_inputs(current, references, self.temporal)
+        (logits,) = self._run("aggregate", {k: _numpy(t) for k, t in zip(self.input_names, tensors)})
+        return torch.from_numpy(np.asarray(logits)).to(self.device)
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().float().contiguous().cpu().numpy()
+
+
+class OnnxRuntimeRunner(_GraphRunner):
+    """ONNX Runtime: CPU, or the CUDA / TensorRT execution providers on a GPU.
+
+    ``precision`` fp32 everywhere; fp16 only with TensorRT (its ``trt_fp16_enable``): ONNX Runtime
+    runs fp32 graphs, it has no bf16/fp16 autocast of its own on CPU or CUDA.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, export_dir, meta, device: torch.device, precision: str = "fp32",
+                 threads: int | None = None):
+        import onnxruntime as ort
+
+        super().__init__(export_dir, meta, device)
+        available = ort.get_available_providers()
+        if device.type == "cuda":
+            providers = []
+            if "TensorrtExecutionProvider" in available:
+                providers.append(("TensorrtExecutionProvider", {
+                    "device_id": device.index or 0, "trt_fp16_enable": precision == "fp16",
+                    "trt_engine_cache_enable": True, "trt_engine_cache_path": str(export_dir)}))
+            if "CUDAExecutionProvider" in available:
+                providers.append(("CUDAExecutionProvider", {"device_id": device.index or 0}))
+            if not providers:
+                raise SettingError("device", str(device), "this onnxruntime has no CUDA or TensorRT "
+                                   "execution provider; install onnxruntime-gpu (docs/deployment.md) "
+                                   "or use device cpu")
+            providers.append("CPUExecutionProvider")
+        else:
+            providers = ["CPUExecutionProvider"]
+        has_trt = any(p[0] == "TensorrtExecutionProvider" for p in providers if isinstance(p, tuple))
+        if precision != "fp32" and not (precision == "fp16" and has_trt):
+            raise SettingError("precision", precision, "backend onnxruntime runs fp32 (fp16 with the "
+                               "TensorRT execution provider); use backend openvino or torch for "
+                               f"{precision}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.sessions = {g: ort.InferenceSession(str(export_dir / f"{g}.onnx"), options, providers=providers)
+                         for g in ("encode", "aggregate")}
+        self.providers = self.sessions["encode"].get_providers()
+
+    def _run(self, graph, feeds):
+        return self.sessions[graph].run(None, feeds)
+
+
+class OpenVINORunner(_GraphRunner):
+    """OpenVINO on its CPU device (IR files when exported with them, else the ONNX graphs).
+
+    ``precision`` is the inference precision hint: fp32, bf16 (CPUs with AVX512_BF16/AMX), fp16.
+    """
+
+    name = "openvino"
+    HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+
+    def __init__(self, export_dir, meta, device: torch.device, precision: str = "fp32",
+                 threads: int | None = None):
+        import openvino as ov
+
+        super().__init__(export_dir, meta, device)
+        if device.type != "cpu":
+            raise SettingError("device", str(device), "backend openvino runs on device cpu; on a GPU "
+                               "use backend onnxruntime (CUDA/TensorRT execution providers)")
+        core = ov.Core()
+        capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        if precision != "fp32" and precision.upper() not in capabilities:
+            raise SettingError("precision", precision, f"this CPU offers OpenVINO {', '.join(capabilities)} "
+                               f"but not {precision.upper()}; use fp32 (or backend torch)")
+        config = {"INFERENCE_PRECISION_HINT": self.HINTS[precision], "PERFORMANCE_HINT": "LATENCY",
+                  "EXECUTION_MODE_HINT": "ACCURACY" if precision == "fp32" else "PERFORMANCE",
+                  "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
+        self.models = {}
+        for g in ("encode", "aggregate"):
+            xml = export_dir / f"{g}.xml"
+            source = xml if xml.is_file() else export_dir / f"{g}.onnx"
+            self.models[g] = core.compile_model(str(source), "CPU", config)
+        self.requests = {g: m.create_infer_request() for g, m in self.models.items()}
+        names = {"encode": self.cache_names, "aggregate": ["logits"]}
+        self.outputs = {g: [m.output(n) for n in names[g]] for g, m in self.models.items()}
+
+    def _run(self, graph, feeds):
+        result = self.requests[graph].infer(feeds)
+        return [result[o].copy() for o in self.outputs[graph]]  # the request reuses its buffers

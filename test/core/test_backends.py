@@ -1,0 +1,184 @@
+"""Exported graphs on ONNX Runtime and OpenVINO against eager torch, and refused exports.
+
+The embedded SD-CPC-B0 and per-frame baseline are exported once per session (about a minute
+each on two cores). GPU execution providers cannot run here: scripts/gpu_check.sh runs them.
+"""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from sdcpc_core.checkpoints import BASELINE_CHECKPOINT, DEFAULT_CHECKPOINT, CheckpointError
+from sdcpc_core.data.synthetic import generate_video
+from sdcpc_core.engine import StreamingSegmenter
+from sdcpc_core.export import METADATA, ExportError, export_model, read_export
+from sdcpc_core.runtimes import installed
+from sdcpc_core.settings import SettingError
+
+pytest.importorskip("onnx", reason="the deploy runtimes are installed by scripts/setup.sh")
+MODELS = {"sdcpc": DEFAULT_CHECKPOINT, "segformer": BASELINE_CHECKPOINT}
+# OpenVINO's CPU plugin computes the MiT encoder's fp32 math slightly differently (its features
+# differ by ~1e-5), which the trained SSEA amplifies to ~1e-3 on SD-CPC's logits; labels are equal.
+LOGIT_TOLERANCE = {"onnxruntime": 1e-4, "openvino": 2e-3}
+LABEL_FLIPS = {"onnxruntime": 0.0, "openvino": 1e-3}  # fraction of pixels
+
+
+@pytest.fixture(scope="session")
+def exports(tmp_path_factory):
+    root = tmp_path_factory.mktemp("exports")
+    return {name: export_model(path, root / name, openvino=(name == "segformer"))
+            for name, path in MODELS.items()}
+
+
+@pytest.fixture(scope="module")
+def clip():
+    frames, _ = generate_video(7, 8, 120, 160)
+    return frames
+
+
+def _recording(engine):
+    """Record the logits of every aggregate call of the engine's runner."""
+    logits, aggregate = [], engine.runner.aggregate
+
+    def record(current, refs):
+        out = aggregate(current, refs)
+        logits.append(out.clone())
+        return out
+
+    engine.runner.aggregate = record
+    return logits
+
+
+def _stream(engine, frames):
+    """Frames 0-4, a reset, frames 5-7 (with stamps): labels of every step."""
+    labels = []
+    for i, f in enumerate(frames):
+        if i == 5:
+            engine.reset()
+        labels.append(engine.step(f, stamp=0.1 * i).labels)
+    return labels
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("model", list(MODELS))
+def test_backend_streams_like_eager_torch(exports, clip, model, backend):
+    if not installed(backend):
+        pytest.skip(f"{backend} is not installed")
+    want = StreamingSegmenter.from_checkpoint(exports[model], device="cpu", backend="torch")
+    got = StreamingSegmenter.from_checkpoint(exports[model], device="cpu", backend=backend)
+    assert got.backend == backend and got.input_size == want.input_size
+    want_logits, got_logits = _recording(want), _recording(got)
+    want_labels, got_labels = _stream(want, clip), _stream(got, clip)
+    for a, b in zip(got_logits, want_logits):
+        torch.testing.assert_close(a, b, atol=LOGIT_TOLERANCE[backend], rtol=1e-4)
+    assert len(got_logits) == len(clip)
+    # clip mode (every target re-encodes its references) runs through the same graphs
+    clip_labels = [r.labels for r in got.segment_clip(clip[:4])]
+    for a, b in zip(got_labels + clip_labels, want_labels + want_labels[:4]):
+        differ = np.mean(a != b)  # only exact near-ties of the resized logits may flip
+        assert differ <= LABEL_FLIPS[backend], f"{differ:.4%} of labels differ from eager torch"
+
+
+def test_exported_graphs_take_other_references_than_the_trace(exports):
+    """The graph must read every reference input (an exporter that merged aliased inputs did not)."""
+    meta = read_export(exports["sdcpc"])
+    engine = StreamingSegmenter.from_checkpoint(exports["sdcpc"], device="cpu", backend="onnxruntime")
+    g = torch.Generator().manual_seed(0)
+    caches = [engine.runner.encode(torch.randn(1, 3, *meta["input_size"], generator=g)) for _ in range(4)]
+    a = engine.runner.aggregate(caches[0], caches[1:])
+    b = engine.runner.aggregate(caches[0], [caches[0]] * 3)
+    assert (a - b).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_bf16_labels_agree_with_fp32(exports, clip, model):
+    backends = ["torch"] + (["openvino"] if _openvino_bf16() else [])
+    fp32 = StreamingSegmenter.from_checkpoint(exports[model], device="cpu", backend="torch")
+    want = _stream(fp32, clip)
+    for backend in backends:
+        bf16 = StreamingSegmenter.from_checkpoint(exports[model], device="cpu", backend=backend,
+                                                  precision="bf16")
+        got = _stream(bf16, clip)
+        agree = np.mean([np.mean(a == b) for a, b in zip(got, want)])
+        assert agree >= 0.995, f"{backend} bf16 labels agree with fp32 on {agree:.2%} of pixels"
+
+
+def _openvino_bf16() -> bool:
+    if not installed("openvino"):
+        return False
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def test_openvino_bf16_refused_where_the_cpu_lacks_it(exports):
+    if not installed("openvino") or _openvino_bf16():
+        pytest.skip("this CPU runs OpenVINO bf16 (test_bf16_labels_agree_with_fp32 covers it)")
+    with pytest.raises(SettingError, match="precision.*BF16"):
+        StreamingSegmenter.from_checkpoint(exports["sdcpc"], device="cpu", backend="openvino",
+                                           precision="bf16")
+
+
+def test_onnxruntime_refuses_bf16_on_cpu(exports):
+    with pytest.raises(SettingError, match="onnxruntime runs fp32"):
+        StreamingSegmenter.from_checkpoint(exports["segformer"], device="cpu", backend="onnxruntime",
+                                           precision="bf16")
+
+
+def test_wrong_input_size_is_refused(exports):
+    with pytest.raises(SettingError, match=r"input_size.*takes \[144, 192\] only"):
+        StreamingSegmenter.from_checkpoint(exports["segformer"], device="cpu", backend="onnxruntime",
+                                           input_size=(96, 128))
+
+
+def test_wrong_number_of_references_is_refused(exports):
+    with pytest.raises(SettingError, match="aggregates 3 references"):
+        StreamingSegmenter.from_checkpoint(exports["sdcpc"], device="cpu", backend="onnxruntime",
+                                           reference_offsets=(-2, -1))
+
+
+def test_missing_file_is_refused(exports, tmp_path):
+    broken = shutil.copytree(exports["segformer"], tmp_path / "broken")
+    (broken / "aggregate.onnx").unlink()
+    with pytest.raises(ExportError, match="lacks aggregate.onnx"):
+        StreamingSegmenter.from_checkpoint(broken, device="cpu", backend="onnxruntime")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ExportError, match="not an sdcpc export directory"):
+        read_export(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda m: m.update(input_size=[96, 128]), "input 'image' has shape"),
+    (lambda m: m["config"].update(num_classes=5), "classes but the config has"),
+    (lambda m: m.update(num_references=2), "inputs .* do not match the metadata"),
+    (lambda m: m.update(version=99), "re-export with this sdcpc"),
+])
+def test_mismatched_metadata_is_refused(exports, tmp_path, edit, message):
+    broken = shutil.copytree(exports["sdcpc"], tmp_path / "broken")
+    meta = json.loads((broken / METADATA).read_text())
+    edit(meta)
+    (broken / METADATA).write_text(json.dumps(meta))
+    with pytest.raises(ExportError, match=message):
+        StreamingSegmenter.from_checkpoint(broken, device="cpu", backend="onnxruntime")
+
+
+def test_checkpoint_not_matching_the_graphs_is_refused(exports, tmp_path):
+    broken = shutil.copytree(exports["sdcpc"], tmp_path / "broken")
+    shutil.copyfile(BASELINE_CHECKPOINT, broken / "model.pt")
+    with pytest.raises(CheckpointError, match="describe different models"):
+        StreamingSegmenter.from_checkpoint(broken, device="cpu", backend="torch")
+
+
+def test_export_cli_and_metadata(exports):
+    meta = read_export(exports["segformer"])
+    assert meta["input_size"] == [144, 192] and meta["labels"].num_classes == 9
+    assert meta["mean"] and meta["std"] and meta["labels"].palette is not None
+    assert (exports["segformer"] / "encode.xml").is_file()  # OpenVINO IR when asked
+
+
+def test_backend_setting_is_checked():
+    with pytest.raises(SettingError, match="allowed: torch, onnxruntime, openvino, auto"):
+        StreamingSegmenter.from_checkpoint(None, device="cpu", backend="tensorrt")

@@ -352,10 +352,65 @@ def test_mcp_cl_loss_pulls_to_the_nearest_own_prototype_and_pushes_other_classes
 
 
 def test_mcp_cl_defaults_are_the_spec_values():
-    """Pipeline 6: K = 4 prototypes per class, momentum 0.99, temperature 0.1."""
+    """Pipeline 6: K = 4 prototypes per class, momentum 0.99, temperature 0.1 (and the project's
+    own bounds: 1024 sampled pixels per class, 5 k-means iterations, ignore id 255)."""
     crit = MCPContrastiveLoss(num_classes=2, feat_dim=3)
     assert (crit.prototypes_per_class, crit.momentum, crit.temperature) == (4, 0.99, 0.1)
+    assert (crit.max_pixels_per_class, crit.kmeans_iters, crit.ignore_index) == (1024, 5, 255)
     assert crit.prototypes.shape == (2, 4, 3)
+    assert "num_classes=2, feat_dim=3, prototypes_per_class=4" in repr(crit)
+
+
+def _bank(tau=0.1, **kw):
+    """Three classes with two fixed prototypes each (momentum 1: the bank does not move)."""
+    crit = MCPContrastiveLoss(num_classes=3, feat_dim=2, prototypes_per_class=2, momentum=1.0,
+                              temperature=tau, **kw)
+    protos = np.array([[[1.0, 0.0], [0.0, 1.0]], [[-1.0, 0.0], [0.0, -1.0]], [[0.6, -0.8], [-0.8, 0.6]]])
+    crit.prototypes.copy_(torch.tensor(protos, dtype=torch.float32))
+    crit.initialized.fill_(True)
+    return crit, protos
+
+
+def test_mcp_cl_one_anchor_and_ignored_labels():
+    """Pipeline 6: a single anchor pixel gives its own InfoNCE; labels equal to ignore_index or
+    outside [0, classes) are no anchors (ignore_index inside the class range included)."""
+    crit, protos = _bank()
+    f = np.array([[0.3, 0.9]])
+    loss = crit(torch.tensor(f, dtype=torch.float32).view(1, 2, 1, 1), torch.tensor([[[2]]]))
+    assert loss.item() == pytest.approx(info_nce_by_loops(f, [2], protos, [True] * 3, 0.1), rel=1e-4, abs=1e-6)
+    crit, protos = _bank(ignore_index=1)
+    feats = np.array([[0.3, 0.9], [1.0, 0.1], [0.2, -1.0], [0.5, 0.5]])
+    labels = torch.tensor([[[0, 1, 3, -1]]])  # 1 is the ignore id here; 3 and -1 are no classes
+    loss = crit(torch.tensor(feats, dtype=torch.float32).T.reshape(1, 2, 1, 4), labels)
+    assert loss.item() == pytest.approx(info_nce_by_loops(feats[:1], [0], protos, [True] * 3, 0.1), rel=1e-4, abs=1e-6)
+
+
+def test_mcp_cl_samples_a_random_subset_of_a_large_class():
+    """Pipeline 6 (bounded cost): a class with more pixels than max_pixels_per_class contributes a
+    random sample of them, not the first ones."""
+    crit = MCPContrastiveLoss(num_classes=1, feat_dim=2, max_pixels_per_class=4)
+    picks = set()
+    for seed in range(5):
+        torch.manual_seed(seed)
+        index, _ = crit._sample(torch.zeros(100, dtype=torch.long))
+        assert index.numel() == 4 and len(set(index.tolist())) == 4
+        picks.add(tuple(sorted(index.tolist())))
+    assert len(picks) > 1 and (0, 1, 2, 3) not in picks
+
+
+def test_mcp_cl_prediction_variant_anchors_are_the_wrong_pixels_first():
+    """Pipeline 6, prediction-based variant: with a budget of one anchor per class, the anchor
+    is the wrongly predicted pixel, so the loss is that pixel's InfoNCE alone."""
+    crit, protos = _bank(pixels="prediction", max_pixels_per_class=1)
+    feats = np.array([[1.0, 0.1], [0.9, 0.2], [0.2, 1.0], [1.0, -0.1]])
+    labels = torch.tensor([[[0, 0, 0, 0]]])
+    predicted = torch.tensor([[[0, 0, 1, 0]]])  # pixel 2 is the wrong one
+    for _ in range(3):  # whatever the random order within the groups
+        loss = crit(torch.tensor(feats, dtype=torch.float32).T.reshape(1, 2, 1, 4), labels, predicted)
+        assert loss.item() == pytest.approx(info_nce_by_loops(feats[2:3], [0], protos, [True] * 3, 0.1),
+                                            rel=1e-4, abs=1e-6)
+    with pytest.raises(ValueError, match='MCP-CL with pixels="prediction" needs the predicted classes'):
+        crit(torch.zeros(1, 2, 1, 4), labels)
 
 
 def test_mcp_cl_momentum_update_by_hand():

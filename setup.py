@@ -59,7 +59,7 @@ setup(
             "ros-rclpy", "ros-sensor-msgs", "ros-std-msgs", "ros-std-srvs",
             "ros-diagnostic-msgs", "ros-rmw-fastrtps-cpp",
         ],
-        "dev": ["pytest>=8", "pytest-timeout", "hypothesis>=6", "ruff"],
+        "dev": ["pytest>=8", "pytest-timeout", "hypothesis>=6", "ruff", "mutmut>=3.8,<4"],
     },
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -52,7 +52,7 @@ test/core/test_models.py::test_temporal_context_changes_output_and_uses_referenc
 FILE[mcp_cl]=sdcpc_core/losses/mcp_cl.py
 TESTS[mcp_cl]="test/core/test_method.py test/core/test_mcp_cl.py"
 FILE[metrics]=sdcpc_core/metrics.py
-TESTS[metrics]="test/core/test_metrics.py"
+TESTS[metrics]="test/core/test_metrics.py test/core/test_metrics_edges.py"
 FILE[postprocess]=sdcpc_core/postprocess.py
 TESTS[postprocess]="test/core/test_engine.py::test_labels_and_confidence_equal_resizing_the_logits \
 test/core/test_engine.py::test_resized_labels_equal_argmax_of_the_resized_logits \

@@ -41,6 +41,9 @@ def engine_checks(quick: bool) -> int:
         print("gpu_check.py: no CUDA device", file=sys.stderr)
         return 3
     check(backend() == "cuda", "window attention backend on CUDA is the extension", f"backend()={backend()!r}")
+    # fp32 means fp32 here: cuDNN convolutions default to TF32 (10-bit mantissa) on Ampere and later
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
     n = 4 if quick else 8
     cpu = StreamingSegmenter.from_checkpoint(None, device="cpu")
     size = cpu.input_size or (256, 256)

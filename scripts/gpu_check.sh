@@ -20,6 +20,7 @@ set -euo pipefail
 start=$(date +%s)
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's sdcpc_core, installed or not
 QUICK="" PY="" VENV=".venv-gpu"
 while [[ $# -gt 0 ]]; do
   case "$1" in

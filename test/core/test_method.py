@@ -409,7 +409,7 @@ def test_mcp_cl_prediction_variant_anchors_are_the_wrong_pixels_first():
         loss = crit(torch.tensor(feats, dtype=torch.float32).T.reshape(1, 2, 1, 4), labels, predicted)
         assert loss.item() == pytest.approx(info_nce_by_loops(feats[2:3], [0], protos, [True] * 3, 0.1),
                                             rel=1e-4, abs=1e-6)
-    with pytest.raises(ValueError, match='MCP-CL with pixels="prediction" needs the predicted classes'):
+    with pytest.raises(ValueError, match='^MCP-CL with pixels="prediction" needs the predicted classes$'):
         crit(torch.zeros(1, 2, 1, 4), labels)
 
 

@@ -30,6 +30,8 @@ def test_one_pixel_and_ground_truth_outside_the_classes():
     out = seg.compute()
     assert out["pixel_acc"] == 1.0 and out["miou"] == 1.0
     assert seg.confusion.sum() == 1
+    seg.reset()
+    assert seg.confusion.sum() == 0 and np.isnan(seg.compute()["miou"])
 
 
 def test_errors_name_the_problem():
@@ -45,7 +47,7 @@ def test_consistency_ignore_index_excludes_the_window_start_ignore_pixels():
     # pixels: 0 consistent and stable; 1 GT ignore (255) throughout, prediction flips;
     # 2 GT changes (outside the region)
     gts = [np.array([[0, 255, 1]]), np.array([[0, 255, 2]]), np.array([[0, 255, 2]])]
-    preds = [np.array([[0, 1, 1]]), np.array([[0, 2, 1]]), np.array([[0, 2, 1]])]
+    preds = [np.array([[0, 1, 1]]), np.array([[0, 2, 2]]), np.array([[0, 2, 2]])]
     plain, ignoring = VideoConsistency(2), VideoConsistency(2, ignore_index=255)
     for vc in (plain, ignoring):
         assert vc.last_score is None
@@ -82,6 +84,10 @@ def test_flicker_from_a_fresh_or_restarted_counter():
     fl.start_video()
     fl.update(np.array([[5, 5]]))  # first frame of a new video: nothing to compare
     assert fl.compute() == 0.5
+    fl.end_video()
+    fl.update(np.array([[7, 7]]))  # after end_video too
+    fl.update(np.array([[8, 9]]))
+    assert fl.compute() == 3 / 4  # (1 + 2) changed of 2 + 2 compared
 
 
 def test_video_metrics_counts_videos_and_frames():

@@ -192,13 +192,14 @@ def coarse_by_loops(mod: ClassPrototypeAttention, static, refs):
     return F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
 
 
-def test_class_stage_equals_a_loop_over_prototypes():
+@pytest.mark.parametrize("h,w", [(9, 7), (2, 3)])  # (2, 3): classes with less than one pixel of mass
+def test_class_stage_equals_a_loop_over_prototypes(h, w):
     """Pipeline 4, stage 1: prototypes weighted by probability, log-mass bias on each class's
     logit, one softmax jointly over all T·K (reference, class) prototypes."""
     torch.manual_seed(0)
     mod = ClassPrototypeAttention(6)
-    static = torch.randn(2, 6, 9, 7)
-    refs = [frame(torch.randn(2, 6, 9, 7), torch.randn(2, 5, 9, 7) * 2) for _ in range(3)]
+    static = torch.randn(2, 6, h, w)
+    refs = [frame(torch.randn(2, 6, h, w), torch.randn(2, 5, h, w) * 2) for _ in range(3)]
     torch.testing.assert_close(mod(static, refs).double(), coarse_by_loops(mod, static, refs),
                                atol=1e-5, rtol=1e-5)
 
@@ -265,6 +266,24 @@ def test_fine_stage_equals_a_loop_over_window_keys(window, dilation):
     assert index.shape == (2, 8)
     got = mod(x, refs, diff)
     torch.testing.assert_close(got.double(), fine_by_loops(mod, x, refs, index), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["bhattacharyya", "cosine"])
+def test_dssa_adds_coarse_then_fine_context_and_normalises(kind):
+    """Pipeline 4: DSSA output = GroupNorm(S + coarse(S) + fine(S + coarse(S))), the fine stage
+    selecting on the configured difference (max over references)."""
+    torch.manual_seed(1)
+    dssa = DSSA(4, window=3, selection_ratio=0.25, difference=kind).eval()
+    target = frame(torch.randn(1, 4, 6, 5), torch.randn(1, 3, 6, 5))
+    refs = [frame(torch.randn(1, 4, 6, 5), torch.randn(1, 3, 6, 5)) for _ in range(2)]
+    out, diff = dssa(target, refs)
+    want_diff = torch.maximum(*(static_difference(target, r, kind) for r in refs))
+    torch.testing.assert_close(diff, want_diff, rtol=0, atol=0)
+    x = target.static + dssa.coarse(target.static, refs)
+    x = x + dssa.fine(x, refs, want_diff)
+    torch.testing.assert_close(out, dssa.norm(x))
+    assert not torch.allclose(want_diff, torch.maximum(*(static_difference(target, r) for r in refs))) \
+        or kind == "bhattacharyya"
 
 
 # --- Pipeline 2: SSEA --------------------------------------------------------------------------

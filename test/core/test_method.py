@@ -55,6 +55,19 @@ def test_bhattacharyya_difference_on_known_distributions():
     torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
 
 
+def test_difference_stays_in_bounds_exactly_and_unknown_kinds_are_named():
+    """Pipeline 3: D in [0, 1] even where float rounding makes Σ_c sqrt(p·p) exceed 1."""
+    g = torch.Generator().manual_seed(0)
+    a = frame(None, torch.randn(1, 7, 8, 8, generator=g) * 3)
+    p = a.static_logits.softmax(1)
+    assert (1 - (p * p).sqrt().sum(1)).min() < 0  # the unclamped formula dips below zero here
+    assert static_difference(a, a).min() >= 0
+    with pytest.raises(ValueError, match=r"^unknown difference kind 'l2'; choose one of \('bhattacharyya'"):
+        static_difference(a, a, "l2")
+    with pytest.raises(ValueError, match=r"^unknown difference kind 'l2'; choose one of \('bhattacharyya'"):
+        DSSA(4, difference="l2")
+
+
 def test_bhattacharyya_difference_equals_a_numpy_loop():
     """Pipeline 3: the same formula on random logits, location by location in numpy."""
     g = torch.Generator().manual_seed(0)
@@ -192,14 +205,15 @@ def coarse_by_loops(mod: ClassPrototypeAttention, static, refs):
     return F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
 
 
-@pytest.mark.parametrize("h,w", [(9, 7), (2, 3)])  # (2, 3): classes with less than one pixel of mass
-def test_class_stage_equals_a_loop_over_prototypes(h, w):
+@pytest.mark.parametrize("h,w,dtype", [(9, 7, torch.float32), (2, 3, torch.float32), (4, 5, torch.float64)])
+def test_class_stage_equals_a_loop_over_prototypes(h, w, dtype):
     """Pipeline 4, stage 1: prototypes weighted by probability, log-mass bias on each class's
-    logit, one softmax jointly over all T·K (reference, class) prototypes."""
+    logit, one softmax jointly over all T·K (reference, class) prototypes. (2, 3): classes with
+    less than one pixel of mass; float64: the stage keeps the features' dtype."""
     torch.manual_seed(0)
-    mod = ClassPrototypeAttention(6)
-    static = torch.randn(2, 6, h, w)
-    refs = [frame(torch.randn(2, 6, h, w), torch.randn(2, 5, h, w) * 2) for _ in range(3)]
+    mod = ClassPrototypeAttention(6).to(dtype)
+    static = torch.randn(2, 6, h, w, dtype=dtype)
+    refs = [frame(torch.randn(2, 6, h, w, dtype=dtype), torch.randn(2, 5, h, w, dtype=dtype) * 2) for _ in range(3)]
     torch.testing.assert_close(mod(static, refs).double(), coarse_by_loops(mod, static, refs),
                                atol=1e-5, rtol=1e-5)
 
@@ -273,7 +287,8 @@ def test_dssa_adds_coarse_then_fine_context_and_normalises(kind):
     """Pipeline 4: DSSA output = GroupNorm(S + coarse(S) + fine(S + coarse(S))), the fine stage
     selecting on the configured difference (max over references)."""
     torch.manual_seed(1)
-    dssa = DSSA(4, window=3, selection_ratio=0.25, difference=kind).eval()
+    dssa = DSSA(4, window=3, selection_ratio=0.5, difference=kind).eval()
+    assert (dssa.fine.window, dssa.fine.selection_ratio) == (3, 0.5)
     target = frame(torch.randn(1, 4, 6, 5), torch.randn(1, 3, 6, 5))
     refs = [frame(torch.randn(1, 4, 6, 5), torch.randn(1, 3, 6, 5)) for _ in range(2)]
     out, diff = dssa(target, refs)
@@ -281,7 +296,9 @@ def test_dssa_adds_coarse_then_fine_context_and_normalises(kind):
     torch.testing.assert_close(diff, want_diff, rtol=0, atol=0)
     x = target.static + dssa.coarse(target.static, refs)
     x = x + dssa.fine(x, refs, want_diff)
-    torch.testing.assert_close(out, dssa.norm(x))
+    mean, var = x.mean((1, 2, 3), keepdim=True), x.var((1, 2, 3), unbiased=False, keepdim=True)
+    norm = (x - mean) / torch.sqrt(var + 1e-5)  # one group over all channels
+    torch.testing.assert_close(out, norm * dssa.norm.weight[:, None, None] + dssa.norm.bias[:, None, None])
     assert not torch.allclose(want_diff, torch.maximum(*(static_difference(target, r) for r in refs))) \
         or kind == "bhattacharyya"
 
@@ -294,8 +311,8 @@ def ssea_by_loops(ssea: SSEA, feats):
     grid = feats[1].shape[2:]
     up = lambda t: F.interpolate(t, size=grid, mode="bilinear", align_corners=False)  # noqa: E731
     levels = []
-    for proj, f in zip(ssea.level_proj, feats):  # resampling to the stride-8 grid
-        f = F.adaptive_avg_pool2d(f, grid) if f.shape[2] > grid[0] else f
+    for i, (proj, f) in enumerate(zip(ssea.level_proj, feats)):  # resampling to the stride-8 grid
+        f = F.adaptive_avg_pool2d(f, grid) if i == 0 else f  # the stride-4 map is averaged down
         lv = proj(f).double()
         levels.append(lv if lv.shape[2:] == grid else up(lv))
     b_, c, h, w = levels[0].shape
@@ -323,16 +340,29 @@ def ssea_by_loops(ssea: SSEA, feats):
     return static, ssea.classifier.double()(static)
 
 
-def test_ssea_level_gate_and_scale_attention_equal_a_loop_formulation():
+@pytest.mark.parametrize("size,dtype", [((12, 12), torch.float32), ((4, 40), torch.float32),
+                                        ((40, 4), torch.float32), ((8, 8), torch.float64)])
+def test_ssea_level_gate_and_scale_attention_equal_a_loop_formulation(size, dtype):
     """Pipeline 2: multi-level (per-pixel softmax over the levels) then multi-scale (per-pixel
-    attention to the frame pooled on grids 1, 2, 4), on tiny maps at strides 4, 8, 16, 32."""
+    attention to the frame pooled on grids 1, 2, 4), on tiny maps at strides 4, 8, 16, 32 of
+    square, wide and tall frames (only the stride-4 map is finer than the grid)."""
     torch.manual_seed(0)
-    ssea = SSEA((3, 5, 6, 7), dim=4, num_classes=3, pool_scales=(1, 2, 4)).eval()
-    feats = tuple(torch.randn(2, c, s, s) for c, s in zip((3, 5, 6, 7), (12, 6, 3, 2)))
+    ssea = SSEA((3, 5, 6, 7), dim=4, num_classes=3, pool_scales=(1, 2, 4)).eval().to(dtype)
+    h, w = size
+    feats = tuple(torch.randn(2, c, max(1, h // f), max(1, w // f), dtype=dtype)
+                  for c, f in zip((3, 5, 6, 7), (1, 2, 4, 8)))
     static, logits = ssea(feats)
     want_static, want_logits = ssea_by_loops(ssea, feats)
     torch.testing.assert_close(static.double(), want_static, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(logits.double(), want_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_ssea_fuse_is_conv_without_bias_batchnorm_relu():
+    """Pipeline 2: S = ReLU(BN(Conv1×1(cat(levels mixed, context)))), the SegFormer fuse block."""
+    ssea = SSEA((3, 5, 6, 7), dim=4, num_classes=3)
+    conv, bn, relu = ssea.fuse
+    assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.bias) == (8, 4, (1, 1), None)
+    assert isinstance(bn, torch.nn.BatchNorm2d) and isinstance(relu, torch.nn.ReLU)
 
 
 # --- Pipeline 6: MCP-CL ----------------------------------------------------------------------------

@@ -56,7 +56,7 @@ setup(
             "ros-rclpy", "ros-sensor-msgs", "ros-std-msgs", "ros-std-srvs",
             "ros-diagnostic-msgs", "ros-rmw-fastrtps-cpp",
         ],
-        "dev": ["pytest>=8", "pytest-timeout", "hypothesis>=6", "ruff"],
+        "dev": ["pytest>=8", "pytest-timeout", "hypothesis>=6", "ruff", "mutmut>=3.8,<4"],
         # export and the onnxruntime / openvino backends (docs/deployment.md); on a GPU machine
         # install onnxruntime-gpu instead of onnxruntime for the CUDA / TensorRT providers
         "deploy": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18", "openvino>=2024.0"],

@@ -40,6 +40,14 @@ void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     TORCH_CHECK(qi.is_cuda() && qi.device() == q.device(), "window_attention (CUDA): query_index on another device");
     TORCH_CHECK(qi.scalar_type() == at::kLong && qi.dim() == 2 && qi.size(0) == q.size(0) && qi.is_contiguous(),
                 "window_attention (CUDA): query_index must be a contiguous int64 (B, M) tensor");
+    // The kernels index q and atomicAdd into grad_q with these values: never trust the caller.
+    const int64_t n = q.size(2) * q.size(3);
+    if (qi.numel() > 0) {
+      const auto bounds = at::aminmax(qi);  // one reduction, one device-to-host copy
+      const int64_t lo = std::get<0>(bounds).item<int64_t>(), hi = std::get<1>(bounds).item<int64_t>();
+      TORCH_CHECK(lo >= 0 && hi < n, "window_attention (CUDA): query_index values must be in [0, H*W=", n,
+                  "), got [", lo, ", ", hi, "]");
+    }
   }
 }
 

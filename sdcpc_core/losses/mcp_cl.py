@@ -65,7 +65,7 @@ class MCPContrastiveLoss(nn.Module):
 
     Buffers ``prototypes`` (num_classes, K, C) and ``initialized`` (num_classes,) live in the state
     dict. Under torch.distributed the batch centres are averaged over ranks, so every rank keeps the
-    same bank.
+    same bank; a class's first prototypes come from one rank (see ``update_bank``).
     """
 
     def __init__(self, num_classes: int, feat_dim: int, prototypes_per_class: int = 4,
@@ -113,12 +113,20 @@ class MCPContrastiveLoss(nn.Module):
         k = self.prototypes_per_class
         centres = torch.zeros_like(self.prototypes)  # (num_classes, K, C)
         present = torch.zeros(self.num_classes, device=feats.device)
-        for c in classes.tolist():
+        present[classes] = 1.0
+        distributed = dist.is_available() and dist.is_initialized()
+        if distributed:
+            # A class's first k-means starts from each rank's own random seeds, so slot j of one
+            # rank need not match slot j of another: averaging them would blur the modes. The
+            # first initialisation is therefore taken from one rank alone (the lowest that saw
+            # the class); once initialised, every rank refines the same bank, slots correspond and
+            # the centres are averaged.
+            present *= self._first_owner(present)
+        for c in torch.nonzero(present).squeeze(1).tolist():
             x = feats[labels == c]  # (n, C)
             init = self.prototypes[c] if self.initialized[c] else farthest_point_init(x, k)
             centres[c] = spherical_kmeans(x, init, self.kmeans_iters)
-            present[c] = 1.0
-        if dist.is_available() and dist.is_initialized():
+        if distributed:
             dist.all_reduce(centres)
             dist.all_reduce(present)
             centres = F.normalize(centres, dim=2)
@@ -126,6 +134,14 @@ class MCPContrastiveLoss(nn.Module):
         m = torch.where(self.initialized[seen], self.momentum, 0.0)[:, None, None]
         self.prototypes[seen] = F.normalize(m * self.prototypes[seen] + (1 - m) * centres[seen], dim=2)
         self.initialized |= seen
+
+    def _first_owner(self, present: torch.Tensor) -> torch.Tensor:
+        """(num_classes,) 1.0 where this rank contributes its centres: every present class that
+        is initialised already, and a new class only on the lowest rank that has it."""
+        rank, world = dist.get_rank(), dist.get_world_size()
+        owner = torch.where(present > 0, float(rank), float(world))  # (num_classes,)
+        dist.all_reduce(owner, op=dist.ReduceOp.MIN)
+        return (self.initialized | (owner == rank)).float()
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor,
                 predictions: torch.Tensor | None = None) -> torch.Tensor:

@@ -174,15 +174,20 @@ def build_model(config: SDCPCConfig) -> SegFormer:
     return SDCPC(config) if config.temporal else SegFormer(config)
 
 
+NORM_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
+
+
 def _param_groups(model: nn.Module, lr: float, weight_decay: float, head_lr_mult: float) -> list[dict]:
-    """AdamW groups: encoder at ``lr``, everything else at ``lr * head_lr_mult``; no decay on
-    norms, biases and other 1-D parameters."""
+    """AdamW groups: encoder at ``lr``, everything else at ``lr * head_lr_mult``; no weight decay
+    on normalisation layers (LayerNorm, BatchNorm, GroupNorm: weight and bias) and position blocks
+    (``pos_block``), as the spec's protocol says; every other weight and bias is decayed."""
+    no_decay_ids = {id(p) for m in model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters()}
     groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         is_head = not name.startswith("backbone.")
-        no_decay = p.ndim <= 1 or name.endswith(".bias") or "norm" in name
+        no_decay = id(p) in no_decay_ids or "pos_block" in name
         groups.setdefault((is_head, no_decay), []).append(p)
     return [{"params": ps, "lr": lr * (head_lr_mult if head else 1.0),
              "lr_mult": head_lr_mult if head else 1.0,

@@ -174,7 +174,8 @@ class WindowCrossFrameAttention(nn.Module):
         depend on memory layout, BLAS or device, only on real differences.
         """
         n = difference.shape[2] * difference.shape[3]
-        m = max(1, math.ceil(self.selection_ratio * n))
+        # the count rounds up, but a product like 0.3 * 20 = 6.000000000000001 is 6, not 7
+        m = max(1, math.ceil(self.selection_ratio * n - 1e-9))
         if m >= n:
             return None
         d = difference.flatten(1)
@@ -233,5 +234,7 @@ class DSSA(nn.Module):
         """-> (enriched target feature (B, C, h, w), perceptual difference (B, 1, h, w))."""
         diff = torch.stack([static_difference(target, r, self.difference) for r in references]).amax(0)
         x = target.static + self.coarse(target.static, references)
-        x = x + self.fine(x, references, diff)  # selection on the fp32 difference
+        # select on the fp32 difference: rounding it to bf16/fp16 first would merge distinct
+        # values into ties (which then favour the top-left locations)
+        x = x + self.fine(x, references, diff)
         return self.norm(x), diff

@@ -10,7 +10,7 @@ from sdcpc_core.train.config import OptimConfig, ScheduleConfig
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     """AdamW over ``model.param_groups``: encoder at ``lr``, head/temporal at ``lr * head_lr_mult``,
-    no weight decay on norms, biases and position blocks."""
+    no weight decay on normalisation layers and position blocks (spec, training protocol)."""
     groups = model.param_groups(cfg.lr, cfg.weight_decay, cfg.head_lr_mult)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
 

@@ -117,8 +117,13 @@ def test_demo_scores_against_ground_truth(tmp_path, tiny_checkpoint, capsys):
                  "--device", "cpu"]) == 0
     assert len(list(out.glob("*.png"))) == 3
     assert "mIoU" in capsys.readouterr().out
-    strip = cv2.imread(str(out / "000000.png"))
-    assert strip.shape == (64, 192, 3) and np.isfinite(strip).all()
+    strip = cv2.cvtColor(cv2.imread(str(out / "000000.png")), cv2.COLOR_BGR2RGB)
+    assert strip.shape == (64, 192, 3)
+    frames, gt = generate_video(seed=2024, length=3, height=64, width=64)  # the demo's default clip
+    np.testing.assert_array_equal(strip[:, :64], frames[0])  # input | prediction | ground truth
+    np.testing.assert_array_equal(strip[:, 128:], SYNTHETIC_LABELS.colorize(gt[0]))
+    palette = {tuple(c) for c in SYNTHETIC_LABELS.colorize(np.arange(9)[None]).reshape(-1, 3)}
+    assert {tuple(c) for c in strip[:, 64:128].reshape(-1, 3)} <= palette
 
 
 def _write_avi(path, frames, fps=5):

@@ -118,8 +118,8 @@ def test_param_groups_head_lr_and_no_decay():
         for p in g["params"]:
             name = names[id(p)]
             assert g["lr"] == pytest.approx(1e-4 if name.startswith("backbone.") else 1e-3)
-            if p.ndim == 1:
-                assert g["weight_decay"] == 0.0
+            is_norm = "norm" in name or ".bn." in name or name.startswith("ssea.fuse.1.")
+            assert g["weight_decay"] == (0.0 if is_norm else 0.01), name
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
 
 

@@ -74,7 +74,77 @@ def test_odd_sizes_and_borders(T, H, W):
 
 
 def test_large_channels_use_opt_in_shared_memory():
-    compare(1, 1, 4000, 5, 6, 3, 1, torch.float32)
+    # one warp holds 2*C floats forward and 3*C backward; the default 48 KiB per block is passed
+    # (so the kernels must opt in) above C = 6144 forward and C = 4096 backward
+    assert 2 * 6400 * 4 > 48 * 1024 and 3 * 6400 * 4 > 48 * 1024
+    compare(1, 1, 6400, 5, 6, 3, 1, torch.float32, M=17)
+    compare(1, 2, 5000, 4, 5, 3, 1, torch.float32)  # backward only above the default
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_large_logits_stay_finite_and_match(dtype):
+    q, k, v = inputs(2, 3, 64, 9, 10, torch.float32, seed=5)
+    scale = 30.0 if dtype == torch.float32 else 8.0  # logits in the hundreds (fp16 max is 65504)
+    q, k = (t.detach() * scale for t in (q, k))
+    q, k, v = (t.to(dtype).requires_grad_() for t in (q, k, v.detach()))
+    out = window_attention(q, k, v, 5)
+    assert torch.isfinite(out.float()).all()
+    ref = torch_path(q, k, v, 5, 1, None)
+    tol = TOL[dtype]
+    torch.testing.assert_close(out.float(), ref.float(), atol=tol * scale, rtol=tol)
+    got = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+    want = torch.autograd.grad(ref, (q, k, v), torch.ones_like(ref))
+    for name, a, b in zip("qkv", got, want):
+        assert torch.isfinite(a.float()).all(), name
+        torch.testing.assert_close(a.float(), b.float(), atol=4 * tol * scale, rtol=4 * tol, msg=f"grad {name}")
+
+
+@pytest.mark.parametrize("bad", [-1, 30, 1 << 40])
+def test_binding_rejects_out_of_range_query_index(bad):
+    """A direct call into the extension (no Python-side check) must raise, not read or atomicAdd
+    out of bounds."""
+    from sdcpc_core.ops.window_attention import _ext
+
+    q, k, v = (t.detach() for t in inputs(1, 2, 8, 5, 6, torch.float32))
+    idx = torch.tensor([[0, 3, bad]], device="cuda")
+    with pytest.raises(RuntimeError, match="query_index values must be in"):
+        _ext.forward(q, k, v, idx, 3, 1)
+    good = torch.tensor([[0, 3, 29]], device="cuda")
+    out, lse = _ext.forward(q, k, v, good, 3, 1)
+    with pytest.raises(RuntimeError, match="query_index values must be in"):
+        _ext.backward(torch.ones_like(out), q, k, v, idx, out, lse, 3, 1)
+    torch.cuda.synchronize()  # nothing went wrong on the device either
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_whole_model_on_cuda_matches_cpu(train, monkeypatch):
+    from sdcpc_core.models import SDCPCConfig, build_model
+
+    # fp32 on both sides: cuDNN convolutions would otherwise run in TF32 (10-bit mantissa)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+
+    torch.manual_seed(0)
+    # every location selected: a near-tie of differences cannot select other places on the two
+    # devices (the engine check of scripts/gpu_check.sh covers the default 25 % end to end)
+    cfg = SDCPCConfig(variant="b0", num_classes=7, embed_dim=32, reference_offsets=(-2, -1), window=5,
+                      drop_path_rate=0.0, selection_ratio=1.0)
+    cpu = build_model(cfg).train(train)
+    gpu = build_model(cfg).train(train)
+    gpu.load_state_dict(cpu.state_dict())
+    cpu.decode_head.dropout.eval(), gpu.decode_head.dropout.eval()  # training: batch-norm statistics, no dropout
+    gpu = gpu.cuda()
+    x = torch.randn(2, 3, 3, 96, 128)
+    want = cpu(x)
+    got = gpu(x.cuda())
+    for key in ("logits", "static_logits", "difference"):
+        torch.testing.assert_close(got[key].cpu(), want[key], atol=2e-4, rtol=2e-4, msg=key)
+    if train:  # the kernel's backward inside the model: gradients as on CPU
+        want["logits"].square().mean().backward()
+        got["logits"].square().mean().backward()
+        for (name, a), b in zip(cpu.named_parameters(), gpu.parameters()):
+            if a.grad is not None:
+                torch.testing.assert_close(b.grad.cpu(), a.grad, atol=1e-3, rtol=1e-2, msg=name)
 
 
 def test_vspw_scale_sparse():

@@ -1,0 +1,183 @@
+"""The CUDA half of scripts/gpu_check.sh: engine checks on CUDA against CPU, then benchmarks.
+
+    python scripts/gpu_check.py engine [--quick]   # correctness; exits 1 on a failed check
+    python scripts/gpu_check.py bench [--quick]    # prints the table (docs/gpu_check.md)
+
+Run from the repository root by gpu_check.sh, after the extension was built and the CUDA tests
+passed. Every check prints one line ``ok|FAIL  what  measured``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+
+import numpy as np
+import torch
+
+from sdcpc_core.data.synthetic import generate_video
+from sdcpc_core.engine import StreamingSegmenter
+from sdcpc_core.ops import backend, window_attention
+from sdcpc_core.ops.window_attention import _WindowAttentionTorch
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+# fraction of pixels whose label may differ from the fp32 CPU labels (boundary pixels whose two
+# best classes are within rounding of each other)
+LABEL_AGREEMENT = {"fp32": 0.999, "fp16": 0.99, "bf16": 0.98}
+
+failures: list[str] = []
+
+
+def check(ok: bool, what: str, measured: str) -> None:
+    print(f"{'ok  ' if ok else 'FAIL'}  {what}  {measured}", flush=True)
+    if not ok:
+        failures.append(what)
+
+
+def engine_checks(quick: bool) -> int:
+    if not torch.cuda.is_available():
+        print("gpu_check.py: no CUDA device", file=sys.stderr)
+        return 3
+    check(backend() == "cuda", "window attention backend on CUDA is the extension", f"backend()={backend()!r}")
+    # fp32 means fp32 here: cuDNN convolutions default to TF32 (10-bit mantissa) on Ampere and later
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    n = 4 if quick else 8
+    cpu = StreamingSegmenter.from_checkpoint(None, device="cpu")
+    size = cpu.input_size or (256, 256)
+    frames, _ = generate_video(seed=3, length=n, height=size[0], width=size[1])
+    want = [cpu.step(f, return_probabilities=True) for f in frames]
+    for precision in PRECISIONS:
+        gpu = StreamingSegmenter.from_checkpoint(None, device="cuda", precision=precision)
+        got = [gpu.step(f, return_probabilities=True) for f in frames]
+        agree = min(float((g.labels == w.labels).mean()) for g, w in zip(got, want))
+        check(agree >= LABEL_AGREEMENT[precision], f"embedded model {precision} CUDA labels == fp32 CPU labels",
+              f"worst frame {agree:.5f} agree (need >= {LABEL_AGREEMENT[precision]})")
+        if precision == "fp32":
+            err = max(float((g.probabilities - w.probabilities).abs().max()) for g, w in zip(got, want))
+            check(err <= 1e-3, "embedded model fp32 CUDA probabilities == CPU", f"max |diff| {err:.2e} (<= 1e-3)")
+        clip = gpu.segment_clip(frames, return_probabilities=True)
+        err = max(float((s.probabilities - c.probabilities).abs().max()) for s, c in zip(got, clip))
+        same = all(np.array_equal(s.labels, c.labels) for s, c in zip(got, clip))
+        tol = 1e-4 if precision == "fp32" else 1e-2
+        check(err <= tol and (same or precision != "fp32"), f"{precision} CUDA streaming == clip mode",
+              f"max |diff| {err:.2e} (<= {tol}), labels identical: {same}")
+        check([r.frames_aggregated for r in got] == [r.frames_aggregated for r in want],
+              f"{precision} CUDA frames aggregated as on CPU", str([r.frames_aggregated for r in got]))
+    return 1 if failures else 0
+
+
+def _time(fn, reps: int) -> float:
+    """Median milliseconds of fn() on the current stream, after one warm-up call."""
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return float(np.median(times))
+
+
+def _peak_mib(fn) -> float:
+    """Peak memory allocated by fn() beyond what was allocated before it, MiB."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def _attention_case(path, q, k, v, idx, window, quick):
+    """(forward ms, forward+backward ms, peak MiB of forward+backward) of one path."""
+    def op():
+        if path == "kernel":
+            return window_attention(q, k, v, window, 1, idx)
+        return _WindowAttentionTorch.apply(q, k, v, idx, window, 1)
+
+    def fwd_bwd():
+        out = op()
+        torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+
+    with torch.no_grad():
+        fwd = _time(op, 5 if quick else 20)
+    return fwd, _time(fwd_bwd, 3 if quick else 10), _peak_mib(fwd_bwd)
+
+
+def attention_rows(quick: bool) -> list[tuple]:
+    """VSPW scale: 60×60 stride-8 grid of 480×480, T = 3, C = 256, w = 9; 25 % and 100 % selected."""
+    B, T, C, H, W, window = 1, 3, 256, 60, 60, 9
+    g = torch.Generator(device="cuda").manual_seed(0)
+    rows = []
+    for dtype in (torch.float32,) if quick else (torch.float32, torch.bfloat16):
+        q = torch.randn(B, C, H, W, device="cuda", generator=g).to(dtype).requires_grad_()
+        k = torch.randn(B, T, C, H, W, device="cuda", generator=g).to(dtype).requires_grad_()
+        v = torch.randn(B, T, C, H, W, device="cuda", generator=g).to(dtype).requires_grad_()
+        for sel in (0.25, 1.0):
+            m = math.ceil(sel * H * W)
+            idx = torch.randperm(H * W, device="cuda", generator=g)[:m].sort().values[None]
+            for path in ("kernel", "pytorch"):
+                fwd, both, peak = _attention_case(path, q, k, v, idx, window, quick)
+                rows.append((f"window attention {path}", str(dtype).replace("torch.", ""),
+                             f"{sel:.0%} of {H}x{W}, T={T}, C={C}, w={window}",
+                             f"{fwd:.3f}", f"{both:.3f}", f"{peak:.1f}", ""))
+    return rows
+
+
+def engine_rows(quick: bool) -> list[tuple]:
+    """Streaming FPS at 480×480 (random weights, 124 classes as VSPW) per variant and precision."""
+    from sdcpc_core.classes import LabelSet
+    from sdcpc_core.models import SDCPCConfig, build_model
+
+    size, n = 480, (6 if quick else 20)
+    frames, _ = generate_video(seed=0, length=n + 1, height=size, width=size)
+    labels = LabelSet.from_names([f"class{i}" for i in range(124)])
+    rows = []
+    for variant in ("b0",) if quick else ("b0", "b1", "b2"):
+        torch.manual_seed(0)
+        model = build_model(SDCPCConfig(variant=variant, num_classes=124))
+        for precision in PRECISIONS:
+            eng = StreamingSegmenter(model, labels, device="cuda", precision=precision)
+            eng.step(frames[0])
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            t = time.perf_counter()
+            for f in frames[1:]:
+                eng.step(f)  # returns labels on the host: each step ends synchronised
+            ms = (time.perf_counter() - t) * 1e3 / n
+            rows.append((f"engine SD-CPC-{variant.upper()} streaming", precision, f"{size}x{size}, {n} frames",
+                         f"{ms:.2f}", "", f"{torch.cuda.max_memory_allocated() / 2**20:.0f}", f"{1e3 / ms:.1f}"))
+            del eng
+    return rows
+
+
+def bench(quick: bool) -> int:
+    if not torch.cuda.is_available():
+        print("gpu_check.py: no CUDA device", file=sys.stderr)
+        return 3
+    rows = attention_rows(quick) + engine_rows(quick)
+    print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
+          f"backend {backend()}{', quick' if quick else ''}\n")
+    print("| what | dtype | case | fwd ms | fwd+bwd ms | peak MiB | FPS |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("what", choices=["engine", "bench"])
+    p.add_argument("--quick", action="store_true")
+    a = p.parse_args(argv)
+    return engine_checks(a.quick) if a.what == "engine" else bench(a.quick)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

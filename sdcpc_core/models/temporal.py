@@ -166,12 +166,12 @@ class WindowCrossFrameAttention(nn.Module):
         return tuple(F.linear(rows, conv.weight.flatten(1), conv.bias).permute(0, 3, 1, 2)
                      for conv in (self.key, self.value))
 
-    def select(self, difference: torch.Tensor) -> torch.Tensor | None:
-        """(B, 1, h, w) -> (B, M) flat indices of the most different locations, or None for all.
+    def _ranked(self, difference: torch.Tensor) -> tuple[torch.Tensor, int] | None:
+        """(B, 1, h, w) -> ((B, h*w) differences with rounding noise zeroed, how many to select),
+        or None when every location is selected.
 
         Differences below ``NOISE`` are float rounding (a frame compared with itself at stream
-        start gives 1 - Σp ≈ ±1e-7), and ties go to the earlier location: the selection does not
-        depend on memory layout, BLAS or device, only on real differences.
+        start gives 1 - Σp ≈ ±1e-7), so the selection depends on real differences only.
         """
         n = difference.shape[2] * difference.shape[3]
         # the count rounds up, but a product like 0.3 * 20 = 6.000000000000001 is 6, not 7
@@ -179,18 +179,24 @@ class WindowCrossFrameAttention(nn.Module):
         if m >= n:
             return None
         d = difference.flatten(1)
-        d = d.masked_fill(d < self.NOISE, 0.0)
+        return d.masked_fill(d < self.NOISE, 0.0), m
+
+    def select(self, difference: torch.Tensor) -> torch.Tensor | None:
+        """(B, 1, h, w) -> (B, M) flat indices of the most different locations, or None for all;
+        ties go to the earlier location (independent of memory layout, BLAS or device)."""
+        ranked = self._ranked(difference)
+        if ranked is None:
+            return None
+        d, m = ranked
         return d.sort(dim=1, descending=True, stable=True).indices[:, :m].sort(1).values
 
     def selection_mask(self, difference: torch.Tensor) -> torch.Tensor | None:
         """(B, 1, h, w) -> (B, 1, h, w) bool of exactly the locations ``select`` picks, or None
         for all; static shapes (a top-k value, comparisons and a cumulative sum, no sort)."""
-        n = difference.shape[2] * difference.shape[3]
-        m = max(1, math.ceil(self.selection_ratio * n))
-        if m >= n:
+        ranked = self._ranked(difference)
+        if ranked is None:
             return None
-        d = difference.flatten(1)
-        d = d.masked_fill(d < self.NOISE, 0.0)
+        d, m = ranked
         kth = d.topk(m, dim=1).values[:, m - 1:]  # (B, 1): the m-th largest difference
         above, tied = d > kth, d == kth
         room = m - above.sum(1, keepdim=True)  # tied locations still to take, earliest first

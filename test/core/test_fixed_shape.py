@@ -56,6 +56,15 @@ def test_selection_mask_is_exactly_select(ratio):
         assert torch.equal(fine.selection_mask(d), _mask_of(index, d.shape))
 
 
+def test_selection_mask_counts_like_select_where_the_ratio_rounds_up_by_float_error():
+    """0.3 * 20 is 6.000000000000001 in floating point: both paths select 6 of 20, not 7."""
+    fine = WindowCrossFrameAttention(8, window=3, selection_ratio=0.3)
+    d = torch.rand(1, 1, 4, 5, generator=torch.Generator().manual_seed(3))
+    index = fine.select(d)
+    assert index.shape == (1, 6)
+    assert torch.equal(fine.selection_mask(d), _mask_of(index, d.shape))
+
+
 def test_selection_mask_none_when_all_are_selected():
     fine = WindowCrossFrameAttention(8, window=3, selection_ratio=1.0)
     assert fine.selection_mask(torch.rand(1, 1, 4, 4)) is None

@@ -157,6 +157,9 @@ def main(argv=None) -> int:
                                       precision=stream.precision, predict_gt=args.predict_gt,
                                       progress=True, **common)
         else:
+            from sdcpc_ros.transport import use_default_profile
+
+            use_default_profile()  # this process publishes large images (docs/transport.md)
             report = evaluate_live(args.bag, args.out, rate=args.rate, connect=args.connect,
                                    node_name=args.node_name, labels_topic=args.labels_topic,
                                    publish_topic=args.publish_topic, max_pause=args.max_pause,

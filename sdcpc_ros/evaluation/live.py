@@ -49,9 +49,6 @@ class _Player:
         self.labels_topic, self.problems = labels_topic, problems
         self.answers: dict[int, tuple[float, np.ndarray]] = {}
         self.sent: dict[int, float] = {}  # stamp -> publish time
-        from sdcpc_ros.transport import use_default_profile
-
-        use_default_profile()  # large images over shared memory (docs/transport.md), before init
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         self.node = rclpy.create_node("sdcpc_eval_player", context=self.context)

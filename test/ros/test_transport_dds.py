@@ -12,6 +12,8 @@ import time
 import pytest
 from ros_harness import REPO, Client, domain_id_for, node_env
 
+from sdcpc_ros.transport import USER_SETTINGS
+
 FRAMES = 10
 
 
@@ -27,6 +29,8 @@ def receive_from_publisher(tmp_path, size, profile_off: bool) -> tuple[int, str]
         Image, "/image",
         lambda m: got.add((m.header.stamp.sec, m.header.stamp.nanosec)), qos_profile_sensor_data)
     env = node_env(domain)
+    for name in USER_SETTINGS:  # the publisher decides from a clean environment
+        env.pop(name, None)
     if profile_off:
         env["SDCPC_FASTDDS_PROFILE"] = "off"
     log = tmp_path / f"publisher_{size[0]}.log"

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "test" / "ros"), str(REPO / "benchmarks")]
+sys.path[:0] = [str(REPO)]  # this checkout's packages, also when another one is installed
 
 VIDEO = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 DIAG_KEYS = {"dropped": "dropped frames", "lost": "dropped before the node (queue, transport)",
@@ -175,7 +175,7 @@ def run_client(args) -> int:
 
 # -- orchestrator -----------------------------------------------------------------------------
 def run_config(args, profile, qos, model, sizes, rates, domain, out: Path) -> list[dict]:
-    from ros_harness import node_output, run_node, stop_node
+    from sdcpc_ros.node_process import node_output, run_node, stop_node
 
     params = {"device": "cpu", "publish_color": "false", "diagnostics_period": "0.5",
               "reliable_qos": "true" if qos == "reliable" else "false"}
@@ -264,11 +264,11 @@ def main(argv=None) -> int:
         args.qos = args.qos[0]
         return run_client(args)
 
-    from ros_harness import domain_id_for
-    from soak import make_tiny_checkpoint
+    from sdcpc_core.checkpoints import save_tiny_checkpoint
+    from sdcpc_ros.node_process import domain_id_for
 
     args.out.mkdir(parents=True, exist_ok=True)
-    args.tiny_path = make_tiny_checkpoint(args.out / "tiny_random.pt")
+    args.tiny_path = save_tiny_checkpoint(args.out / "tiny_random.pt")
     sizes = [parse_size(s) for s in args.sizes]
     domain = args.domain if args.domain is not None else domain_id_for("transport")
     print(f"frames: {args.video or 'synthetic'}; {args.seconds:g} s per cell; domain {domain}",

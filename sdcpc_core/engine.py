@@ -143,7 +143,6 @@ class StreamingSegmenter:
         self._input_count = 0
         self._input_stream_start = 0  # input count at the last break
         self._breaks: list[tuple[int, str]] = []  # (input number, reason), not yet applied
-        self._frames_since_reset = 0
 
     @classmethod
     def from_checkpoint(cls, path=None, settings: StreamSettings | None = None,
@@ -304,15 +303,16 @@ class StreamingSegmenter:
             self._input_count += 1
             return number
 
-    def _catch_up(self, input_number: int) -> None:
-        """Apply the input-stream breaks up to and including ``input_number`` (lock held)."""
+    def _catch_up(self, input_number: int) -> int:
+        """Apply the input-stream breaks up to and including ``input_number`` (lock held); returns
+        how many input frames the stream had before this one."""
         with self._input_lock:
             due = [reason for number, reason in self._breaks if number <= input_number]
             self._breaks = [(n, r) for n, r in self._breaks if n > input_number]
             since_reset = input_number - self._input_stream_start
         if due:
             self._clear(due[-1])
-        self._frames_since_reset = max(since_reset, 0)
+        return max(since_reset, 0)
 
     # -- tensors ------------------------------------------------------------------------------
     def preprocess(self, frame) -> torch.Tensor:
@@ -369,7 +369,7 @@ class StreamingSegmenter:
         if input_number is None:
             input_number = self.observe(stamp, frame_id, size)
         with self._lock:
-            self._catch_up(input_number)
+            since_reset = self._catch_up(input_number)
             # size and frame_id against the previous segmented frame too (an observer may not
             # know the size of a compressed image); the time rules are the input stream's
             reason = continuity_break(self._last, (None, frame_id, size), None)
@@ -395,7 +395,6 @@ class StreamingSegmenter:
                 del self._buffer[i]
                 self._stamps.pop(i, None)
             reset_reason, self._pending_reset = self._pending_reset, None
-            since_reset = self._frames_since_reset
         age = (stamp - min(ref_stamps) if past and stamp is not None
                and all(t is not None for t in ref_stamps) else None)
         result = self._postprocess(logits, size, t0, index, len(past), reset_reason,

@@ -25,6 +25,7 @@ MIN_SIDE = 32  # stride 4 then spatial reduction 8 in MiT stage 1: smaller input
 MAX_SIDE = 8192
 MAX_OFFSET = 1000  # references at most this many frames back
 PRECISIONS = ("fp32", "fp16", "bf16")
+STREAM_MAX_TIME_GAP = 0.5  # default of the node and sdcpc-eval: a camera's stamps, 0.5 s = a cut
 BACKENDS = ("torch", "onnxruntime", "openvino", "auto")  # sdcpc_core.runtimes; auto: fastest installed
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
@@ -62,6 +63,11 @@ class Setting:
     check_extra: Any = None  # callable(value) -> allowed-words of a refusal, or None if fine
 
     @property
+    def help(self) -> str:
+        """The description users see (node parameter descriptor, CLI option)."""
+        return self.description + (f" One of: {', '.join(self.choices)}." if self.choices else "")
+
+    @property
     def allowed(self) -> str:
         """The words a refusal ends with."""
         if self.choices:
@@ -80,15 +86,12 @@ class Setting:
         if value is None:
             return None
         value = self._coerce(value)
-        refused = False
-        if self.choices and value not in self.choices:
-            refused = True
-        elif self.kind in ("double", "integer") and not self._in_range(value):
-            refused = True
-        elif self.check_extra is not None and self.check_extra(value) is not None:
-            raise SettingError(self.name, value, self.check_extra(value))
-        if refused:
-            raise SettingError(self.name, value, self.allowed)
+        words = self.check_extra(value) if self.check_extra is not None else None
+        if words is None and ((self.choices and value not in self.choices)
+                              or (self.kind in ("double", "integer") and not self._in_range(value))):
+            words = self.allowed
+        if words is not None:
+            raise SettingError(self.name, value, words)
         return value
 
     def _in_range(self, x) -> bool:
@@ -256,8 +259,7 @@ def add_arguments(parser: argparse.ArgumentParser, names, defaults: dict | None 
         flag = "--" + name.replace("_", "-")
         default = defaults.get(name, spec.default)
         shown = "unset" if default is None else _show(default)
-        choices = f" One of: {', '.join(spec.choices)}." if spec.choices else ""
-        help_text = f"{spec.description}{choices} (default: {shown})"
+        help_text = f"{spec.help} (default: {shown})"
         if spec.kind == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
                                 help=help_text)

@@ -42,7 +42,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
-from sdcpc_core.settings import SETTINGS, Setting, SettingError
+from sdcpc_core.settings import SETTINGS, STREAM_MAX_TIME_GAP, Setting, SettingError
 from sdcpc_ros.conversions import (
     DEFAULT_MAX_PIXELS,
     ImageConversionError,
@@ -60,7 +60,7 @@ except ImportError:
 TRANSPORTS = ("raw", "compressed")
 THROTTLE_S = 5.0
 SHM_SEGMENT_BYTES = 512 * 1024  # Fast DDS's default shared-memory segment (docs/transport.md)
-NODE_DEFAULTS = {"max_time_gap": 0.5}  # a camera stream has stamps: reset on a 0.5 s gap
+NODE_DEFAULTS = {"max_time_gap": STREAM_MAX_TIME_GAP}  # a camera stream has stamps
 
 
 def _checkpoint_words(value):
@@ -103,8 +103,8 @@ _ROS_TYPES = {"string": ParameterType.PARAMETER_STRING, "bool": ParameterType.PA
 
 def descriptor(spec: Setting) -> ParameterDescriptor:
     """The ROS parameter descriptor of a setting: type, description, range, read-only."""
-    text = spec.description + (f" One of: {', '.join(spec.choices)}." if spec.choices else "")
-    d = ParameterDescriptor(type=_ROS_TYPES[spec.kind], description=text, read_only=not spec.runtime)
+    d = ParameterDescriptor(type=_ROS_TYPES[spec.kind], description=spec.help,
+                            read_only=not spec.runtime)
     if spec.minimum is not None and spec.maximum is not None:
         if spec.kind == "double":
             d.floating_point_range = [FloatingPointRange(from_value=float(spec.minimum),

@@ -130,8 +130,7 @@ class StreamingSegmenter:
         self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._lock = threading.Lock()  # the model and the buffer
-        self._buffer: dict[int, FrameCache] = {}
-        self._stamps: dict[int, float | None] = {}  # stamp of each buffered frame
+        self._buffer: dict[int, tuple[FrameCache, float | None]] = {}  # index -> (cache, stamp)
         self._frame_count = 0
         self._stream_start = 0
         self._last: tuple | None = None  # (stamp, frame_id, (H, W)) of the previous segmented frame
@@ -281,7 +280,6 @@ class StreamingSegmenter:
 
     def _clear(self, reason: str) -> None:
         self._buffer.clear()
-        self._stamps.clear()
         self._stream_start = self._frame_count
         self._last = None
         self._pending_reset = reason
@@ -378,22 +376,20 @@ class StreamingSegmenter:
             index = self._frame_count
             current = self.runner.encode(x)
             ref_ids = reference_indices(index, self.reference_offsets, first=self._stream_start)
-            refs = [current if i == index else self._buffer[i] for i in ref_ids]
+            refs = [current if i == index else self._buffer[i][0] for i in ref_ids]
             logits = self.runner.aggregate(current, refs)
             if not bool(torch.isfinite(logits).all()):
                 raise NonFiniteOutputError(
                     f"the network produced NaN/inf logits for frame {index}; nothing is published for "
                     "it (check the weights with `sdcpc info`, or try precision fp32)")
             past = {i for i in ref_ids if i != index}
-            ref_stamps = [self._stamps.get(i) for i in past]
-            self._buffer[index] = current
-            self._stamps[index] = stamp
+            ref_stamps = [self._buffer[i][1] for i in past]
+            self._buffer[index] = (current, stamp)
             self._frame_count += 1
             self._last = (stamp, frame_id, size)
             oldest_needed = self._frame_count + min(self.reference_offsets, default=0)
             for i in [i for i in self._buffer if i < oldest_needed]:
                 del self._buffer[i]
-                self._stamps.pop(i, None)
             reset_reason, self._pending_reset = self._pending_reset, None
         age = (stamp - min(ref_stamps) if past and stamp is not None
                and all(t is not None for t in ref_stamps) else None)

@@ -49,6 +49,7 @@ setup(
         "matplotlib>=3.7",
         "rosbags>=0.10",
         "psutil>=5.9",
+        "numba>=0.60",  # the fused CPU label kernel (sdcpc_core/ops/label_kernel.py)
     ],
     extras_require={
         # The PyPI ROS 2 (kilted) wheels. Do not install on a machine with ROS 2 from apt.

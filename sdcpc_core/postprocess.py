@@ -24,19 +24,25 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from sdcpc_core.ops import label_kernel
+
 MARGIN = 2.0 ** -18  # near-tie margin, relative to the largest |logit| involved (64 float32 ulps)
 DENSE_CELLS = 0.6  # above this fraction of undecided cells, resize in strips instead
 STRIP_ROWS = 32  # output rows per strip on CPU
+USE_KERNEL = True  # CPU tensors: the compiled kernel (sdcpc_core.ops.label_kernel) when numba is installed
 
 
 def source_coordinates(in_size: int, out_size: int, device=None):
-    """Bilinear (``align_corners=False``) source of each output index along one axis, as
-    PyTorch computes it: (lower index, upper index, weight of the upper one), each (out_size,)."""
-    src = (torch.arange(out_size, device=device, dtype=torch.float32) + 0.5) * (in_size / out_size) - 0.5
-    src = src.clamp_min(0)
+    """Bilinear (``align_corners=False``) source of each output index along one axis, in
+    PyTorch's own float32 arithmetic (``src = fma(in/out, i + 0.5, -0.5)``, clamped at 0):
+    (lower index, upper index, weight of the upper one), each (out_size,)."""
+    ratio = torch.tensor(in_size, dtype=torch.float32) / out_size  # float32, as PyTorch divides
+    # ratio * (i + 0.5) - 0.5 is exact in float64 for any realistic size: one rounding, as in an fma
+    src = (ratio.double() * (torch.arange(out_size, dtype=torch.float64) + 0.5) - 0.5).float()
+    src = src.clamp_min(0).to(device)
     lower = src.floor().long().clamp_max(in_size - 1)
     upper = (lower + 1).clamp_max(in_size - 1)
-    return lower, upper, src - lower
+    return lower, upper, (src - lower).clamp(0, 1)
 
 
 def _tiles(lower: torch.Tensor, in_size: int):
@@ -63,10 +69,13 @@ def resized_labels(logits: torch.Tensor, size) -> torch.Tensor:
     k, h, w = logits.shape
     out_h, out_w = int(size[0]), int(size[1])
     dev = logits.device
-    x = logits.float()
-    pixels = x.permute(1, 2, 0).reshape(h * w, k)  # (h*w, K), classes last
-    y0, _, fy = source_coordinates(h, out_h, dev)
-    x0, _, fx = source_coordinates(w, out_w, dev)
+    x = logits.float().contiguous()
+    pixels = x.permute(1, 2, 0).contiguous().view(h * w, k)  # (h*w, K), classes last
+    if USE_KERNEL and dev.type == "cpu" and label_kernel.available():
+        labels = _kernel_labels(x, pixels, (out_h, out_w))
+        return labels if labels is not None else _resize_whole(x, (out_h, out_w))
+    if not bool(torch.isfinite(x).all()):
+        return _resize_whole(x, (out_h, out_w))
     scale = pixels.abs().amax(1)  # (h*w,) largest |logit| of each source pixel
     if k > 1:
         best2, arg2 = pixels.topk(2, 1)
@@ -75,6 +84,8 @@ def resized_labels(logits: torch.Tensor, size) -> torch.Tensor:
     else:
         arg = torch.zeros(h, w, dtype=torch.long, device=dev)
         sure = torch.ones(h, w, dtype=torch.bool, device=dev)
+    y0, _, fy = source_coordinates(h, out_h, dev)
+    x0, _, fx = source_coordinates(w, out_w, dev)
     # a cell is named by its lower corner (cy, cx); its upper corner is (by[cy], bx[cx])
     by = torch.arange(1, h + 1, device=dev).clamp_max(h - 1)
     bx = torch.arange(1, w + 1, device=dev).clamp_max(w - 1)
@@ -93,7 +104,7 @@ def resized_labels(logits: torch.Tensor, size) -> torch.Tensor:
         if ties:
             ys, xs, member = (torch.cat(t) for t in zip(*ties))
             classes = torch.arange(k, device=dev).expand(member.shape[0], k)
-            labels[ys, xs] = _exact_labels(x, (out_h, out_w), ys, xs, (classes, member))
+            labels[ys, xs] = _settle(x, pixels, (out_h, out_w), ys, xs, (classes, member))
         return labels
 
     ty, tx = open_tiles[:, 0], open_tiles[:, 1]
@@ -135,8 +146,123 @@ def resized_labels(logits: torch.Tensor, size) -> torch.Tensor:
         tile_t, slot_t = tie.nonzero(as_tuple=True)
         member = contenders[tile_t, :, slot_t] & (classes[tile_t] < k)  # (T, cmax)
         ys, xs = rows[tile_t, slot_t // cols_n], cols[tile_t, slot_t % cols_n]
-        labels[ys, xs] = _exact_labels(x, (out_h, out_w), ys, xs, (classes[tile_t], member))
+        labels[ys, xs] = _settle(x, pixels, (out_h, out_w), ys, xs, (classes[tile_t], member))
     return labels
+
+
+def _resize_whole(x, size):
+    """The definition itself, for logits with NaN or inf (which the engine refuses anyway): the
+    shortcuts reason about finite values only."""
+    return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0].argmax(0)
+
+
+def _kernel_labels(x, pixels, size):
+    """The fused CPU pass (``sdcpc_core.ops.label_kernel``), near ties settled as elsewhere;
+    None when a logit is NaN or inf."""
+    k, h, w = x.shape
+    threads = torch.get_num_threads()
+    scale, arg, sure, finite = label_kernel.summarise(pixels.numpy(), MARGIN, threads)
+    if not finite.all():
+        return None
+    sources_y = source_coordinates(h, size[0])
+    sources_x = source_coordinates(w, size[1])
+    labels, tie = label_kernel.resized_labels_cpu(
+        pixels.view(h, w, k).numpy(), scale.reshape(h, w), arg.reshape(h, w), sure.reshape(h, w),
+        [t.numpy() for t in sources_y], [t.numpy() for t in sources_x], MARGIN, threads)
+    labels = torch.from_numpy(labels)
+    ys, xs = torch.from_numpy(tie).nonzero(as_tuple=True)
+    if ys.numel():
+        labels[ys, xs] = _settle(x, pixels, size, ys, xs, lambda: _lerp_contenders(pixels, w, ys, xs, sources_y,
+                                                                                 sources_x, scale))
+    return labels
+
+
+def _lerp_contenders(pixels, w, ys, xs, sources_y, sources_x, scale):
+    """The classes within twice the margin of the best at pixels (ys, xs), by our own lerps."""
+    (y0, y1, fy), (x0, x1, fx) = sources_y, sources_x
+    a, b, c, d = y0[ys] * w, y1[ys] * w, x0[xs], x1[xs]
+    wx = fx[xs, None]
+    mixed = torch.lerp(torch.lerp(pixels[a + c], pixels[a + d], wx), torch.lerp(pixels[b + c], pixels[b + d], wx),
+                       fy[ys, None])  # (T, K)
+    scale = torch.from_numpy(scale)
+    margin = MARGIN * torch.stack([scale[a + c], scale[a + d], scale[b + c], scale[b + d]]).amax(0)
+    member = mixed >= (mixed.amax(1) - 2 * margin)[:, None]
+    return torch.arange(pixels.shape[1]).expand_as(member), member
+
+
+def _settle(x, pixels, size, ys, xs, contenders):
+    """Labels at the near-tie pixels (ys, xs) as the reference gives them. On CPU, where
+    ``F.interpolate`` takes its generic kernel, its arithmetic is reproduced exactly
+    (``_reference_values``); elsewhere, and at the rare pixel where that reproduction cannot be
+    sure of its rounding, ``F.interpolate`` of the contending classes settles it.
+    ``contenders``: (classes (T, c), member (T, c)), or a function returning them."""
+    values = _reference_values(x, pixels, size, ys, xs)
+    if values is None:
+        unsure = torch.ones_like(ys, dtype=torch.bool)
+        labels = torch.empty_like(ys)
+    else:
+        exact, unsure = values
+        labels = exact.argmax(1)  # first index on ties, as the reference's argmax
+    if unsure.any():
+        classes, member = contenders() if callable(contenders) else contenders
+        labels[unsure] = _exact_labels(x, size, ys[unsure], xs[unsure], (classes[unsure], member[unsure]))
+    return labels
+
+
+def _fma(a, b, c):
+    """float32 a * b + c rounded once (as a fused multiply-add), and where float64 cannot be
+    sure of that rounding: its own rounding of the sum was inexact and landed on a float32
+    halfway point (or in the subnormal range)."""
+    p, c = a.double() * b.double(), c.double()  # the product is exact in float64
+    s = p + c
+    t = s - c
+    inexact = ((p - t) + (c - (s - t))) != 0  # the rounding error of the sum (TwoSum)
+    halfway = (s.view(torch.int64) & (2 ** 29 - 1)) == 2 ** 28
+    return s.float(), inexact & (halfway | ((s.abs() < 2.0 ** -126) & (s != 0)))
+
+
+def _pytorch_bilinear(pixels, w, ys, xs, sources_y, sources_x):
+    """The values ``F.interpolate`` (CPU, generic kernel) gives at pixels (ys, xs), all classes:
+    ``t0 * w0 + t1 * w1`` per axis, width first, compiled as ``fma(t0, w0, t1 * w1)``.
+    Returns (values (T, K) float32, unsure (T,) bool)."""
+    (y0, y1, fy), (x0, x1, fx) = sources_y, sources_x
+    a, b, c, d = y0[ys] * w, y1[ys] * w, x0[xs], x1[xs]
+    wx1, wy1 = fx[xs, None], fy[ys, None]
+    wx0, wy0 = 1 - wx1, 1 - wy1
+    top, u1 = _fma(pixels[a + c], wx0, pixels[a + d] * wx1)
+    bottom, u2 = _fma(pixels[b + c], wx0, pixels[b + d] * wx1)
+    out, u3 = _fma(top, wy0, bottom * wy1)
+    return out, (u1 | u2 | u3).any(1)
+
+
+def _reference_values(x, pixels, size, ys, xs):
+    """``_pytorch_bilinear`` where it is known to be the reference's arithmetic, else None."""
+    k, h, w = x.shape
+    generic = size[0] + size[1] > 128 and not (k == 3 and torch.get_num_threads() == 1)
+    if x.device.type != "cpu" or not generic or not _arithmetic_reproduced():
+        return None
+    return _pytorch_bilinear(pixels, w, ys, xs, source_coordinates(h, size[0]), source_coordinates(w, size[1]))
+
+
+_REPRODUCED = []
+
+
+def _arithmetic_reproduced() -> bool:
+    """Whether ``_pytorch_bilinear`` equals this build's ``F.interpolate`` bit for bit (checked
+    once per process on random logits, integer and non-integer factors)."""
+    if not _REPRODUCED:
+        g = torch.Generator().manual_seed(0)
+        ok = True
+        for (h, w), size in [((15, 20), (60, 80)), ((11, 9), (97, 61)), ((40, 30), (23, 131))]:
+            x = torch.randn(5, h, w, generator=g) * 8
+            ref = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
+            ys, xs = (t.reshape(-1) for t in torch.meshgrid(torch.arange(size[0]), torch.arange(size[1]),
+                                                             indexing="ij"))
+            values, unsure = _pytorch_bilinear(x.permute(1, 2, 0).reshape(h * w, 5), w, ys, xs,
+                                               source_coordinates(h, size[0]), source_coordinates(w, size[1]))
+            ok &= bool((values == ref[:, ys, xs].T)[~unsure].all())
+        _REPRODUCED.append(ok)
+    return _REPRODUCED[0]
 
 
 def _exact_labels(x, size, ys, xs, contenders):

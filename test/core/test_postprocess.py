@@ -1,12 +1,27 @@
 """resized_labels / labels_and_confidence == argmax (and max softmax) of F.interpolate of the whole
-volume, exactly: pruned cells, the dense strip path, near ties settled by F.interpolate."""
+volume, exactly: the compiled CPU kernel and the PyTorch path (pruned cells, dense strips), near
+ties settled by PyTorch's reproduced arithmetic or by F.interpolate itself."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import sdcpc_core.postprocess as post
+from sdcpc_core.ops import label_kernel
 from sdcpc_core.postprocess import labels_and_confidence, resized_labels
+
+PATHS = ["kernel", "pruned", "strips"]
+
+
+@pytest.fixture
+def path(request, monkeypatch):
+    """Select one implementation: the numba kernel, or the PyTorch path forced pruned or dense."""
+    name = request.param
+    if name == "kernel" and not label_kernel.available():
+        pytest.skip("numba is not installed (an install requirement: pip install numba)")
+    monkeypatch.setattr(post, "USE_KERNEL", name == "kernel")
+    monkeypatch.setattr(post, "DENSE_CELLS", 0.0 if name == "strips" else 1.1)
+    return name
 
 SIZES = [(480, 480), (97, 131), (61, 45), (20, 13), (30, 37), (31, 38), (120, 50)]
 
@@ -23,19 +38,19 @@ def kinds(k=9, h=30, w=37, seed=0):
     return {"smooth": smooth, "noise": noise, "ties": ties}
 
 
-@pytest.mark.parametrize("dense", [False, True], ids=["pruned", "strips"])
+@pytest.mark.parametrize("path", PATHS, indirect=True)
 @pytest.mark.parametrize("size", SIZES)
-def test_equal_to_argmax_of_the_resized_volume(size, dense, monkeypatch):
-    """Upsampling, downsampling, non-integer factors; both paths (DENSE_CELLS forces one)."""
-    monkeypatch.setattr(post, "DENSE_CELLS", 0.0 if dense else 1.1)
+def test_equal_to_argmax_of_the_resized_volume(size, path):
+    """Upsampling, downsampling, non-integer factors; every path."""
     for name, logits in kinds().items():
         got = resized_labels(logits, size)
         assert got.dtype == torch.long and got.shape == size
         assert torch.equal(got, reference(logits, size)), name
 
 
+@pytest.mark.parametrize("path", PATHS, indirect=True)
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 300])
-def test_class_counts(k):
+def test_class_counts(k, path):
     """K=1 (all zeros), small K, and K > 255."""
     for logits in kinds(k=k, h=17, w=11, seed=k).values():
         for size in [(68, 44), (40, 29), (9, 5)]:
@@ -50,11 +65,13 @@ def test_other_dtypes_resize_in_float32(dtype):
             assert torch.equal(resized_labels(logits, size), reference(logits, size))
 
 
-@pytest.mark.parametrize("dense", [False, True], ids=["pruned", "strips"])
-def test_near_ties_are_settled_by_the_reference_values(dense, monkeypatch):
+@pytest.mark.parametrize("reproduced", [True, False], ids=["reproduced", "interpolated"])
+@pytest.mark.parametrize("path", PATHS, indirect=True)
+def test_near_ties_are_settled_by_the_reference_values(path, reproduced, monkeypatch):
     """A duplicated class (exact ties: the lower index wins) and a class one ulp above another
-    (a tie our own rounding cannot decide) both go through F.interpolate of the contenders."""
-    monkeypatch.setattr(post, "DENSE_CELLS", 0.0 if dense else 1.1)
+    (a tie our own rounding cannot decide): settled by PyTorch's arithmetic reproduced, or, where
+    it is not (``_REPRODUCED = [False]``), by F.interpolate of the contenders."""
+    monkeypatch.setattr(post, "_REPRODUCED", [reproduced])
     calls = []
     exact = post._exact_labels
     monkeypatch.setattr(post, "_exact_labels", lambda *a: calls.append(a[2].numel()) or exact(*a))
@@ -63,7 +80,65 @@ def test_near_ties_are_settled_by_the_reference_values(dense, monkeypatch):
         logits = torch.cat([base[:2], twin[None], base[2:]])  # class 2 ~ class 5
         for size in [(120, 148), (77, 53)]:
             assert torch.equal(resized_labels(logits, size), reference(logits, size))
-    assert calls and min(calls) > 0
+    if reproduced:
+        assert not calls  # every tie settled without interpolating
+    else:
+        assert calls and min(calls) > 0
+
+
+def test_pytorch_arithmetic_is_reproduced_bit_for_bit():
+    """The check behind the reproduced settlement holds on this build, and fails for arithmetic
+    that is not PyTorch's (plain float32 lerps)."""
+    post._REPRODUCED.clear()
+    assert post._arithmetic_reproduced()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(7, 21, 16, generator=g) * 30
+    size = (83, 129)
+    ref = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
+    ys, xs = (t.reshape(-1) for t in torch.meshgrid(torch.arange(size[0]), torch.arange(size[1]), indexing="ij"))
+    values, unsure = post._pytorch_bilinear(x.permute(1, 2, 0).reshape(-1, 7), 16, ys, xs,
+                                            post.source_coordinates(21, size[0]), post.source_coordinates(16, size[1]))
+    assert not unsure.any()
+    assert torch.equal(values, ref[:, ys, xs].T)
+    # a plain multiply-add (two roundings) is not PyTorch's: the check must notice
+    try:
+        post._REPRODUCED.clear()
+        plain = (lambda a, b, c: (a * b + c, torch.zeros_like(a, dtype=torch.bool)))
+        original, post._fma = post._fma, plain
+        assert not post._arithmetic_reproduced()
+    finally:
+        post._fma = original
+        post._REPRODUCED.clear()
+
+
+def test_fma_flags_double_rounding():
+    """A float64 sum rounded onto a float32 halfway point is flagged; an exact halfway is not."""
+    a = torch.tensor([1.0 + 2.0 ** -12])  # a * a = 1 + 2^-11 + 2^-24: halfway between two floats
+    value, unsure = post._fma(a, a, torch.tensor([0.0]))
+    assert value.item() == 1.0 + 2.0 ** -11 and not unsure.item()  # exact: ties to even
+    # + 2^-80: the true sum lies just above halfway (an fma rounds up), float64 drops 2^-80
+    value, unsure = post._fma(a, a, torch.tensor([2.0 ** -80]))
+    assert unsure.item()
+    value, unsure = post._fma(a, a, torch.tensor([2.0 ** -30]))  # kept by float64: not unsure
+    assert value.item() == 1.0 + 2.0 ** -11 + 2.0 ** -23 and not unsure.item()
+
+
+@pytest.mark.parametrize("path", PATHS, indirect=True)
+def test_nan_and_inf_give_the_definition(path, monkeypatch):
+    """Non-finite logits (the engine refuses them): the whole volume is resized, as defined."""
+    logits = kinds(k=5, seed=7)["smooth"]
+    logits[2, 3, 4] = float("nan")
+    logits[1, 10, 10] = float("inf")
+    logits[0, 20, 5] = float("-inf")
+    for size in [(120, 148), (61, 45)]:
+        assert torch.equal(resized_labels(logits, size), reference(logits, size))
+
+
+def test_without_numba_the_pytorch_path_is_used(monkeypatch):
+    monkeypatch.setattr(label_kernel, "numba", None)
+    assert not label_kernel.available()
+    for logits in kinds(k=7, seed=2).values():
+        assert torch.equal(resized_labels(logits, (120, 148)), reference(logits, (120, 148)))
 
 
 @pytest.mark.parametrize("size, strip_rows", [((480, 480), None), ((97, 131), 7), ((61, 45), 1),

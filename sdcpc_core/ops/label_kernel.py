@@ -1,0 +1,154 @@
+"""CPU kernel of ``resized_labels``: argmax of bilinearly resized logits, one fused pass.
+
+Every output pixel mixes the four corners of its source cell class by class and keeps the best
+class, without ever building the (K, H, W) volume. A cell whose four corners agree on a class that
+leads each of them by more than the rounding margin is decided without mixing. A pixel whose two
+best mixed values lie within the margin is reported as a near tie: the caller settles it with the
+reference's own values (``F.interpolate`` of the contending classes).
+
+Compiled with numba (cached on disk after the first call). ``available()`` is False where numba
+is not installed; ``sdcpc_core.postprocess`` then uses its PyTorch path.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+try:
+    import numba
+except ImportError:  # pragma: no cover - numba is an install requirement; the fallback is tested
+    numba = None
+
+
+def available() -> bool:
+    return numba is not None
+
+
+def _summarise(x, margin, scale, arg, sure, finite):
+    """Per source pixel of x (N, K): largest |logit|, best class (first on ties), whether it
+    leads the runner-up by more than margin * scale, and whether every logit is finite."""
+    k_n = x.shape[1]
+    for n in numba.prange(x.shape[0]):
+        row = x[n]
+        best, second, largest, cls, ok = -np.inf, -np.inf, 0.0, 0, True
+        for k in range(k_n):
+            val = row[k]
+            if not abs(val) < np.inf:  # NaN or inf
+                ok = False
+            largest = max(largest, abs(val))
+            if val > best:
+                second, best, cls = best, val, k
+            elif val > second:
+                second = val
+        scale[n], arg[n], finite[n] = largest, cls, ok
+        sure[n] = best - second > margin * largest
+
+
+def _kernel(x, scale, arg, sure, y0, y1, fy, x0, x1, fx, groups, margin, labels, tie):
+    """x (h, w, K) float32 classes-last; scale, arg, sure (h, w) from ``_summarise``;
+    y0/y1/fy (H,) and x0/x1/fx (W,) bilinear sources and weights; groups (G + 1,) the first
+    output row of each run of rows sharing one source row pair (y0 is non-decreasing).
+    Writes labels (H, W) int64 and tie (H, W) bool (True: near tie, to be settled by the caller).
+
+    Parallel over row groups. Per column of a group the two width-mixed rows of the cell are
+    computed once; every row of the group mixes them, so a class whose larger width-mixed value
+    is below the best smaller one (less the margin) cannot win in that column: only the other
+    classes (the candidates) are mixed row by row."""
+    out_w, k_n = x0.shape[0], x.shape[2]
+    for g in numba.prange(groups.shape[0] - 1):
+        first_row, end_row = groups[g], groups[g + 1]
+        a, b = y0[first_row], y1[first_row]
+        top = np.empty(k_n, np.float32)
+        bottom = np.empty(k_n, np.float32)
+        cand = np.empty(k_n, np.int64)
+        cand_top = np.empty(k_n, np.float32)
+        cand_bottom = np.empty(k_n, np.float32)
+        v = np.empty(k_n, np.float32)
+        for j in range(out_w):
+            c, d, wx = x0[j], x1[j], fx[j]
+            cls = arg[a, c]
+            if (sure[a, c] and sure[a, d] and sure[b, c] and sure[b, d]
+                    and arg[a, d] == cls and arg[b, c] == cls and arg[b, d] == cls):
+                for i in range(first_row, end_row):  # a decided cell: one class wins everywhere
+                    labels[i, j] = cls
+                    tie[i, j] = False
+                continue
+            p, q, r, s = x[a, c], x[a, d], x[b, c], x[b, d]
+            for k in range(k_n):
+                top[k] = p[k] + wx * (q[k] - p[k])
+                bottom[k] = r[k] + wx * (s[k] - r[k])
+            room = margin * max(max(scale[a, c], scale[a, d]), max(scale[b, c], scale[b, d]))
+            floor = np.float32(-np.inf)
+            for k in range(k_n):
+                floor = max(floor, min(top[k], bottom[k]))
+            floor -= room
+            n = 0
+            for k in range(k_n):
+                if max(top[k], bottom[k]) >= floor:
+                    cand[n], cand_top[n], cand_bottom[n] = k, top[k], bottom[k]
+                    n += 1
+            for i in range(first_row, end_row):
+                wy = fy[i]
+                best = np.float32(-np.inf)
+                winner = 0
+                for m in range(n):
+                    val = cand_top[m] + wy * (cand_bottom[m] - cand_top[m])
+                    v[m] = val
+                    if val > best:
+                        best, winner = val, m
+                limit = best - room
+                near = 0
+                for m in range(n):
+                    near += v[m] >= limit
+                labels[i, j] = cand[winner]
+                tie[i, j] = near > 1
+
+
+_compiled = {}
+# numba's fallback threading layer (workqueue, where neither OpenMP nor TBB is usable) must not be
+# entered from two threads at once; the node and the evaluation may call from several threads
+_LOCK = threading.Lock()
+
+
+def _compiled_kernel(name):
+    if name not in _compiled:
+        # ``_summarise`` keeps IEEE semantics (it finds NaN/inf); the main kernel runs on finite
+        # logits only (nnan/ninf) and never reassociates, so each lerp is evaluated as written
+        # (its rounding is what the margin covers)
+        flags = {"nnan", "ninf", "nsz"} if name == "kernel" else False
+        fn = _kernel if name == "kernel" else _summarise
+        _compiled[name] = numba.njit(fn, parallel=True, cache=True, nogil=True, fastmath=flags)
+    return _compiled[name]
+
+
+def _threads(threads: int) -> None:
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+
+
+def summarise(pixels: np.ndarray, margin: float, threads: int):
+    """(N, K) float32 -> (scale (N,) float32, arg (N,) int64, sure (N,) bool, finite (N,) bool)."""
+    n = pixels.shape[0]
+    out = (np.empty(n, np.float32), np.empty(n, np.int64), np.empty(n, np.bool_), np.empty(n, np.bool_))
+    kernel = _compiled_kernel("summarise")
+    with _LOCK:
+        _threads(threads)
+        kernel(pixels, np.float32(margin), *out)
+    return out
+
+
+def resized_labels_cpu(x: np.ndarray, scale: np.ndarray, arg: np.ndarray, sure: np.ndarray,
+                       sources_y, sources_x, margin: float, threads: int):
+    """x (h, w, K) and its summary (each (h, w)) -> (labels (H, W) int64, tie (H, W) bool)."""
+    y0, y1, fy = (np.ascontiguousarray(t) for t in sources_y)
+    x0, x1, fx = (np.ascontiguousarray(t) for t in sources_x)
+    labels = np.empty((y0.shape[0], x0.shape[0]), np.int64)
+    tie = np.empty((y0.shape[0], x0.shape[0]), np.bool_)
+    # runs of output rows with the same source rows (y0 is non-decreasing)
+    groups = np.flatnonzero(np.r_[True, y0[1:] != y0[:-1], True]).astype(np.int64)
+    kernel = _compiled_kernel("kernel")
+    with _LOCK:
+        _threads(threads)
+        kernel(x, scale, arg, sure, y0, y1, fy, x0, x1, fx, groups, np.float32(margin), labels, tie)
+    return labels, tie

@@ -141,6 +141,18 @@ def test_without_numba_the_pytorch_path_is_used(monkeypatch):
         assert torch.equal(resized_labels(logits, (120, 148)), reference(logits, (120, 148)))
 
 
+def test_calls_from_several_threads_at_once_are_each_exact():
+    """The node's worker and an evaluation may resize at the same time (the kernel is shared)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cases = [logits for seed in range(3) for logits in kinds(k=11, h=24, w=31, seed=seed).values()]
+    sizes = [(96 + i, 124 - i) for i in range(len(cases))]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(resized_labels, cases * 3, sizes * 3))
+    for logits, size, labels in zip(cases * 3, sizes * 3, results):
+        assert torch.equal(labels, reference(logits, size))
+
+
 @pytest.mark.parametrize("size, strip_rows", [((480, 480), None), ((97, 131), 7), ((61, 45), 1),
                                               ((20, 13), None), ((33, 200), 64)])
 def test_labels_and_confidence_equal_resizing_the_logits(size, strip_rows):

@@ -54,9 +54,7 @@ TESTS[mcp_cl]="test/core/test_method.py test/core/test_mcp_cl.py"
 FILE[metrics]=sdcpc_core/metrics.py
 TESTS[metrics]="test/core/test_metrics.py test/core/test_metrics_edges.py"
 FILE[postprocess]=sdcpc_core/postprocess.py
-TESTS[postprocess]="test/core/test_postprocess.py test/core/test_engine.py::test_labels_and_confidence_equal_resizing_the_logits \
-test/core/test_engine.py::test_resized_labels_equal_argmax_of_the_resized_logits \
-test/core/test_engine.py::test_outputs_at_input_resolution_with_dynamic_mask"
+TESTS[postprocess]="test/core/test_postprocess.py test/core/test_engine.py::test_outputs_at_input_resolution_with_dynamic_mask"
 FILE[window_attention]=sdcpc_core/ops/window_attention.py
 TESTS[window_attention]="test/core/test_window_attention.py test/core/test_method.py"
 ALL=(temporal mcp_cl metrics postprocess window_attention)

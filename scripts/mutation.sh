@@ -89,7 +89,9 @@ for name in "${NAMES[@]}"; do
     echo "  test"
     echo "  pytest.ini"
   } > "$work/setup.cfg"
-  (cd "$work" && OMP_NUM_THREADS=1 timeout "$TIMEOUT" nice -n 10 "$MUTMUT" run --max-children "$CHILDREN" \
+  # mutmut forks a child per mutant: numba's fork-safe threading layer (the default, GNU OpenMP,
+  # terminates a child forked after the parent used it, which mutmut would count as a timeout)
+  (cd "$work" && OMP_NUM_THREADS=1 NUMBA_THREADING_LAYER=workqueue timeout "$TIMEOUT" nice -n 10 "$MUTMUT" run --max-children "$CHILDREN" \
       > run.log 2>&1) || echo "mutation.sh: $name: mutmut run stopped (exit $?; see $work/run.log); counts so far:" >&2
   (cd "$work" && "$MUTMUT" results --all true 2>/dev/null) > "$work/results.txt" || true
   (cd "$work" && for m in $(awk '$2 == "survived" {sub(":", "", $1); print $1}' results.txt); do

@@ -5,18 +5,18 @@ The definition is the reference evaluation's: resize the logits bilinearly to (H
 confidence, the max softmax probability. ``resized_labels`` returns exactly
 ``F.interpolate(logits.float()[None], size, mode="bilinear").argmax(1)[0]``, bit for bit:
 
-- An output pixel is a convex mix of the four corners of its source cell. A cell where one class
-  is the argmax at all four corners, each time ahead of the runner-up by more than a rounding
-  margin, is decided: that class wins at every output pixel inside it.
-- In the other cells only candidates are mixed: a class whose largest corner value is below the
-  best smallest corner value (less the margin) cannot win anywhere in the cell.
-- A pixel whose two best mixed values lie within the margin (a near tie, where our rounding may
-  differ from PyTorch's) is settled by ``F.interpolate`` itself, on its contending classes only:
-  interpolation treats channels independently, so those values are the reference's own.
+Two implementations, each exact:
 
-When nearly every cell is undecided (noise-like logits) the volume is resized in strips of rows,
-classes last, with the same near-tie check. ``labels_and_confidence``: confidence needs every
-class everywhere, so it resizes in strips; its labels come from ``resized_labels``.
+- CPU tensors: the compiled kernel (``sdcpc_core.ops.label_kernel``, numba). A source cell whose
+  four corners agree on the argmax, each ahead of its runner-up by more than a rounding margin, is
+  decided without mixing; elsewhere only the classes that can still win are mixed.
+- Elsewhere (a GPU, or no numba): the volume is resized in strips of rows, classes last.
+
+Both flag near ties: pixels whose two best mixed values lie within the margin, where our rounding
+may differ from PyTorch's. ``_settle`` decides them with the reference's own values: PyTorch's CPU
+arithmetic reproduced bit for bit (``_pytorch_bilinear``), or ``F.interpolate`` of the contending
+classes (interpolation treats channels independently). ``labels_and_confidence``: confidence
+needs every class everywhere, so it resizes in strips; its labels come from ``resized_labels``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import torch.nn.functional as F
 from sdcpc_core.ops import label_kernel
 
 MARGIN = 2.0 ** -18  # near-tie margin, relative to the largest |logit| involved (64 float32 ulps)
-DENSE_CELLS = 0.6  # above this fraction of undecided cells, resize in strips instead
 STRIP_ROWS = 32  # output rows per strip on CPU
 USE_KERNEL = True  # CPU tensors: the compiled kernel (sdcpc_core.ops.label_kernel) when numba is installed
 
@@ -45,24 +44,6 @@ def source_coordinates(in_size: int, out_size: int, device=None):
     return lower, upper, (src - lower).clamp(0, 1)
 
 
-def _tiles(lower: torch.Tensor, in_size: int):
-    """Split the output indices along one axis into tiles of consecutive indices that share the
-    lower source index, at most ceil(out/in) long. Returns per tile (source index, first output
-    index, length) and the tile of every output index."""
-    out_size = lower.numel()
-    longest = max(1, -(-out_size // in_size))
-    count = torch.bincount(lower, minlength=in_size)
-    start = torch.cumsum(count, 0) - count
-    piece = (torch.arange(out_size, device=lower.device) - start[lower]) // longest
-    key = lower * out_size + piece
-    _, tile_of = torch.unique_consecutive(key, return_inverse=True)
-    n = int(tile_of[-1]) + 1 if out_size else 0
-    first = torch.full((n,), out_size, dtype=torch.long, device=lower.device).scatter_reduce_(
-        0, tile_of, torch.arange(out_size, device=lower.device), "amin")
-    length = torch.bincount(tile_of, minlength=n)
-    return lower[first], first, length, tile_of
-
-
 def resized_labels(logits: torch.Tensor, size) -> torch.Tensor:
     """(K, h, w) logits -> (H, W) int64 labels at ``size = (H, W)``: argmax of the resized logits."""
     _check(logits, size)
@@ -76,77 +57,11 @@ def resized_labels(logits: torch.Tensor, size) -> torch.Tensor:
         return labels if labels is not None else _resize_whole(x, (out_h, out_w))
     if not bool(torch.isfinite(x).all()):
         return _resize_whole(x, (out_h, out_w))
-    scale = pixels.abs().amax(1)  # (h*w,) largest |logit| of each source pixel
-    if k > 1:
-        best2, arg2 = pixels.topk(2, 1)
-        arg = arg2[:, 0].view(h, w)
-        sure = (best2[:, 0] - best2[:, 1] > MARGIN * scale).view(h, w)
-    else:
-        arg = torch.zeros(h, w, dtype=torch.long, device=dev)
-        sure = torch.ones(h, w, dtype=torch.bool, device=dev)
-    y0, _, fy = source_coordinates(h, out_h, dev)
-    x0, _, fx = source_coordinates(w, out_w, dev)
-    # a cell is named by its lower corner (cy, cx); its upper corner is (by[cy], bx[cx])
-    by = torch.arange(1, h + 1, device=dev).clamp_max(h - 1)
-    bx = torch.arange(1, w + 1, device=dev).clamp_max(w - 1)
-    sure = sure & sure[:, bx]
-    decided = sure & sure[by] & (arg == arg[:, bx]) & (arg == arg[by]) & (arg == arg[by][:, bx])
-    labels = arg[y0[:, None], x0[None, :]]  # (H, W): right wherever the cell is decided
-
-    ty_src, ty_first, ty_len, tile_y = _tiles(y0, h)
-    tx_src, tx_first, tx_len, tile_x = _tiles(x0, w)
-    open_tiles = (~decided[ty_src][:, tx_src]).nonzero()  # (n, 2): tiles in undecided cells
-    n = open_tiles.shape[0]
-    if n == 0:
-        return labels
-    if n > DENSE_CELLS * ty_src.numel() * tx_src.numel():
-        labels, ties = _strip_labels(x, (out_h, out_w))
-        if ties:
-            ys, xs, member = (torch.cat(t) for t in zip(*ties))
-            classes = torch.arange(k, device=dev).expand(member.shape[0], k)
-            labels[ys, xs] = _settle(x, pixels, (out_h, out_w), ys, xs, (classes, member))
-        return labels
-
-    ty, tx = open_tiles[:, 0], open_tiles[:, 1]
-    cy, cx = ty_src[ty], tx_src[tx]
-    corners = torch.stack([cy * w + cx, cy * w + bx[cx], by[cy] * w + cx, by[cy] * w + bx[cx]], 1)
-    values = pixels[corners.view(-1)].view(n, 4, k)
-    margin = MARGIN * scale[corners].amax(1)  # (n,)
-    high, low = values.amax(1), values.amin(1)  # (n, K)
-    candidate = high >= (low.amax(1) - margin)[:, None]
-    tile_i, cls = candidate.nonzero(as_tuple=True)  # sorted by tile, then class
-    count = candidate.sum(1)
-    slot = torch.arange(tile_i.numel(), device=dev) - (torch.cumsum(count, 0) - count)[tile_i]
-    corner = values[tile_i, :, cls]  # (P, 4)
-
-    rows_n, cols_n = int(ty_len.max()), int(tx_len.max())
-    r = torch.arange(rows_n, device=dev)
-    c = torch.arange(cols_n, device=dev)
-    rows = (ty_first[ty][:, None] + r).clamp_max(out_h - 1)  # (n, R)
-    cols = (tx_first[tx][:, None] + c).clamp_max(out_w - 1)  # (n, C)
-    wy, wx = fy[rows][tile_i], fx[cols][tile_i]
-    top = torch.lerp(corner[:, 0:1], corner[:, 1:2], wx)  # (P, C)
-    bottom = torch.lerp(corner[:, 2:3], corner[:, 3:4], wx)
-    mixed = torch.lerp(top[:, None, :], bottom[:, None, :], wy[:, :, None]).view(-1, rows_n * cols_n)
-
-    # per tile: candidates in class order, padded with -inf; argmax then picks the first best
-    table = torch.full((n, int(count.max()), rows_n * cols_n), float("-inf"), device=dev)
-    table[tile_i, slot] = mixed
-    best, pick = table.max(1)  # (n, R*C)
-    contenders = table >= (best - margin[:, None])[:, None, :]
-    classes = torch.full((n, table.shape[1]), k, dtype=torch.long, device=dev)
-    classes[tile_i, slot] = cls
-    valid = ((r[None, :] < ty_len[ty][:, None])[:, :, None]
-             & (c[None, :] < tx_len[tx][:, None])[:, None, :]).view(n, -1)
-    ys = rows[:, :, None].expand(n, rows_n, cols_n).reshape(n, -1)[valid]
-    xs = cols[:, None, :].expand(n, rows_n, cols_n).reshape(n, -1)[valid]
-    labels[ys, xs] = classes.gather(1, pick)[valid]
-    tie = (contenders.sum(1) > 1) & valid
-    if tie.any():
-        tile_t, slot_t = tie.nonzero(as_tuple=True)
-        member = contenders[tile_t, :, slot_t] & (classes[tile_t] < k)  # (T, cmax)
-        ys, xs = rows[tile_t, slot_t // cols_n], cols[tile_t, slot_t % cols_n]
-        labels[ys, xs] = _settle(x, pixels, (out_h, out_w), ys, xs, (classes[tile_t], member))
+    labels, _, ties = _resize_in_strips(x, (out_h, out_w), None, with_confidence=False)
+    if ties:
+        ys, xs, member = (torch.cat(t) for t in zip(*ties))
+        classes = torch.arange(k, device=dev).expand(member.shape[0], k)
+        labels[ys, xs] = _settle(x, pixels, (out_h, out_w), ys, xs, (classes, member))
     return labels
 
 
@@ -283,12 +198,6 @@ def _exact_labels(x, size, ys, xs, contenders):
     return chosen[values.argmax(0)]
 
 
-def _strip_labels(x, size):
-    """Dense path: labels and the near ties, a list of (ys, xs, contending classes (T, K) bool)."""
-    labels, _, ties = _resize_in_strips(x, size, None, with_confidence=False)
-    return labels, ties
-
-
 def labels_and_confidence(logits: torch.Tensor, size, strip_rows: int | None = None):
     """(K, h, w) logits -> (labels (H, W) int64, confidence (H, W) float32) at ``size = (H, W)``.
 
@@ -313,6 +222,9 @@ def _check(logits, size):
 
 
 def _resize_in_strips(x, size, strip_rows, with_confidence: bool):
+    """Resize (K, h, w) in strips of output rows (width first, then rows), classes last. Returns
+    (labels, ties) work when ``with_confidence`` is False, else the confidence: (labels (H, W)
+    or unset, confidence (H, W) or None, ties: a list of (ys, xs, contending classes (T, K) bool))."""
     k, h = x.shape[0], x.shape[1]
     out_h, out_w = int(size[0]), int(size[1])
     # width first: (K, h, w) -> (h, W, K)

@@ -1,6 +1,6 @@
 """resized_labels / labels_and_confidence == argmax (and max softmax) of F.interpolate of the whole
-volume, exactly: the compiled CPU kernel and the PyTorch path (pruned cells, dense strips), near
-ties settled by PyTorch's reproduced arithmetic or by F.interpolate itself."""
+volume, exactly: the compiled CPU kernel and the PyTorch path (strips of rows), near ties settled
+by PyTorch's reproduced arithmetic or by F.interpolate itself; the settling helpers' contracts."""
 
 import pytest
 import torch
@@ -10,17 +10,16 @@ import sdcpc_core.postprocess as post
 from sdcpc_core.ops import label_kernel
 from sdcpc_core.postprocess import labels_and_confidence, resized_labels
 
-PATHS = ["kernel", "pruned", "strips"]
+PATHS = ["kernel", "strips"]
 
 
 @pytest.fixture
 def path(request, monkeypatch):
-    """Select one implementation: the numba kernel, or the PyTorch path forced pruned or dense."""
+    """Select one implementation: the numba kernel, or the PyTorch path (strips)."""
     name = request.param
     if name == "kernel" and not label_kernel.available():
         pytest.skip("numba is not installed (an install requirement: pip install numba)")
     monkeypatch.setattr(post, "USE_KERNEL", name == "kernel")
-    monkeypatch.setattr(post, "DENSE_CELLS", 0.0 if name == "strips" else 1.1)
     return name
 
 SIZES = [(480, 480), (97, 131), (61, 45), (20, 13), (30, 37), (31, 38), (120, 50)]
@@ -75,11 +74,14 @@ def test_near_ties_are_settled_by_the_reference_values(path, reproduced, monkeyp
     calls = []
     exact = post._exact_labels
     monkeypatch.setattr(post, "_exact_labels", lambda *a: calls.append(a[2].numel()) or exact(*a))
-    base = kinds(k=6, seed=5)["smooth"]
-    for twin in (base[4].clone(), torch.nextafter(base[4], torch.tensor(float("inf")))):
-        logits = torch.cat([base[:2], twin[None], base[2:]])  # class 2 ~ class 5
-        for size in [(120, 148), (77, 53)]:
-            assert torch.equal(resized_labels(logits, size), reference(logits, size))
+    for magnitude in (1.0, 1000.0):  # the margin scales with the logits
+        base = kinds(k=6, seed=5)["smooth"] * magnitude
+        for twin in (base[4].clone(), torch.nextafter(base[4], torch.tensor(float("inf"))),
+                     torch.nextafter(base[4], torch.tensor(float("-inf")))):
+            for logits in (torch.cat([base[:2], twin[None], base[2:]]),  # class 2 ~ class 5
+                           torch.cat([base, twin[None]])):  # class 6 ~ class 4
+                for size in [(120, 148), (77, 53)]:
+                    assert torch.equal(resized_labels(logits, size), reference(logits, size))
     if reproduced:
         assert not calls  # every tie settled without interpolating
     else:
@@ -121,6 +123,83 @@ def test_fma_flags_double_rounding():
     assert unsure.item()
     value, unsure = post._fma(a, a, torch.tensor([2.0 ** -30]))  # kept by float64: not unsure
     assert value.item() == 1.0 + 2.0 ** -11 + 2.0 ** -23 and not unsure.item()
+    # an exact halfway reached through a non-zero addend: 1 + 2^-22 + 2^-24, not flagged
+    value, unsure = post._fma(torch.tensor([1.0]), torch.tensor([1.0 + 2.0 ** -22]), torch.tensor([2.0 ** -24]))
+    assert value.item() == 1.0 + 2.0 ** -22 and not unsure.item()  # ties to even
+    # a small product below a large addend: 1 + 2^-24 - 2^-70, which float64 rounds onto halfway
+    a, b = torch.tensor([2.0 ** -12 * (1 + 2.0 ** -23)]), torch.tensor([2.0 ** -12 * (1 - 2.0 ** -23)])
+    value, unsure = post._fma(a, b, torch.tensor([1.0]))
+    assert value.item() == 1.0 and unsure.item()
+
+
+def test_a_pixel_is_unsure_when_any_of_its_three_multiply_adds_is(monkeypatch):
+    """``_pytorch_bilinear``: top row, bottom row, then the column mix; each may flag a class."""
+    x = torch.randn(5, 6, 7)
+    pixels = x.permute(1, 2, 0).reshape(-1, 5)
+    ys, xs = torch.tensor([3, 10, 20]), torch.tensor([4, 9, 2])
+    sources = post.source_coordinates(6, 24), post.source_coordinates(7, 13)
+    fma = post._fma
+    for flagged_call in range(3):
+        calls = []
+
+        def flagging(a, b, c, calls=calls, flagged_call=flagged_call):
+            value, _ = fma(a, b, c)
+            unsure = torch.zeros_like(value, dtype=torch.bool)
+            if len(calls) == flagged_call:
+                unsure[1, 3] = True  # the second pixel, one class
+            calls.append(1)
+            return value, unsure
+
+        monkeypatch.setattr(post, "_fma", flagging)
+        values, unsure = post._pytorch_bilinear(pixels, 7, ys, xs, *sources)
+        assert len(calls) == 3 and values.shape == (3, 5)
+        assert unsure.tolist() == [False, True, False]
+
+
+def test_lerp_contenders_are_the_classes_within_twice_the_margin_of_the_best():
+    """The kernel path's contenders at unsure pixels: our own lerps, the margin from the largest
+    |logit| among the four corners of each pixel."""
+    h, w, k = 4, 5, 5
+    pixels = torch.zeros(h * w, k)
+    ys, xs = torch.tensor([1, 2]), torch.tensor([1, 3])  # identity resize: weights 0, corners (y, x)..(y+1, x+1)
+    sources = post.source_coordinates(h, h), post.source_coordinates(w, w)
+    margin = post.MARGIN * 8  # a corner of each pixel has |logit| 8
+    for corner in range(4):
+        scale = torch.ones(h * w)
+        for y, x in zip(ys.tolist(), xs.tolist()):
+            pixels[y * w + x] = torch.tensor([1.0, 1 - 2 * margin, 1 - 2.5 * margin, 1 - 2.05 * margin, 0.5])
+            dy, dx = divmod(corner, 2)
+            scale[(y + dy) * w + x + dx] = 8.0
+        classes, member = post._lerp_contenders(pixels, w, ys, xs, *sources, scale.numpy())
+        assert classes.tolist() == [list(range(k))] * 2
+        assert member.tolist() == [[True, True, False, False, False]] * 2, f"large corner {corner}"
+    scale = torch.ones(h * w)
+    scale[2 * w + 3] = 8.0  # only the second pixel has a large corner
+    member = post._lerp_contenders(pixels, w, ys, xs, *sources, scale.numpy())[1]
+    assert member.tolist() == [[True, False, False, False, False], [True, True, False, False, False]]
+
+
+@pytest.mark.parametrize("k, contending", [(4, [0, 1, 2]), (4, [1, 2, 3]), (9, [2, 5, 7]), (9, [0, 3, 4, 8])])
+def test_exact_labels_interpolates_the_contenders_never_exactly_three_channels(k, contending, monkeypatch):
+    """F.interpolate may take another CPU kernel for 3 channels (other rounding): a fourth, spare
+    class is added, which never wins."""
+    g = torch.Generator().manual_seed(k)
+    x = torch.randn(k, 9, 11, generator=g)
+    size = (31, 40)
+    ys, xs = torch.tensor([0, 7, 30, 12]), torch.tensor([0, 39, 5, 21])
+    members = torch.zeros(4, k, dtype=torch.bool)
+    members[:, contending] = True
+    members[1, contending[0]] = False  # pixel 1: one class fewer
+    seen = []
+    interpolate = F.interpolate
+    monkeypatch.setattr(post.F, "interpolate", lambda t, **kw: seen.append(t[0].clone()) or interpolate(t, **kw))
+    labels = post._exact_labels(x, size, ys, xs, (torch.arange(k).expand(4, k), members))
+    assert len(seen) == 1 and seen[0].shape[0] == (4 if len(contending) == 3 else len(contending))
+    used = [c for c in range(k) if any(torch.equal(seen[0][i], x[c]) for i in range(seen[0].shape[0]))]
+    assert len(used) == seen[0].shape[0] and set(contending) <= set(used)  # distinct classes
+    full = interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0][:, ys, xs]
+    want = full.masked_fill(~members.T, float("-inf")).argmax(0)
+    assert labels.tolist() == want.tolist()
 
 
 @pytest.mark.parametrize("path", PATHS, indirect=True)
@@ -131,6 +210,13 @@ def test_nan_and_inf_give_the_definition(path, monkeypatch):
     logits[1, 10, 10] = float("inf")
     logits[0, 20, 5] = float("-inf")
     for size in [(120, 148), (61, 45)]:
+        assert torch.equal(resized_labels(logits, size), reference(logits, size))
+
+
+@pytest.mark.parametrize("path", PATHS, indirect=True)
+def test_a_single_source_row_or_column(path):
+    for shape, size in [((3, 1, 5), (4, 9)), ((4, 6, 1), (11, 3)), ((2, 1, 1), (5, 7))]:
+        logits = torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape)))
         assert torch.equal(resized_labels(logits, size), reference(logits, size))
 
 

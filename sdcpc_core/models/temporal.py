@@ -90,8 +90,11 @@ def static_difference(target: FrameCache, reference: FrameCache,
                       kind: str = "bhattacharyya") -> torch.Tensor:
     """Per-location difference of two frames' static perceptions, (B, 1, h, w) in [0, 1]."""
     if kind == "bhattacharyya":
+        # 1 - Σ sqrt(p_t p_r), written as the squared Hellinger distance ½ Σ (√p_t − √p_r)², equal
+        # for distributions: exactly 0 for a frame compared with itself in any precision (the
+        # stream's first frame is its own reference), where 1 - Σ loses everything to rounding
         p_t, p_r = target.static_logits.float().softmax(1), reference.static_logits.float().softmax(1)
-        return (1.0 - (p_t * p_r).clamp_min(0).sqrt().sum(1, keepdim=True)).clamp(0, 1)
+        return (0.5 * (p_t.sqrt() - p_r.sqrt()).square().sum(1, keepdim=True)).clamp(0, 1)
     if kind == "cosine":
         cos = F.cosine_similarity(target.static.float(), reference.static.float(), dim=1)
         return ((1.0 - cos) / 2).unsqueeze(1)

@@ -68,6 +68,17 @@ def test_difference_stays_in_bounds_exactly_and_unknown_kinds_are_named():
         DSSA(4, difference="l2")
 
 
+def test_a_frame_compared_with_itself_differs_by_exactly_zero():
+    """Pipeline 3 at a stream's first frame (its own reference): D = 0 exactly, not rounding noise,
+    so the fine stage's selection does not depend on the precision (fp32 here; bf16 runtimes
+    otherwise turned ~4e-3 of noise into a random choice of queries)."""
+    g = torch.Generator().manual_seed(3)
+    a = frame(None, torch.randn(2, 9, 12, 16, generator=g) * 4)
+    p = a.static_logits.softmax(1)
+    assert (1 - (p * p).sqrt().sum(1)).abs().max() > 0  # the literal formula keeps rounding noise
+    assert torch.equal(static_difference(a, a), torch.zeros(2, 1, 12, 16))
+
+
 def test_bhattacharyya_difference_equals_a_numpy_loop():
     """Pipeline 3: the same formula on random logits, location by location in numpy."""
     g = torch.Generator().manual_seed(0)

@@ -38,10 +38,10 @@ def source_coordinates(in_size: int, out_size: int, device=None):
     ratio = torch.tensor(in_size, dtype=torch.float32) / out_size  # float32, as PyTorch divides
     # ratio * (i + 0.5) - 0.5 is exact in float64 for any realistic size: one rounding, as in an fma
     src = (ratio.double() * (torch.arange(out_size, dtype=torch.float64) + 0.5) - 0.5).float()
-    src = src.clamp_min(0).to(device)
-    lower = src.floor().long().clamp_max(in_size - 1)
+    src = src.clamp_min(0).to(device)  # src < in - 1/2: its floor is a valid index
+    lower = src.floor().long()
     upper = (lower + 1).clamp_max(in_size - 1)
-    return lower, upper, (src - lower).clamp(0, 1)
+    return lower, upper, src - lower
 
 
 def resized_labels(logits: torch.Tensor, size) -> torch.Tensor:

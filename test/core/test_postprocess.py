@@ -74,6 +74,9 @@ def test_near_ties_are_settled_by_the_reference_values(path, reproduced, monkeyp
     calls = []
     exact = post._exact_labels
     monkeypatch.setattr(post, "_exact_labels", lambda *a: calls.append(a[2].numel()) or exact(*a))
+    constant = torch.zeros(4, 9, 11)  # every class tied everywhere, a margin of zero
+    for size in [(90, 70), (64, 65)]:
+        assert torch.equal(resized_labels(constant, size), reference(constant, size))
     for magnitude in (1.0, 1000.0):  # the margin scales with the logits
         base = kinds(k=6, seed=5)["smooth"] * magnitude
         for twin in (base[4].clone(), torch.nextafter(base[4], torch.tensor(float("inf"))),
@@ -130,6 +133,14 @@ def test_fma_flags_double_rounding():
     a, b = torch.tensor([2.0 ** -12 * (1 + 2.0 ** -23)]), torch.tensor([2.0 ** -12 * (1 - 2.0 ** -23)])
     value, unsure = post._fma(a, b, torch.tensor([1.0]))
     assert value.item() == 1.0 and unsure.item()
+    # the same onto a halfway point above an odd float32 (1 + 2^-23 + 2^-24)
+    value, unsure = post._fma(a, b, torch.tensor([1.0 + 2.0 ** -23]))
+    assert unsure.item()
+    # float32 subnormal sums (coarser float32 rounding) are flagged whenever float64 rounded
+    tiny = torch.tensor([2.0 ** -100])  # its square, 2^-200, is lost next to the addend
+    for addend, flagged in [(2.0 ** -130, True), (1.5 * 2.0 ** -127, True), (2.0 ** -126, False)]:
+        value, unsure = post._fma(tiny, tiny, torch.tensor([addend]))
+        assert unsure.item() == flagged, addend
 
 
 def test_a_pixel_is_unsure_when_any_of_its_three_multiply_adds_is(monkeypatch):
@@ -214,10 +225,55 @@ def test_nan_and_inf_give_the_definition(path, monkeypatch):
 
 
 @pytest.mark.parametrize("path", PATHS, indirect=True)
-def test_a_single_source_row_or_column(path):
-    for shape, size in [((3, 1, 5), (4, 9)), ((4, 6, 1), (11, 3)), ((2, 1, 1), (5, 7))]:
+def test_a_single_source_or_output_row_or_column(path):
+    for shape, size in [((3, 1, 5), (4, 9)), ((4, 6, 1), (11, 3)), ((2, 1, 1), (5, 7)), ((5, 6, 7), (1, 1)),
+                        ((5, 6, 7), (1, 9))]:
         logits = torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape)))
         assert torch.equal(resized_labels(logits, size), reference(logits, size))
+
+
+@pytest.mark.parametrize("k, size, threads, reproduced", [
+    (5, (60, 68), 2, False), (5, (60, 69), 2, True), (5, (64, 64), 2, False), (5, (200, 13), 2, True),
+    (3, (60, 69), 1, False), (3, (60, 69), 2, True), (4, (60, 69), 1, True)])
+def test_reference_values_only_where_pytorch_runs_its_generic_kernel(k, size, threads, reproduced):
+    """PyTorch's CPU bilinear resize takes its generic kernel (the arithmetic ``_pytorch_bilinear``
+    reproduces) when H + W > 128, except for 3 channels on one thread: elsewhere no values."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = torch.randn(k, 11, 13, generator=torch.Generator().manual_seed(k)) * 8
+        pixels = x.permute(1, 2, 0).reshape(-1, k)
+        ys, xs = (t.reshape(-1) for t in torch.meshgrid(torch.arange(size[0]), torch.arange(size[1]), indexing="ij"))
+        got = post._reference_values(x, pixels, size, ys, xs)
+        ref = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0][:, ys, xs].T
+        plain = post._pytorch_bilinear(pixels, 13, ys, xs, post.source_coordinates(11, size[0]),
+                                       post.source_coordinates(13, size[1]))[0]
+        assert torch.equal(plain, ref) == reproduced  # what the condition is about
+        assert (got is not None) == reproduced
+        if reproduced:
+            assert torch.equal(got[0], ref) and not got[1].any()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_on_cpu_the_kernel_runs_and_the_definition_only_for_non_finite_logits(monkeypatch):
+    if not label_kernel.available():
+        pytest.skip("numba is not installed (an install requirement: pip install numba)")
+    calls = []
+    def spy(name, fn):
+        return lambda *a: calls.append(name) or fn(*a)
+
+    for name in ("resized_labels_cpu", "summarise"):
+        monkeypatch.setattr(label_kernel, name, spy(name, getattr(label_kernel, name)))
+    whole = post._resize_whole
+    monkeypatch.setattr(post, "_resize_whole", lambda *a: calls.append("whole") or whole(*a))
+    logits = kinds(k=6, seed=4)["smooth"]
+    assert torch.equal(resized_labels(logits, (90, 111)), reference(logits, (90, 111)))
+    assert calls == ["summarise", "resized_labels_cpu"]
+    logits[1, 2, 3] = float("nan")
+    calls.clear()
+    assert torch.equal(resized_labels(logits, (90, 111)), reference(logits, (90, 111)))
+    assert calls == ["summarise", "whole"]
 
 
 def test_without_numba_the_pytorch_path_is_used(monkeypatch):

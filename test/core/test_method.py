@@ -60,8 +60,13 @@ def test_difference_stays_in_bounds_exactly_and_unknown_kinds_are_named():
     g = torch.Generator().manual_seed(0)
     a = frame(None, torch.randn(1, 7, 8, 8, generator=g) * 3)
     p = a.static_logits.softmax(1)
-    assert (1 - (p * p).sqrt().sum(1)).min() < 0  # the unclamped formula dips below zero here
+    assert (1 - (p * p).sqrt().sum(1)).min() < 0  # the literal formula dips below zero here
     assert static_difference(a, a).min() >= 0
+    # nearly one-hot, mostly disjoint distributions: ½ Σ (√p − √q)² exceeds 1 by rounding here
+    far = [frame(None, torch.randn(1, 7, 32, 32, generator=g) * 30) for _ in range(2)]
+    p, q = far[0].static_logits.softmax(1), far[1].static_logits.softmax(1)
+    assert (0.5 * (p.sqrt() - q.sqrt()).square().sum(1)).max() > 1
+    assert static_difference(*far).max() <= 1
     with pytest.raises(ValueError, match=r"^unknown difference kind 'l2'; choose one of \('bhattacharyya'"):
         static_difference(a, a, "l2")
     with pytest.raises(ValueError, match=r"^unknown difference kind 'l2'; choose one of \('bhattacharyya'"):

@@ -125,10 +125,10 @@ class StreamingSegmenter:
         self.model = model.to(self.device).eval()
         if settings.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.runner = self._build_runner(export_dir, labels)
         mean, std = settings.mean or IMAGENET_MEAN, settings.std or IMAGENET_STD
         self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self.runner = self._build_runner(export_dir, labels)  # an on-the-fly export records mean/std
         self._lock = threading.Lock()  # the model and the buffer
         self._buffer: dict[int, tuple[FrameCache, float | None]] = {}  # index -> (cache, stamp)
         self._frame_count = 0

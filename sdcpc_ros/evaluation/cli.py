@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("offline", help="replay every frame through the engine and score it")
     _add_eval_options(p)
     p.add_argument("--baseline", default=None, help="per-frame baseline checkpoint, scored side by side")
-    add_arguments(p, ("precision",))
+    add_arguments(p, ("precision", "backend"))
     p.add_argument("--predict-gt", action="store_true",
                    help="score the label topic against itself (checks the bag and scoring: expect 1.0)")
 
@@ -154,7 +154,8 @@ def main(argv=None) -> int:
                   "max_time_gap": stream.max_time_gap, "samples": args.samples}
         if args.command == "offline":
             report = evaluate_offline(args.bag, args.out, baseline=args.baseline,
-                                      precision=stream.precision, predict_gt=args.predict_gt,
+                                      precision=stream.precision, backend=stream.backend,
+                                      predict_gt=args.predict_gt,
                                       progress=True, **common)
         else:
             from sdcpc_ros.transport import use_default_profile

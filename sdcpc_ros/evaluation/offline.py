@@ -20,7 +20,7 @@ from sdcpc_ros.evaluation.scoring import (
 def evaluate_offline(bag_path, out_dir, *, checkpoint=None, baseline=None, segmenter=None,
                      baseline_segmenter=None, image_topic=bags.DEFAULT_IMAGE_TOPIC,
                      label_topic=bags.DEFAULT_LABEL_TOPIC, explicit_label_topic=False,
-                     input_size=None, device="cpu", precision="fp32",
+                     input_size=None, device="cpu", precision="fp32", backend="torch",
                      max_time_gap=DEFAULT_MAX_TIME_GAP, predict_gt=False, samples=4,
                      progress=None) -> dict:
     """Replay the bag through the engine (or, ``predict_gt``, score the label topic against itself)
@@ -32,7 +32,7 @@ def evaluate_offline(bag_path, out_dir, *, checkpoint=None, baseline=None, segme
     from sdcpc_core.engine import StreamingSegmenter
     from sdcpc_ros.evaluation.report import write_report
 
-    kwargs = {"device": device, "precision": precision, "input_size": input_size,
+    kwargs = {"device": device, "precision": precision, "backend": backend, "input_size": input_size,
               "max_time_gap": max_time_gap}
     models: dict = {}
     if predict_gt:
@@ -45,7 +45,7 @@ def evaluate_offline(bag_path, out_dir, *, checkpoint=None, baseline=None, segme
     settings = {"checkpoint": str(checkpoint or "embedded default") if not predict_gt else None,
                 "baseline": str(baseline) if baseline else None, "image_topic": image_topic,
                 "label_topic": label_topic, "input_size": list(input_size) if input_size else None,
-                "device": device, "precision": precision, "max_time_gap": max_time_gap,
+                "device": device, "precision": precision, "backend": backend, "max_time_gap": max_time_gap,
                 "predict_gt": predict_gt}
     ev = Evaluation(str(bag_path), "offline", labelset, ["ground_truth"] if predict_gt else list(models),
                     settings)

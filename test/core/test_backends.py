@@ -16,7 +16,7 @@ from sdcpc_core.data.synthetic import generate_video
 from sdcpc_core.engine import StreamingSegmenter
 from sdcpc_core.export import METADATA, ExportError, export_model, read_export
 from sdcpc_core.runtimes import installed
-from sdcpc_core.settings import SettingError
+from sdcpc_core.settings import IMAGENET_MEAN, SettingError
 
 pytest.importorskip("onnx", reason="the deploy runtimes are installed by scripts/setup.sh")
 MODELS = {"sdcpc": DEFAULT_CHECKPOINT, "segformer": BASELINE_CHECKPOINT}
@@ -80,6 +80,19 @@ def test_backend_streams_like_eager_torch(exports, clip, model, backend):
     for a, b in zip(got_labels + clip_labels, want_labels + want_labels[:4]):
         differ = np.mean(a != b)  # only exact near-ties of the resized logits may flip
         assert differ <= LABEL_FLIPS[backend], f"{differ:.4%} of labels differ from eager torch"
+
+
+def test_a_checkpoint_runs_on_another_backend_through_an_export_made_on_the_fly(clip):
+    """What the node and ``sdcpc-eval --backend onnxruntime`` do with a plain checkpoint."""
+    if not installed("onnxruntime"):
+        pytest.skip("onnxruntime is not installed")
+    want = StreamingSegmenter.from_checkpoint(BASELINE_CHECKPOINT, device="cpu", backend="torch")
+    got = StreamingSegmenter.from_checkpoint(BASELINE_CHECKPOINT, device="cpu", backend="onnxruntime")
+    assert got.backend == "onnxruntime" and got.input_size == want.input_size
+    meta = read_export(got.runner.dir)
+    assert meta["mean"] == pytest.approx(got.settings.mean or IMAGENET_MEAN)
+    for a, b in zip(_stream(got, clip[:3]), _stream(want, clip[:3])):
+        assert np.mean(a != b) <= LABEL_FLIPS["onnxruntime"]
 
 
 def test_exported_graphs_take_other_references_than_the_trace(exports):

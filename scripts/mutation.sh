@@ -58,7 +58,8 @@ TESTS[postprocess]="test/core/test_engine.py::test_labels_and_confidence_equal_r
 test/core/test_engine.py::test_resized_labels_equal_argmax_of_the_resized_logits \
 test/core/test_engine.py::test_outputs_at_input_resolution_with_dynamic_mask"
 FILE[window_attention]=sdcpc_core/ops/window_attention.py
-TESTS[window_attention]="test/core/test_window_attention.py test/core/test_method.py"
+TESTS[window_attention]="test/core/test_window_attention.py test/core/test_window_attention_edges.py \
+test/core/test_fixed_shape.py test/core/test_method.py"
 ALL=(temporal mcp_cl metrics postprocess window_attention)
 [[ ${#NAMES[@]} -eq 0 ]] && NAMES=("${ALL[@]}")
 
@@ -87,6 +88,9 @@ for name in "${NAMES[@]}"; do
     echo "pytest_add_cli_args="
     echo "  --deselect"
     echo "  test/core/test_method.py::test_mcp_cl_first_initialisation_is_identical_on_all_ranks"
+    # torch.compile graph capture: far too slow per mutant, and it traces mutmut's trampolines
+    echo "  --deselect"
+    echo "  test/core/test_fixed_shape.py::test_encode_and_forward_cached_compile_with_fullgraph"
     echo "also_copy="
     echo "  test"
     echo "  pytest.ini"

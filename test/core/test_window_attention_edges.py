@@ -161,3 +161,186 @@ def test_any_integer_query_index_dtype(dtype):
     idx = torch.tensor([[0, 19, 7], [12, 12, 3]])
     out = window_attention(q, k, v, window=3, query_index=idx.to(dtype))
     torch.testing.assert_close(out, window_attention(q, k, v, window=3, query_index=idx), rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# selections, dtypes, autocast
+
+
+def test_one_selected_query_and_its_gradients():
+    q, k, v = (t.requires_grad_() for t in rand(1, 2, 3, 5, 6, dtype=torch.float64, seed=1))
+    idx = torch.tensor([[13]])
+    out = window_attention(q, k, v, window=3, query_index=idx)
+    want = loop_reference(q, k, v, 3, 1, idx)
+    torch.testing.assert_close(out, want)
+    got = torch.autograd.grad(out.sum(), (q, k, v))
+    ref = torch.autograd.grad(want.sum(), (q, k, v))
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_empty_selection_has_zero_gradients_of_the_input_dtypes(dtype):
+    q, k, v = (t.requires_grad_() for t in rand(2, 3, 4, 3, 5, dtype=dtype))
+    out = window_attention(q, k, v, window=3, query_index=torch.zeros(2, 0, dtype=torch.long))
+    assert out.shape == (2, 4, 0) and out.dtype == dtype
+    grads = torch.autograd.grad(out.sum(), (q, k, v), allow_unused=False)
+    for g, t in zip(grads, (q, k, v)):
+        assert g.shape == t.shape and g.dtype == dtype and not g.any()
+
+
+@pytest.mark.parametrize("dtypes,want", [
+    ((torch.float16, torch.float32, torch.float32), torch.float32),
+    ((torch.float32, torch.float16, torch.float32), torch.float32),
+    ((torch.float32, torch.float32, torch.float16), torch.float32),
+    ((torch.float32, torch.float32, torch.float64), torch.float64),
+    ((torch.float32, torch.float64, torch.float32), torch.float64),
+    ((torch.float64, torch.float32, torch.float32), torch.float64),
+    ((torch.bfloat16, torch.bfloat16, torch.float16), torch.float32),
+])
+def test_inputs_are_promoted_to_one_dtype(dtypes, want):
+    q, k, v = (t.to(d) for t, d in zip(rand(1, 2, 3, 4, 5, seed=2), dtypes))
+    out = window_attention(q, k, v, window=3)
+    assert out.dtype == want
+    same = window_attention(q.to(want), k.to(want), v.to(want), window=3)
+    torch.testing.assert_close(out, same, rtol=0, atol=0)
+    fixed = wa.window_attention_fixed(q, k, v, 3, 1)
+    assert fixed.dtype == want
+
+
+def test_float64_accumulates_in_float64():
+    q, k, v = rand(1, 2, 4, 5, 6, dtype=torch.float64, seed=3)
+    want = loop_reference(q, k, v, 5, 1)
+    out = window_attention(q, k, v, window=5).flatten(2)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
+    idx = torch.tensor([[0, 7, 29]])
+    torch.testing.assert_close(window_attention(q, k, v, 5, 1, idx), want[:, :, idx[0]], rtol=1e-12, atol=1e-12)
+    fixed = wa.window_attention_fixed(q, k, v, 5, 1).flatten(2)
+    torch.testing.assert_close(fixed, want, rtol=1e-12, atol=1e-12)
+
+
+def test_half_inputs_accumulate_in_float32():
+    # fp16 inputs whose logits overflow fp16 (|q.k| ~ 1e5): fp32 accumulation keeps them finite
+    q, k, v = rand(1, 1, 4, 3, 3, seed=4)
+    q, k = (q * 200).half(), (k * 200).half()
+    out = window_attention(q, k, v.half(), window=3)
+    want = loop_reference(q, k, v.half(), 3, 1).view(out.shape)
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+    torch.testing.assert_close(out.double(), want, atol=2e-3, rtol=2e-3)
+    fixed = wa.window_attention_fixed(q, k, v.half(), 3, 1)
+    assert fixed.dtype == torch.float16
+    torch.testing.assert_close(fixed.double(), want, atol=2e-3, rtol=2e-3)
+
+
+def test_autocast_does_not_change_the_result():
+    # under CPU bf16 autocast the op still computes in fp32: bitwise the same as without autocast
+    q, k, v = rand(1, 2, 8, 6, 7, seed=5)
+    idx = torch.tensor([[0, 5, 20, 41]])
+    for fn in (lambda: window_attention(q, k, v, 3, 1, idx), lambda: window_attention(q, k, v, 3, 1),
+               lambda: wa.window_attention_fixed(q, k, v, 3, 1)):
+        want = fn()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = fn()
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA extension glue, on CPU: a stand-in extension and tensors that say they are on CUDA
+
+
+class FakeExt:
+    """Records the calls; forward returns the PyTorch path's output and a marked lse, backward
+    returns marked gradients."""
+
+    def __init__(self):
+        self.calls = []
+
+    def forward(self, q, k, v, query_index, window, dilation):
+        self.calls.append(("forward", q, k, v, query_index, window, dilation))
+        B, C, H, W = q.shape
+        idx = torch.arange(H * W).expand(B, H * W) if query_index is None else query_index
+        with torch._C.DisableTorchFunctionSubclass():
+            out = wa._WindowAttentionTorch.apply(q, k, v, idx, window, dilation)
+        self.lse = torch.full((B, idx.shape[1]), 7.0)
+        return out, self.lse
+
+    def backward(self, grad_out, q, k, v, query_index, out, lse, window, dilation):
+        self.calls.append(("backward", grad_out, q, k, v, query_index, out, lse, window, dilation))
+        self.grads = torch.full_like(q, 1.0), torch.full_like(k, 2.0), torch.full_like(v, 3.0)
+        return self.grads
+
+
+class OnCuda(torch.Tensor):
+    """A CPU tensor whose ``is_cuda`` says True (the routing reads only that)."""
+
+    @property
+    def is_cuda(self):
+        return True
+
+
+def test_cuda_function_passes_its_arguments_and_returns_the_extension_gradients(monkeypatch):
+    ext = FakeExt()
+    monkeypatch.setattr(wa, "_ext", ext)
+    q, k, v = (t.requires_grad_() for t in rand(2, 2, 3, 4, 5))
+    idx = torch.tensor([[0, 3, 19], [4, 4, 7]])
+    out = wa._WindowAttentionCUDA.apply(q, k, v, idx, 5, 2)
+    assert [c[0] for c in ext.calls] == ["forward"]
+    _, *args = ext.calls[0]
+    assert all(a is b for a, b in zip(args, (q, k, v, idx))) and args[4:] == [5, 2]
+    torch.testing.assert_close(out, window_attention(q, k, v, 5, 2, idx), rtol=0, atol=0)
+    g = torch.randn(2, 3, 3).transpose(1, 2).contiguous().transpose(1, 2)  # B, C, M, not contiguous
+    assert not g.is_contiguous()
+    grads = torch.autograd.grad(out, (q, k, v), g)
+    assert [c[0] for c in ext.calls] == ["forward", "backward"]
+    _, grad_out, *args = ext.calls[1]
+    assert grad_out.is_contiguous() and torch.equal(grad_out, g)
+    assert all(torch.equal(a, b) for a, b in zip(args, (q, k, v, idx, out, ext.lse)))
+    assert args[6:] == [5, 2]
+    for got, want in zip(grads, ext.grads):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("window,dtype,cuda", [
+    (3, torch.float32, True), (15, torch.float16, True), (1, torch.bfloat16, True),
+    (17, torch.float32, False), (3, torch.float64, False)])
+def test_cuda_tensors_use_the_extension_for_small_windows_and_its_dtypes(monkeypatch, window, dtype, cuda):
+    ext = FakeExt()
+    monkeypatch.setattr(wa, "_ext", ext)
+    q, k, v = (t.as_subclass(OnCuda) for t in rand(1, 2, 3, 4, 5, dtype=dtype))
+    plain = [t.as_subclass(torch.Tensor) for t in (q, k, v)]
+    want, want_sparse = window_attention(*plain, window), window_attention(*plain, window, 1, torch.tensor([[19, 7]]))
+    idx = torch.tensor([[19, 0, 7]], dtype=torch.int32)[:, ::2]  # not contiguous, not int64
+    for query_index in (None, idx):
+        ext.calls.clear()
+        out = window_attention(q, k, v, window, 1, query_index).as_subclass(torch.Tensor)
+        assert len(ext.calls) == int(cuda)
+        if query_index is None:
+            assert out.shape == (1, 3, 4, 5)
+            torch.testing.assert_close(out, want, rtol=0, atol=0)
+        else:
+            torch.testing.assert_close(out, want_sparse, rtol=0, atol=0)
+        if cuda:
+            got = ext.calls[0][4]
+            if query_index is None:
+                assert got is None
+            else:
+                assert got.dtype == torch.long and got.is_contiguous() and got.tolist() == [[19, 7]]
+            assert ext.calls[0][5:] == (window, 1)
+
+
+def test_cpu_tensors_never_use_the_extension(monkeypatch):
+    ext = FakeExt()
+    monkeypatch.setattr(wa, "_ext", ext)
+    q, k, v = rand(1, 1, 2, 3, 3)
+    window_attention(q, k, v, 3)
+    assert ext.calls == [] and wa.backend() == "cuda"
+
+
+def test_cuda_tensors_without_the_extension_use_the_pytorch_path(monkeypatch):
+    monkeypatch.setattr(wa, "_ext", None)
+    q, k, v = (t.as_subclass(OnCuda) for t in rand(1, 2, 3, 4, 5))
+    out = window_attention(q, k, v, 3).as_subclass(torch.Tensor)
+    close(out.flatten(2), loop_reference(q, k, v, 3, 1))
+    assert wa.backend() == "pytorch"

@@ -344,3 +344,92 @@ def test_cuda_tensors_without_the_extension_use_the_pytorch_path(monkeypatch):
     out = window_attention(q, k, v, 3).as_subclass(torch.Tensor)
     close(out.flatten(2), loop_reference(q, k, v, 3, 1))
     assert wa.backend() == "pytorch"
+
+
+# ---------------------------------------------------------------------------------------------
+# the PyTorch path's plan: tiles, chunks, rows, halos
+
+
+def sparse_index(B, M, N, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, N, (B, M), generator=g)  # duplicates included
+
+
+@pytest.mark.parametrize("T,C,window,dilation,budget", [
+    (1, 4, 3, 1, 1),  # one tile per chunk
+    (2, 3, 5, 1, 1 << 14),
+    (3, 8, 3, 2, 1 << 16),
+    (2, 5, 1, 1, 1 << 13),
+    (1, 2, 7, 1, 1 << 30),  # all tiles in one chunk
+])
+def test_plan_chunks_take_the_most_tiles_that_fit_the_element_budget(monkeypatch, T, C, window, dilation, budget):
+    monkeypatch.setattr(wa, "CHUNK_ELEMS", budget)
+    B, H, W, b = 2, 19, 30, wa.TILE
+    idx = torch.cat([sparse_index(B, 60, H * W, seed=T), torch.tensor([[0] * 5, [H * W - 1] * 5])], 1)
+    plan = wa._Plan(idx, H, W, window, dilation, T, C)
+    R = dilation * (window // 2)
+    S = b + 2 * R
+    assert (plan.R, plan.S) == (R, S)
+    tile_of = [(bi, p // W // b, p % W // b) for bi in range(B) for p in idx[bi].tolist()]  # per query
+    counts = {t: tile_of.count(t) for t in set(tile_of)}
+    tiles = list(zip(plan.tile_batch, plan.tile_row, plan.tile_col))
+    assert sorted(tiles) == sorted(counts)  # every tile with a query, once, and no other tile
+    # most queries first; ties in (batch, row, col) order
+    assert tiles == sorted(tiles, key=lambda t: (-counts[t], t))
+    cnt = [counts[t] for t in tiles]
+    g = r = 0
+    for ch in plan.chunks:
+        assert (ch.g0, ch.r0, ch.mc) == (g, r, cnt[g])  # padded to its first (largest) tile's count
+        n = ch.g1 - ch.g0
+        cost = T * S * S * (2 * C + 3 * ch.mc)  # halos of k and v, logits and softmax, per tile
+        assert n >= 1 and (n == 1 or n * cost <= budget)
+        assert ch.g1 == len(tiles) or (n + 1) * cost > budget
+        assert ch.r1 == r + n * ch.mc
+        g, r = ch.g1, ch.r1
+    assert g == len(tiles) and plan.rows == r
+    # each query has its own row in its tile's block, in query order; the other rows are padding
+    rows = plan.row.tolist()
+    assert len(set(rows)) == len(rows) == B * idx.shape[1]
+    start = {}
+    for ch in plan.chunks:
+        for i in range(ch.g0, ch.g1):
+            start[tiles[i]] = ch.r0 + (i - ch.g0) * ch.mc
+    for t in counts:
+        mine = [row for row, tq in zip(rows, tile_of) if tq == t]
+        assert mine == list(range(start[t], start[t] + counts[t]))
+    ry, rx = torch.full((plan.rows,), -1), torch.full((plan.rows,), -1)
+    ry[plan.row], rx[plan.row] = (idx // W % b).view(-1), (idx % W % b).view(-1)
+    assert torch.equal(plan.query_row, ry[:, None]) and torch.equal(plan.query_col, rx[:, None])
+    kc = torch.zeros(B, T, H, W, C)
+    assert plan.workspace(kc).numel() == max(ch.g1 - ch.g0 for ch in plan.chunks) * T * S * S * C
+
+
+@pytest.mark.parametrize("window,dilation", [(3, 1), (5, 2), (1, 1)])
+def test_halos_are_the_zero_padded_frame_whatever_the_buffer_held_and_fold_is_their_adjoint(
+        monkeypatch, window, dilation):
+    monkeypatch.setattr(wa, "CHUNK_ELEMS", 1 << 12)  # several chunks
+    B, T, C, H, W, b = 2, 2, 3, 11, 20, wa.TILE
+    k = torch.randn(B, T, C, H, W, dtype=torch.float64)
+    idx = torch.arange(H * W).expand(B, H * W)
+    plan = wa._Plan(idx, H, W, window, dilation, T, C)
+    assert len(plan.chunks) > 1
+    R, S = plan.R, plan.S
+    kc = wa._channels_last(k, torch.float64)
+    pad = lambda t: torch.nn.functional.pad(  # noqa: E731
+        t, (R, plan.Lx * b - W + R, R, plan.Ly * b - H + R))
+    kpad = pad(k)
+    buf = plan.workspace(kc)
+    gkc = torch.zeros_like(kc)
+    gpad = torch.zeros_like(kpad)
+    for ch in plan.chunks:
+        buf.fill_(float("nan"))
+        h = plan.halo(kc, ch, buf)
+        assert h.shape == (ch.g1 - ch.g0, T * S * S, C)
+        gh = torch.randn_like(h)
+        plan.fold(gkc, gh, ch)
+        for j, i in enumerate(range(ch.g0, ch.g1)):
+            y0, x0, bi = plan.tile_row[i] * b, plan.tile_col[i] * b, plan.tile_batch[i]
+            want = kpad[bi, :, :, y0:y0 + S, x0:x0 + S].permute(0, 2, 3, 1).reshape(T * S * S, C)
+            assert torch.equal(h[j], want)
+            gpad[bi, :, :, y0:y0 + S, x0:x0 + S] += gh[j].view(T, S, S, C).permute(0, 3, 1, 2)
+    torch.testing.assert_close(gkc, gpad[..., R:R + H, R:R + W].permute(0, 1, 3, 4, 2))

@@ -433,3 +433,29 @@ def test_halos_are_the_zero_padded_frame_whatever_the_buffer_held_and_fold_is_th
             assert torch.equal(h[j], want)
             gpad[bi, :, :, y0:y0 + S, x0:x0 + S] += gh[j].view(T, S, S, C).permute(0, 3, 1, 2)
     torch.testing.assert_close(gkc, gpad[..., R:R + H, R:R + W].permute(0, 1, 3, 4, 2))
+
+
+# ---------------------------------------------------------------------------------------------
+# the fixed-shape path
+
+
+@pytest.mark.parametrize("H,W,window,dilation", [(9, 13, 1, 1), (5, 11, 3, 2), (17, 8, 5, 1)])
+def test_fixed_path_gradients_equal_the_selected_queries_path(H, W, window, dilation):
+    # frames that are not a multiple of the tile: padding queries must stay finite in backward too
+    q, k, v = (t.requires_grad_() for t in rand(2, 2, 3, H, W, dtype=torch.float64, seed=H))
+    g = torch.randn(2, 3, H, W, dtype=torch.float64)
+    out = wa.window_attention_fixed(q, k, v, window, dilation)
+    want = window_attention(q, k, v, window, dilation)
+    torch.testing.assert_close(out, want)
+    for a, b in zip(torch.autograd.grad((out * g).sum(), (q, k, v)), torch.autograd.grad((want * g).sum(), (q, k, v))):
+        torch.testing.assert_close(a, b)
+
+
+def test_fixed_path_is_stable_for_large_logits():
+    # logits of a few thousand: exp overflows unless the maximum is subtracted (jointly over T and keys)
+    q, k, v = rand(1, 3, 4, 6, 9, seed=6)
+    q, k = q * 40, k * 40
+    want = window_attention(q, k, v, 5, 1)
+    got = wa.window_attention_fixed(q, k, v, 5, 1)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

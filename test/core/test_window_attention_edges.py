@@ -221,14 +221,22 @@ def test_float64_accumulates_in_float64():
 
 
 def test_half_inputs_accumulate_in_float32():
-    # fp16 inputs whose logits overflow fp16 (|q.k| ~ 1e5): fp32 accumulation keeps them finite
+    # fp16 inputs whose logits overflow fp16 (|q.k| ~ 1e5): fp32 accumulation keeps them finite,
+    # in forward and backward
     q, k, v = rand(1, 1, 4, 3, 3, seed=4)
-    q, k = (q * 200).half(), (k * 200).half()
-    out = window_attention(q, k, v.half(), window=3)
-    want = loop_reference(q, k, v.half(), 3, 1).view(out.shape)
+    q, k, v = (q * 200).half().requires_grad_(), (k * 200).half().requires_grad_(), v.half().requires_grad_()
+    out = window_attention(q, k, v, window=3)
+    want = loop_reference(q, k, v, 3, 1).view(out.shape)
     assert out.dtype == torch.float16 and torch.isfinite(out).all()
     torch.testing.assert_close(out.double(), want, atol=2e-3, rtol=2e-3)
-    fixed = wa.window_attention_fixed(q, k, v.half(), 3, 1)
+    g = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    got = torch.autograd.grad((out * g).sum(), (q, k, v))
+    ref = torch.autograd.grad((want * g).sum(), (q, k, v))
+    for a, b in zip(got, ref):
+        assert a.dtype == torch.float16 and torch.isfinite(a).all()
+        torch.testing.assert_close(a.double(), b.double(), atol=2e-2, rtol=2e-2)
+    q, k, v = q.detach(), k.detach(), v.detach()
+    fixed = wa.window_attention_fixed(q, k, v, 3, 1)
     assert fixed.dtype == torch.float16
     torch.testing.assert_close(fixed.double(), want, atol=2e-3, rtol=2e-3)
 

@@ -467,3 +467,12 @@ def test_fixed_path_is_stable_for_large_logits():
     got = wa.window_attention_fixed(q, k, v, 5, 1)
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_default_window_is_9_and_dilation_1():
+    q, k, v = rand(1, 2, 3, 10, 11, seed=7)
+    want = loop_reference(q, k, v, 9, 1).view(q.shape)
+    close(window_attention(q, k, v), want)
+    close(wa.window_attention_fixed(q, k, v), want)
+    assert not torch.allclose(want, loop_reference(q, k, v, 7, 1).view(q.shape))
+    assert not torch.allclose(want, loop_reference(q, k, v, 9, 2).view(q.shape))

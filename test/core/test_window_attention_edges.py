@@ -476,3 +476,13 @@ def test_default_window_is_9_and_dilation_1():
     close(wa.window_attention_fixed(q, k, v), want)
     assert not torch.allclose(want, loop_reference(q, k, v, 7, 1).view(q.shape))
     assert not torch.allclose(want, loop_reference(q, k, v, 9, 2).view(q.shape))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_channels_last_rows_are_contiguous_in_the_accumulation_dtype(dtype):
+    k = torch.randn(2, 3, 4, 5, 6).to(dtype)
+    stored_as_rows = k.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    for t in (k, stored_as_rows, k.transpose(3, 4).contiguous().transpose(3, 4)):
+        rows = wa._channels_last(t, torch.float32)
+        assert rows.dtype == torch.float32 and rows.is_contiguous() and rows.shape == (2, 3, 5, 6, 4)
+        assert torch.equal(rows, k.float().permute(0, 1, 3, 4, 2))

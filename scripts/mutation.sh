@@ -98,8 +98,11 @@ for name in "${NAMES[@]}"; do
   (cd "$work" && OMP_NUM_THREADS=1 timeout "$TIMEOUT" nice -n 10 "$MUTMUT" run --max-children "$CHILDREN" \
       > run.log 2>&1) || echo "mutation.sh: $name: mutmut run stopped (exit $?; see $work/run.log); counts so far:" >&2
   (cd "$work" && "$MUTMUT" results --all true 2>/dev/null) > "$work/results.txt" || true
+  # per survivor: its name, the function it is in, and the changed lines (a changed default argument
+  # shows as the changed `def` line)
   (cd "$work" && for m in $(awk '$2 == "survived" {sub(":", "", $1); print $1}' results.txt); do
-      echo "== $m"; "$MUTMUT" show "$m" 2>/dev/null | grep -E '^[-+] ' || true; done) > "$work/survivors.txt"
+      echo "== $m  (in $(sed -E 's/^.*\.x(ǁ|_)//; s/__mutmut_[0-9]+$//; s/ǁ/./g' <<< "$m"))"
+      "$MUTMUT" show "$m" 2>/dev/null | grep -E '^[-+]([^-+]|$)' || true; done) > "$work/survivors.txt"
   awk -v f="${FILE[$name]}" '
     { n++; s = $2 }
     s == "killed" { k++ } s == "survived" { sv++ } s == "no" { nt++ } s == "timeout" { to++ }

@@ -486,3 +486,21 @@ def test_channels_last_rows_are_contiguous_in_the_accumulation_dtype(dtype):
         rows = wa._channels_last(t, torch.float32)
         assert rows.dtype == torch.float32 and rows.is_contiguous() and rows.shape == (2, 3, 5, 6, 4)
         assert torch.equal(rows, k.float().permute(0, 1, 3, 4, 2))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_pytorch_and_fixed_paths_on_cuda_equal_cpu():
+    """The index and mask tensors both paths build follow the inputs' device (the ``device=``
+    arguments, which a CPU run cannot tell apart). float64 takes the PyTorch path also when the
+    CUDA extension is built."""
+    q, k, v = (t.requires_grad_() for t in rand(2, 2, 3, 11, 13, dtype=torch.float64, seed=8))
+    qc, kc, vc = (t.detach().cuda().requires_grad_() for t in (q, k, v))
+    idx = torch.tensor([[0, 142, 77, 77], [5, 6, 130, 64]])
+    for fn in (lambda a, b, c, i: window_attention(a, b, c, 5, 2, i),
+               lambda a, b, c, i: window_attention(a, b, c, 3, 1),
+               lambda a, b, c, i: wa.window_attention_fixed(a, b, c, 5, 1)):
+        want, got = fn(q, k, v, idx), fn(qc, kc, vc, idx.cuda())
+        assert got.is_cuda
+        torch.testing.assert_close(got.cpu(), want)
+        for a, b in zip(torch.autograd.grad(got.sum(), (qc, kc, vc)), torch.autograd.grad(want.sum(), (q, k, v))):
+            torch.testing.assert_close(a.cpu(), b)

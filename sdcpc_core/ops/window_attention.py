@@ -61,7 +61,7 @@ class _WindowAttentionTorch(torch.autograd.Function):
         acc = _acc_dtype(q.dtype)
         ctx.window, ctx.dilation = window, dilation
         if M == 0:
-            ctx.save_for_backward(q, k, v, query_index, q.new_zeros((0, C), dtype=acc))
+            ctx.save_for_backward(q, k, v, query_index, None)  # no output to keep: the gradients are 0
             return q.new_zeros((B, C, M))
         plan = _Plan(query_index, H, W, window, dilation, T, C)
         qp = plan.scatter(_gather_queries(q, query_index).to(acc))  # rows, C: tile-grouped, padded

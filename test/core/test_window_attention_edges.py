@@ -504,3 +504,32 @@ def test_pytorch_and_fixed_paths_on_cuda_equal_cpu():
         torch.testing.assert_close(got.cpu(), want)
         for a, b in zip(torch.autograd.grad(got.sum(), (qc, kc, vc)), torch.autograd.grad(want.sum(), (q, k, v))):
             torch.testing.assert_close(a.cpu(), b)
+
+
+def saved_for_backward(fn, *args):
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        fn(*args)
+    return saved
+
+
+def test_accumulation_dtype_is_float32_except_for_float64():
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        assert wa._acc_dtype(dtype) == torch.float32
+    assert wa._acc_dtype(torch.float64) == torch.float64
+    # the output kept for backward is in the accumulation dtype
+    for dtype, acc in ((torch.bfloat16, torch.float32), (torch.float32, torch.float32), (torch.float64, torch.float64)):
+        q, k, v = (t.requires_grad_() for t in rand(1, 2, 3, 4, 5, dtype=dtype))
+        saved = saved_for_backward(window_attention, q, k, v, 3, 1, torch.tensor([[0, 7, 19]]))
+        assert [t.dtype for t in saved if t.shape == (3, 3)] == [acc]
+
+
+@pytest.mark.parametrize("dtypes", [(torch.bfloat16, torch.float32, torch.float32),
+                                    (torch.float32, torch.bfloat16, torch.float32),
+                                    (torch.float32, torch.float32, torch.float16)])
+def test_cuda_extension_gets_inputs_of_one_dtype(monkeypatch, dtypes):
+    ext = FakeExt()
+    monkeypatch.setattr(wa, "_ext", ext)
+    q, k, v = (t.to(d).as_subclass(OnCuda) for t, d in zip(rand(1, 2, 3, 4, 5), dtypes))
+    window_attention(q, k, v, 3)
+    assert [t.dtype for t in ext.calls[0][1:4]] == [torch.float32] * 3

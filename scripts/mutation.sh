@@ -88,7 +88,7 @@ for name in "${NAMES[@]}"; do
     echo "pytest_add_cli_args="
     echo "  --deselect"
     echo "  test/core/test_method.py::test_mcp_cl_first_initialisation_is_identical_on_all_ranks"
-    # torch.compile graph capture: far too slow per mutant, and it traces mutmut's trampolines
+    # torch.compile graph capture: far too slow per mutant, and dynamo would trace mutmut's trampolines
     echo "  --deselect"
     echo "  test/core/test_fixed_shape.py::test_encode_and_forward_cached_compile_with_fullgraph"
     echo "also_copy="

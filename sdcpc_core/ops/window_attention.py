@@ -61,7 +61,7 @@ class _WindowAttentionTorch(torch.autograd.Function):
         acc = _acc_dtype(q.dtype)
         ctx.window, ctx.dilation = window, dilation
         if M == 0:
-            ctx.save_for_backward(q, k, v, query_index, q.new_zeros((0, C), dtype=acc))
+            ctx.save_for_backward(q, k, v, query_index, None)  # no output to keep: the gradients are 0
             return q.new_zeros((B, C, M))
         plan = _Plan(query_index, H, W, window, dilation, T, C)
         qp = plan.scatter(_gather_queries(q, query_index).to(acc))  # rows, C: tile-grouped, padded
@@ -159,22 +159,22 @@ class _Plan:
             self.chunks.append(ch)
             g, r = ch.g1, ch.r1
         self.rows = r
-        pos = torch.full((B * L,), -1, dtype=torch.long, device=dev)
+        pos = torch.empty_like(counts)  # a used tile's place in the plan order (other tiles are not read)
         pos[used] = torch.arange(n_used, device=dev)
-        self.row = torch.tensor(base, dtype=torch.long, device=dev)[pos[grp]] + slot  # B*M: padded row
+        self.row = grp.new_tensor(base)[pos[grp]] + slot  # B*M: padded row
         self.tile_batch = (used // L).tolist()
         self.tile_row, self.tile_col = ((used % L) // self.Lx).tolist(), ((used % L) % self.Lx).tolist()
         # in-tile position of each padded row (padding rows: -1 -> see every in-frame halo key)
-        ry = torch.full((self.rows,), -1, dtype=torch.long, device=dev)
+        ry = grp.new_full((self.rows,), -1)
         rx = torch.full_like(ry, -1)
         ry[self.row], rx[self.row] = (y % b).view(-1), (x % b).view(-1)
         self.query_row, self.query_col = ry[:, None], rx[:, None]
         s = torch.arange(S, device=dev)
         rel = s[None, :] - self.R - torch.arange(b, device=dev)[:, None]  # b, S: key offset from query
         win = (rel.abs() <= self.R) & (rel % dilation == 0)
-        self.win = torch.cat([win, torch.ones(1, S, dtype=torch.bool, device=dev)])  # row -1: all
-        ty = torch.tensor(self.tile_row, device=dev)[:, None] * b + s - self.R  # tiles, S: frame row of halo key
-        tx = torch.tensor(self.tile_col, device=dev)[:, None] * b + s - self.R
+        self.win = torch.cat([win, win.new_ones(1, S)])  # row -1: all
+        ty = grp.new_tensor(self.tile_row)[:, None] * b + s - self.R  # tiles, S: frame row of halo key
+        tx = grp.new_tensor(self.tile_col)[:, None] * b + s - self.R
         self.halo_row_in_frame, self.halo_col_in_frame = (ty >= 0) & (ty < H), (tx >= 0) & (tx < W)
 
     def scatter(self, x):

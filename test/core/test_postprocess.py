@@ -313,7 +313,8 @@ def test_labels_and_confidence_equal_resizing_the_logits(size, strip_rows):
 
 
 def test_bad_input_is_named():
-    with pytest.raises(ValueError, match=r"\(K, h, w\)"):
+    batch_hint = r"\(K, h, w\); got shape \(1, 3, 4, 4\) \(pass logits\[0\] for a batch of one\)"
+    with pytest.raises(ValueError, match=batch_hint):
         resized_labels(torch.zeros(1, 3, 4, 4), (8, 8))
     with pytest.raises(ValueError, match="floating-point"):
         resized_labels(torch.zeros(3, 4, 4, dtype=torch.long), (8, 8))

@@ -10,7 +10,7 @@
 #   2. the checks that run anywhere: the method tests (test/core/test_method.py) on CPU;
 #   3. without a CUDA device: stop here, exit 3, saying so;
 #   4. build the CUDA extension in place for this GPU's architecture (fails loudly);
-#   5. the CUDA tests (test/core/test_window_attention_cuda.py), none may skip;
+#   5. the CUDA tests (test/core/test_window_attention_cuda.py, labels on CUDA), none may skip;
 #   6. the SD-CPC engine on CUDA against CPU (labels agree; streaming == clip), fp32/fp16/bf16;
 #   7. window-attention and engine benchmarks: one table.
 # Exit status: 0 all passed, 1 a check failed, 3 no GPU (stopped after step 2).
@@ -80,7 +80,8 @@ sys.exit(0 if backend() == 'cuda' else 'the built extension does not import: bac
 step "5/7 CUDA tests"
 log="$(mktemp)"
 rc=0
-"$PY" -m pytest -q -p no:cacheprovider -rs test/core/test_window_attention_cuda.py > "$log" 2>&1 || rc=$?
+"$PY" -m pytest -q -p no:cacheprovider -rs test/core/test_window_attention_cuda.py \
+    test/core/test_postprocess.py::test_labels_on_cuda_equal_the_definition > "$log" 2>&1 || rc=$?
 cat "$log"
 summary="$(tail -n 1 "$log")"
 rm -f "$log"

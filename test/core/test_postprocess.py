@@ -280,6 +280,17 @@ def test_on_cpu_the_kernel_runs_and_the_definition_only_for_non_finite_logits(mo
     assert calls == ["summarise", "whole"]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device (scripts/gpu_check.sh runs this)")
+def test_labels_on_cuda_equal_the_definition():
+    """GPU tensors take the strips path; near ties are settled by F.interpolate on the GPU."""
+    for logits in list(kinds(k=9, seed=8).values()) + [kinds(k=150, h=60, w=60, seed=9)["noise"]]:
+        for size in [(120, 148), (61, 45), (240, 240)]:
+            want = reference(logits.cuda(), size)
+            assert torch.equal(resized_labels(logits.cuda(), size), want)
+            labels, confidence = labels_and_confidence(logits.cuda(), size)
+            assert labels.is_cuda and torch.equal(labels, want) and confidence.is_cuda
+
+
 def test_without_numba_the_pytorch_path_is_used(monkeypatch):
     monkeypatch.setattr(label_kernel, "numba", None)
     assert not label_kernel.available()

@@ -44,7 +44,7 @@ fi
 # name -> file to mutate | the tests that check it (pytest node ids / files, space separated)
 declare -A FILE TESTS
 FILE[temporal]=sdcpc_core/models/temporal.py
-TESTS[temporal]="test/core/test_method.py test/core/test_models.py::test_static_difference_bounds_and_identity \
+TESTS[temporal]="test/core/test_method.py test/core/test_fixed_shape.py test/core/test_models.py::test_static_difference_bounds_and_identity \
 test/core/test_models.py::test_ssea_scale_attention_equals_attending_to_upsampled_grids \
 test/core/test_models.py::test_selection_ignores_rounding_noise_and_breaks_ties_by_position \
 test/core/test_models.py::test_cached_reference_projections_equal_recomputed_ones \

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from sdcpc_core.models import SDCPCConfig, build_model
-from sdcpc_core.models.temporal import WindowCrossFrameAttention
+from sdcpc_core.models import SDCPCConfig, build_model, temporal
+from sdcpc_core.models.temporal import FrameCache, WindowCrossFrameAttention
 from sdcpc_core.ops import window_attention, window_attention_fixed
 
 
@@ -92,6 +92,28 @@ def test_forward_cached_fixed_shape_equals_selected_queries():
         torch.testing.assert_close(got[key], want[key], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(at_start["logits"], want_start["logits"], atol=1e-5, rtol=1e-5)
     assert (got["logits"] - model.forward_cached(caches[-1], caches[:1] * 3)["logits"]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("window, dilation, ratio", [(5, 2, 0.25), (3, 1, 1.0)])
+def test_fixed_shape_module_runs_the_fixed_op_with_its_window(window, dilation, ratio, monkeypatch):
+    """``fixed_shape = True`` (set by the export) takes the fixed-shape op alone, with the module's
+    window and dilation, also when every location is selected (no mask)."""
+    fine = WindowCrossFrameAttention(8, window=window, dilation=dilation, selection_ratio=ratio).eval()
+    g = torch.Generator().manual_seed(window)
+    x = torch.randn(1, 8, 10, 13, generator=g)
+    refs = [FrameCache((), torch.randn(1, 8, 10, 13, generator=g), None) for _ in range(2)]
+    diff = torch.rand(1, 1, 10, 13, generator=g)
+    with torch.no_grad():
+        want = fine(x, refs, diff)
+        calls = []
+        fixed = temporal.window_attention_fixed
+        monkeypatch.setattr(temporal, "window_attention", lambda *a, **k: calls.append("sparse"))
+        monkeypatch.setattr(temporal, "window_attention_fixed",
+                            lambda *a, **k: calls.append(("fixed", k)) or fixed(*a, **k))
+        fine.fixed_shape = True
+        got = fine(x, refs, diff)
+    assert calls == [("fixed", {"window": window, "dilation": dilation})]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_encode_and_forward_cached_compile_with_fullgraph():

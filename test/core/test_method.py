@@ -416,6 +416,18 @@ def test_mcp_cl_loss_pulls_to_the_nearest_own_prototype_and_pushes_other_classes
         assert info_nce_by_loops(feats[:1], labels[:1], protos, [True, True, False], tau) == pytest.approx(first)
 
 
+def test_dssa_defaults_are_the_spec_values():
+    """Pipeline 4: the coarse stage on the stride-32 grid (the stride-8 feature pooled by 4); the
+    fine stage selects 25 % and attends in a 9×9 window, dilation 1. The modules and the model
+    config agree."""
+    dssa, config = DSSA(8), SDCPCConfig()
+    assert (dssa.fine.window, dssa.fine.dilation, dssa.fine.selection_ratio) == (9, 1, 0.25)
+    assert (config.window, config.dilation, config.selection_ratio) == (9, 1, 0.25)
+    assert dssa.coarse.pool == 4
+    fine = WindowCrossFrameAttention(8)
+    assert (fine.window, fine.dilation, fine.selection_ratio) == (9, 1, 0.25)
+
+
 def test_mcp_cl_defaults_are_the_spec_values():
     """Pipeline 6: K = 4 prototypes per class, momentum 0.99, temperature 0.1 (and the project's
     own bounds: 1024 sampled pixels per class, 5 k-means iterations, ignore id 255)."""

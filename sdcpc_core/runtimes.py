@@ -183,5 +183,8 @@ class OpenVINORunner(_GraphRunner):
         self.outputs = {g: [m.output(n) for n in names[g]] for g, m in self.models.items()}
 
     def _run(self, graph, feeds):
-        result = self.requests[graph].infer(feeds)
-        return [result[o].copy() for o in self.outputs[graph]]  # the request reuses its buffers
+        # the feeds are contiguous float32 arrays that outlive the call: no copy into the request
+        # outputs are copies (share_outputs=False, the default): the request reuses its buffers,
+        # and encode's outputs stay in the frame buffer
+        result = self.requests[graph].infer(feeds, share_inputs=True, share_outputs=False)
+        return [result[o] for o in self.outputs[graph]]

@@ -74,8 +74,13 @@ class SSEA(nn.Module):
         logits = torch.stack([(torch.bmm(q, k) * m).sum(2) for k, m in zip(keys, upsample)], 1)
         scale_w = logits.div(math.sqrt(self.dim)).softmax(1)  # (B, S, N)
         mixing = torch.cat([scale_w[:, i, :, None] * m for i, m in enumerate(upsample)], 2)  # (B, N, ΣS²)
-        context = torch.bmm(torch.cat(pooled, 2), mixing.transpose(1, 2)).view(b, c, h, w)
-        static = self.fuse(torch.cat([x, context], 1))
+        # fuse = ReLU(BN(W · cat(x, context))): W's context half is applied to the ΣS² pooled cells
+        # before they are mixed (the mixing is linear per channel), not to all h*w mixed pixels
+        conv, norm, act = self.fuse
+        w_x, w_context = conv.weight.flatten(1).split(c, 1)  # (C, C) each
+        cells = torch.matmul(w_context, torch.cat(pooled, 2))  # (B, C, ΣS²)
+        context = torch.bmm(cells, mixing.transpose(1, 2)).view(b, c, h, w)
+        static = act(norm(F.conv2d(x, w_x[:, :, None, None], conv.bias) + context))
         return static, self.classifier(static)
 
 

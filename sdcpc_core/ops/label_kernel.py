@@ -119,7 +119,10 @@ def _compiled_kernel(name):
         # (its rounding is what the margin covers)
         flags = {"nnan", "ninf", "nsz"} if name == "kernel" else False
         fn = _kernel if name == "kernel" else _summarise
-        _compiled[name] = numba.njit(fn, parallel=True, cache=True, nogil=True, fastmath=flags)
+        try:
+            _compiled[name] = numba.njit(fn, parallel=True, cache=True, nogil=True, fastmath=flags)
+        except RuntimeError:  # no writable cache location (a read-only install without a home)
+            _compiled[name] = numba.njit(fn, parallel=True, cache=False, nogil=True, fastmath=flags)
     return _compiled[name]
 
 

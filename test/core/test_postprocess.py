@@ -291,6 +291,28 @@ def test_labels_on_cuda_equal_the_definition():
             assert labels.is_cuda and torch.equal(labels, want) and confidence.is_cuda
 
 
+def test_the_kernel_compiles_without_a_cache_where_none_can_be_written(monkeypatch):
+    """numba refuses ``cache=True`` when no cache location is writable (a read-only install run by
+    a user without a home): the kernel is then compiled for the process only."""
+    if not label_kernel.available():
+        pytest.skip("numba is not installed (an install requirement: pip install numba)")
+    njit = label_kernel.numba.njit
+    cached = []
+
+    def no_locator(*args, **options):
+        if args and args[0] in (label_kernel._kernel, label_kernel._summarise):
+            cached.append(options["cache"])
+            if options["cache"]:
+                raise RuntimeError(f"cannot cache function {args[0].__name__!r}: no locator available")
+        return njit(*args, **options)
+
+    monkeypatch.setattr(label_kernel.numba, "njit", no_locator)
+    monkeypatch.setattr(label_kernel, "_compiled", {})
+    logits = kinds(k=5, seed=6)["smooth"]
+    assert torch.equal(resized_labels(logits, (90, 111)), reference(logits, (90, 111)))
+    assert cached == [True, False, True, False]  # summarise, then the main kernel
+
+
 def test_without_numba_the_pytorch_path_is_used(monkeypatch):
     monkeypatch.setattr(label_kernel, "numba", None)
     assert not label_kernel.available()

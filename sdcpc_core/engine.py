@@ -32,7 +32,7 @@ from sdcpc_core.classes import LabelSet
 from sdcpc_core.export import CHECKPOINT as EXPORT_CHECKPOINT
 from sdcpc_core.export import is_export_dir, read_export
 from sdcpc_core.models.temporal import FrameCache
-from sdcpc_core.postprocess import labels_and_confidence, resized_labels
+from sdcpc_core.postprocess import labels_and_confidence, resized_labels, warm_up
 from sdcpc_core.settings import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -129,6 +129,8 @@ class StreamingSegmenter:
         self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self.runner = self._build_runner(export_dir, labels)  # an on-the-fly export records mean/std
+        if self.device.type == "cpu":
+            warm_up()  # the label kernel: ~0.2 s from its disk cache, here rather than at frame 1
         self._lock = threading.Lock()  # the model and the buffer
         self._buffer: dict[int, tuple[FrameCache, float | None]] = {}  # index -> (cache, stamp)
         self._frame_count = 0

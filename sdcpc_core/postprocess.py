@@ -65,6 +65,11 @@ def resized_labels(logits: torch.Tensor, size) -> torch.Tensor:
     return labels
 
 
+def warm_up() -> None:
+    """Compile (or load from the disk cache) the CPU kernel now, not on the first frame."""
+    resized_labels(torch.zeros(2, 2, 2), (4, 4))
+
+
 def _resize_whole(x, size):
     """The definition itself, for logits with NaN or inf (which the engine refuses anyway): the
     shortcuts reason about finite values only."""

@@ -313,6 +313,17 @@ def test_the_kernel_compiles_without_a_cache_where_none_can_be_written(monkeypat
     assert cached == [True, False, True, False]  # summarise, then the main kernel
 
 
+def test_an_engine_on_cpu_compiles_the_kernel_before_its_first_frame(monkeypatch):
+    if not label_kernel.available():
+        pytest.skip("numba is not installed (an install requirement: pip install numba)")
+    from sdcpc_core.checkpoints import BASELINE_CHECKPOINT
+    from sdcpc_core.engine import StreamingSegmenter
+
+    monkeypatch.setattr(label_kernel, "_compiled", {})
+    StreamingSegmenter.from_checkpoint(BASELINE_CHECKPOINT, device="cpu")
+    assert set(label_kernel._compiled) == {"summarise", "kernel"}
+
+
 def test_without_numba_the_pytorch_path_is_used(monkeypatch):
     monkeypatch.setattr(label_kernel, "numba", None)
     assert not label_kernel.available()

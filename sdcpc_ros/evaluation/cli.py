@@ -127,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("live", help="play the bag to sdcpc_node and score what it publishes")
     _add_eval_options(p)
+    add_arguments(p, ("precision", "backend"))  # of the node started here (not with --connect)
     p.add_argument("--rate", type=float, default=1.0, help="playback speed factor (default 1)")
     p.add_argument("--connect", action="store_true", help="use a running node instead of starting one")
     p.add_argument("--node-name", default="sdcpc")
@@ -162,6 +163,7 @@ def main(argv=None) -> int:
 
             use_default_profile()  # this process publishes large images (docs/transport.md)
             report = evaluate_live(args.bag, args.out, rate=args.rate, connect=args.connect,
+                                   precision=stream.precision, backend=stream.backend,
                                    node_name=args.node_name, labels_topic=args.labels_topic,
                                    publish_topic=args.publish_topic, max_pause=args.max_pause,
                                    drain_timeout=args.drain_timeout,

@@ -23,10 +23,12 @@ from sdcpc_ros.evaluation.scoring import (
 )
 
 
-def _node_command(node_name, image_topic, checkpoint, input_size, device, max_time_gap) -> list[str]:
+def _node_command(node_name, image_topic, checkpoint, input_size, device, max_time_gap,
+                  precision="fp32", backend="torch") -> list[str]:
     cmd = [sys.executable, "-m", "sdcpc_ros.node", "--ros-args", "-r", f"__node:={node_name}",
            "-r", f"image:={image_topic}", "-p", "reliable_qos:=true", "-p", "publish_color:=false",
-           "-p", f"max_time_gap:={float(max_time_gap)}", "-p", f"device:={device}"]
+           "-p", f"max_time_gap:={float(max_time_gap)}", "-p", f"device:={device}",
+           "-p", f"precision:={precision}", "-p", f"backend:={backend}"]
     if checkpoint:
         cmd += ["-p", f"checkpoint:={Path(checkpoint).resolve()}"]
     if input_size:
@@ -143,7 +145,7 @@ def _play(bag: BagReader, player: _Player, ev: Evaluation, pairs: list[Pair], im
 def evaluate_live(bag_path, out_dir, *, rate=1.0, checkpoint=None, connect=False, node_name="sdcpc",
                   labels_topic=None, image_topic=bags.DEFAULT_IMAGE_TOPIC,
                   label_topic=bags.DEFAULT_LABEL_TOPIC, explicit_label_topic=False,
-                  publish_topic=None, input_size=None, device="cpu",
+                  publish_topic=None, input_size=None, device="cpu", precision="fp32", backend="torch",
                   max_time_gap=DEFAULT_MAX_TIME_GAP, startup_timeout=120.0, drain_timeout=10.0,
                   max_pause=1.0, samples=4) -> dict:
     """Play the bag's images to ``sdcpc_node`` (started here unless ``connect``) at recorded speed ×
@@ -162,7 +164,7 @@ def evaluate_live(bag_path, out_dir, *, rate=1.0, checkpoint=None, connect=False
                 "image_topic": image_topic, "label_topic": label_topic, "publish_topic": publish_topic,
                 "labels_topic": labels_topic, "node": "connected" if connect else "started",
                 "max_time_gap": max_time_gap, "input_size": list(input_size) if input_size else None,
-                "device": device}
+                "device": device, "precision": precision, "backend": backend}
     ev = Evaluation(str(bag_path), "live", labelset, ["node"], settings)
     with BagReader(bag_path) as probe:  # fail fast, before a node is started
         probe.require(image_topic)
@@ -175,7 +177,7 @@ def evaluate_live(bag_path, out_dir, *, rate=1.0, checkpoint=None, connect=False
     try:
         if not connect:
             node = _start_node(_node_command(node_name, publish_topic, checkpoint, input_size, device,
-                                             max_time_gap), out_dir)
+                                             max_time_gap, precision, backend), out_dir)
         _wait_for_node(player, node, startup_timeout,
                        f"subscribed to {publish_topic} and publishing {labels_topic}")
         with BagReader(bag_path) as bag:

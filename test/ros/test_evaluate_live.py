@@ -70,3 +70,18 @@ def test_live_replay_scores_what_the_node_publishes(tmp_path, monkeypatch):
         assert len(report["videos"]) == 2
     saved = json.loads((tmp_path / "live" / "report.json").read_text())
     assert saved["mode"] == "live" and (tmp_path / "live" / "report.md").is_file()
+
+
+def test_the_started_node_gets_the_stream_settings():
+    """``sdcpc-eval live --backend openvino --precision bf16`` starts the node with them."""
+    from sdcpc_ros.evaluation.cli import build_parser
+    from sdcpc_ros.evaluation.live import _node_command
+
+    args = build_parser().parse_args(["live", "x.bag", "--out", "o", "--backend", "openvino",
+                                      "--precision", "bf16"])
+    assert (args.backend, args.precision) == ("openvino", "bf16")
+    cmd = _node_command("sdcpc", "/image", None, None, "cpu", 0.5, args.precision, args.backend)
+    assert cmd[cmd.index("backend:=openvino") - 1] == "-p"
+    assert cmd[cmd.index("precision:=bf16") - 1] == "-p"
+    default = _node_command("sdcpc", "/image", None, None, "cpu", 0.5)
+    assert "backend:=torch" in default and "precision:=fp32" in default

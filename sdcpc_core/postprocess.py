@@ -92,18 +92,17 @@ def _kernel_labels(x, pixels, size):
     labels = torch.from_numpy(labels)
     ys, xs = torch.from_numpy(tie).nonzero(as_tuple=True)
     if ys.numel():
-        labels[ys, xs] = _settle(x, pixels, size, ys, xs, lambda: _lerp_contenders(pixels, w, ys, xs, sources_y,
-                                                                                 sources_x, scale))
+        labels[ys, xs] = _settle(x, pixels, size, ys, xs, lambda: _contenders(pixels, w, ys, xs, sources_y,
+                                                                            sources_x, scale))
     return labels
 
 
-def _lerp_contenders(pixels, w, ys, xs, sources_y, sources_x, scale):
-    """The classes within twice the margin of the best at pixels (ys, xs), by our own lerps."""
-    (y0, y1, fy), (x0, x1, fx) = sources_y, sources_x
+def _contenders(pixels, w, ys, xs, sources_y, sources_x, scale):
+    """The classes within twice the margin of the best at pixels (ys, xs), by the reproduced
+    arithmetic (within rounding of the reference's values wherever it runs)."""
+    mixed = _pytorch_bilinear(pixels, w, ys, xs, sources_y, sources_x)[0]  # (T, K)
+    (y0, y1, _), (x0, x1, _) = sources_y, sources_x
     a, b, c, d = y0[ys] * w, y1[ys] * w, x0[xs], x1[xs]
-    wx = fx[xs, None]
-    mixed = torch.lerp(torch.lerp(pixels[a + c], pixels[a + d], wx), torch.lerp(pixels[b + c], pixels[b + d], wx),
-                       fy[ys, None])  # (T, K)
     scale = torch.from_numpy(scale)
     margin = MARGIN * torch.stack([scale[a + c], scale[a + d], scale[b + c], scale[b + d]]).amax(0)
     member = mixed >= (mixed.amax(1) - 2 * margin)[:, None]
@@ -228,8 +227,8 @@ def _check(logits, size):
 
 def _resize_in_strips(x, size, strip_rows, with_confidence: bool):
     """Resize (K, h, w) in strips of output rows (width first, then rows), classes last. Returns
-    (labels, ties) work when ``with_confidence`` is False, else the confidence: (labels (H, W)
-    or unset, confidence (H, W) or None, ties: a list of (ys, xs, contending classes (T, K) bool))."""
+    (labels (H, W), None, near ties) when ``with_confidence`` is False, else (unfilled labels,
+    confidence (H, W), []); near ties: a list of (ys, xs, contending classes (T, K) bool)."""
     k, h = x.shape[0], x.shape[1]
     out_h, out_w = int(size[0]), int(size[1])
     # width first: (K, h, w) -> (h, W, K)

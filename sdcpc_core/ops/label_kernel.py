@@ -4,7 +4,7 @@ Every output pixel mixes the four corners of its source cell class by class and 
 class, without ever building the (K, H, W) volume. A cell whose four corners agree on a class that
 leads each of them by more than the rounding margin is decided without mixing. A pixel whose two
 best mixed values lie within the margin is reported as a near tie: the caller settles it with the
-reference's own values (``F.interpolate`` of the contending classes).
+reference's own values (``sdcpc_core.postprocess._settle``).
 
 Compiled with numba (cached on disk after the first call). ``available()`` is False where numba
 is not installed; ``sdcpc_core.postprocess`` then uses its PyTorch path.

@@ -169,9 +169,9 @@ def test_a_pixel_is_unsure_when_any_of_its_three_multiply_adds_is(monkeypatch):
         assert unsure.tolist() == [False, True, False]
 
 
-def test_lerp_contenders_are_the_classes_within_twice_the_margin_of_the_best():
-    """The kernel path's contenders at unsure pixels: our own lerps, the margin from the largest
-    |logit| among the four corners of each pixel."""
+def test_contenders_are_the_classes_within_twice_the_margin_of_the_best():
+    """The kernel path's contenders at unsure pixels: within twice the margin of the best, the
+    margin from the largest |logit| among the four corners of each pixel."""
     h, w, k = 4, 5, 5
     pixels = torch.zeros(h * w, k)
     ys, xs = torch.tensor([1, 2]), torch.tensor([1, 3])  # identity resize: weights 0, corners (y, x)..(y+1, x+1)
@@ -183,12 +183,12 @@ def test_lerp_contenders_are_the_classes_within_twice_the_margin_of_the_best():
             pixels[y * w + x] = torch.tensor([1.0, 1 - 2 * margin, 1 - 2.5 * margin, 1 - 2.05 * margin, 0.5])
             dy, dx = divmod(corner, 2)
             scale[(y + dy) * w + x + dx] = 8.0
-        classes, member = post._lerp_contenders(pixels, w, ys, xs, *sources, scale.numpy())
+        classes, member = post._contenders(pixels, w, ys, xs, *sources, scale.numpy())
         assert classes.tolist() == [list(range(k))] * 2
         assert member.tolist() == [[True, True, False, False, False]] * 2, f"large corner {corner}"
     scale = torch.ones(h * w)
     scale[2 * w + 3] = 8.0  # only the second pixel has a large corner
-    member = post._lerp_contenders(pixels, w, ys, xs, *sources, scale.numpy())[1]
+    member = post._contenders(pixels, w, ys, xs, *sources, scale.numpy())[1]
     assert member.tolist() == [[True, False, False, False, False], [True, True, False, False, False]]
 
 

@@ -380,7 +380,7 @@ class StreamingSegmenter:
             ref_ids = reference_indices(index, self.reference_offsets, first=self._stream_start)
             refs = [current if i == index else self._buffer[i][0] for i in ref_ids]
             logits = self.runner.aggregate(current, refs)
-            if not bool(torch.isfinite(logits).all()):
+            if not _all_finite(logits):
                 raise NonFiniteOutputError(
                     f"the network produced NaN/inf logits for frame {index}; nothing is published for "
                     "it (check the weights with `sdcpc info`, or try precision fp32)")
@@ -416,3 +416,9 @@ class StreamingSegmenter:
             results.append(self._postprocess(logits, tuple(np.shape(frame)[:2]), t0, t, aggregated,
                                              None, return_confidence, return_probabilities))
         return results
+
+
+def _all_finite(x: torch.Tensor) -> bool:
+    """``isfinite(x).all()`` from two reductions (max and min propagate NaN; ±inf shows in one of
+    them) instead of a boolean map of every logit."""
+    return bool(torch.isfinite(torch.stack([x.amax(), x.amin()])).all())

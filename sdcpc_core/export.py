@@ -28,14 +28,16 @@ from sdcpc_core.checkpoints import CheckpointError, load_checkpoint
 from sdcpc_core.models.temporal import FrameCache
 
 FORMAT = "sdcpc-export"
-VERSION = 1
+VERSION = 2  # 2: encode outputs each frame's reference summary (keys rows, basis, prototypes)
 METADATA = "sdcpc_export.json"
 CHECKPOINT = "model.pt"
 GRAPHS = ("encode", "aggregate")
 OPSET = 18
 FEATURES = ("feature4", "feature8", "feature16", "feature32")  # encoder maps by stride
-TARGET_FIELDS = FEATURES + ("static", "static_logits")  # what aggregate reads of the target
-REFERENCE_FIELDS = ("static", "static_logits", "keys", "values")  # ... and of each reference
+# what aggregate reads of the target, and of each reference (FrameCache field names)
+TARGET_FIELDS = FEATURES + ("static", "basis")
+REFERENCE_FIELDS = ("keys", "values", "basis", "proto_keys", "proto_values", "proto_bias")
+CACHE_FIELDS = ("static", "basis", "keys", "values", "proto_keys", "proto_values", "proto_bias")
 
 
 class ExportError(CheckpointError):
@@ -44,7 +46,7 @@ class ExportError(CheckpointError):
 
 def cache_names(temporal: bool) -> list[str]:
     """Output names of ``encode``: the FrameCache fields the graphs exchange."""
-    return list(FEATURES) + (["static", "static_logits", "keys", "values"] if temporal else [])
+    return list(FEATURES) + (list(CACHE_FIELDS) if temporal else [])
 
 
 def aggregate_input_names(temporal: bool, num_references: int) -> list[str]:
@@ -56,24 +58,26 @@ def aggregate_input_names(temporal: bool, num_references: int) -> list[str]:
 
 def cache_to_tensors(cache: FrameCache, temporal: bool) -> list[torch.Tensor]:
     """FrameCache -> the tensors named by ``cache_names`` (B = 1)."""
-    extra = [cache.static, cache.static_logits, cache.keys, cache.values] if temporal else []
+    extra = [getattr(cache, f) for f in CACHE_FIELDS] if temporal else []
     return list(cache.features) + extra
 
 
 def tensors_to_cache(tensors, temporal: bool) -> FrameCache:
+    """The tensors named by ``cache_names`` -> FrameCache (no ``static_logits``: aggregation
+    reads the frame's summary fields instead)."""
     features = tuple(tensors[:4])
     if not temporal:
         return FrameCache(features, features[1], features[1][:, :0])
-    return FrameCache(features, *tensors[4:8])
+    return FrameCache(features, None, None)._replace(**dict(zip(CACHE_FIELDS, tensors[4:])))
 
 
 def aggregate_inputs(current: FrameCache, references, temporal: bool) -> list[torch.Tensor]:
     """The inputs of ``aggregate`` in ``aggregate_input_names`` order."""
     out = list(current.features)
     if temporal:
-        out += [current.static, current.static_logits]
+        out += [getattr(current, f) for f in TARGET_FIELDS[len(FEATURES):]]
         for r in references:
-            out += [r.static, r.static_logits, r.keys, r.values]
+            out += [getattr(r, f) for f in REFERENCE_FIELDS]
     return out
 
 
@@ -98,8 +102,10 @@ class _Aggregate(nn.Module):
         features = tuple(tensors[:4])
         if not self.temporal:
             return self.model.decode_head(list(features))
-        target = FrameCache(features, tensors[4], tensors[5])
-        refs = [FrameCache((), *tensors[6 + 4 * i: 10 + 4 * i]) for i in range(self.num_references)]
+        target = FrameCache(features, tensors[4], None, basis=tensors[5])
+        n = len(REFERENCE_FIELDS)
+        refs = [FrameCache((), None, None)._replace(**dict(zip(REFERENCE_FIELDS, tensors[6 + n * i: 6 + n * (i + 1)])))
+                for i in range(self.num_references)]
         return self.model.forward_cached(target, refs)["logits"]
 
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from sdcpc_core.models.head import SegFormerHead
 from sdcpc_core.models.mit import MIT_SPECS, MixVisionTransformer
-from sdcpc_core.models.temporal import DIFFERENCE_KINDS, DSSA, SSEA, FrameCache
+from sdcpc_core.models.temporal import DIFFERENCE_KINDS, DSSA, SSEA, FrameCache, difference_basis
 
 
 @dataclass(frozen=True)
@@ -127,18 +127,36 @@ class SDCPC(SegFormer):
         """One frame (batch) -> its cacheable static perception."""
         features = tuple(self.backbone(images))
         static, static_logits = self.ssea(features)
+        probabilities = static_logits.float().softmax(1)  # (B, K, h, w)
         keys, values = self.dssa.fine.project_reference(static)
-        return FrameCache(features, static, static_logits, keys, values)
+        basis = difference_basis(static, static_logits, self.dssa.difference, probabilities)
+        return FrameCache(features, static, static_logits, keys, values, basis,
+                          *self.dssa.coarse.summarize(static, probabilities))
 
     def forward_cached(self, target: FrameCache, references: list[FrameCache]) -> dict:
         if len(references) == 0:
             references = [target]  # nothing to compare with: the frame is its own reference
         enriched, diff = self.dssa(target, list(references))  # (B, C, h8, w8), (B, 1, h8, w8)
         fused = self.decode_head.fuse(list(target.features))  # (B, E, h4, w4)
-        context = F.interpolate(self.temporal_proj(enriched), size=fused.shape[2:], mode="bilinear",
-                                align_corners=False)
-        return {"logits": self.decode_head.classify(fused + context),
+        if self.training:
+            context = F.interpolate(self.temporal_proj(enriched), size=fused.shape[2:], mode="bilinear",
+                                    align_corners=False)
+            logits = self.decode_head.classify(fused + context)
+        else:
+            logits = self.decode_head.classify(fused) + self._class_context(enriched, fused.shape[2:])
+        return {"logits": logits,
                 "static_logits": target.static_logits, "embedding": enriched, "difference": diff}
+
+    def _class_context(self, enriched: torch.Tensor, size) -> torch.Tensor:
+        """``linear_pred(up(temporal_proj(enriched)))`` without dropout, as K channels upsampled
+        instead of E: both maps are 1×1 convs and bilinear upsampling commutes with them (its
+        weights sum to one), so ``linear_pred ∘ temporal_proj`` runs once, at stride 8."""
+        pred = self.decode_head.linear_pred.weight.flatten(1).float()  # (K, E)
+        with torch.autocast(enriched.device.type, enabled=False):  # fold the weights in fp32
+            weight = pred @ self.temporal_proj.weight.flatten(1).float()  # (K, C)
+            bias = pred @ self.temporal_proj.bias.float()  # (K,)
+        context = F.conv2d(enriched, weight[:, :, None, None].to(enriched.dtype), bias.to(enriched.dtype))
+        return F.interpolate(context, size=size, mode="bilinear", align_corners=False)  # (B, K, h4, w4)
 
     def forward(self, frames: torch.Tensor, reference_grad: bool = True) -> dict:
         """frames: (B, T+1, 3, H, W), references in ``reference_offsets`` order, target last.
@@ -154,8 +172,9 @@ class SDCPC(SegFormer):
         else:
             with torch.no_grad():
                 caches = _unbatch(self.encode(frames[:, :-1].flatten(0, 1)), b, t1 - 1)
-            # the fine stage's key/value projections must still learn: project outside no_grad
-            caches = [c._replace(keys=None, values=None) for c in caches]
+            # the key/value projections (fine and coarse) must still learn: project outside no_grad
+            caches = [c._replace(keys=None, values=None, proto_keys=None, proto_values=None)
+                      for c in caches]
             caches.append(self.encode(frames[:, -1]))
         return self.forward_cached(caches[-1], caches[:-1])
 
@@ -164,7 +183,7 @@ def _unbatch(cache: FrameCache, b: int, t: int) -> list[FrameCache]:
     """A cache of B*T frames (frame-major within each clip) -> T caches of B frames."""
     split = lambda x: x.unflatten(0, (b, t))  # noqa: E731
     feats = [split(f) for f in cache.features]
-    maps = [None if x is None else split(x) for x in cache[1:]]  # static, logits, keys, values
+    maps = [None if x is None else split(x) for x in cache[1:]]  # static, logits, keys, …
     return [FrameCache(tuple(f[:, i] for f in feats), *(None if x is None else x[:, i] for x in maps))
             for i in range(t)]
 

@@ -19,13 +19,24 @@ DIFFERENCE_KINDS = ("bhattacharyya", "cosine", "argmax")
 
 
 class FrameCache(NamedTuple):
-    """Everything the model keeps about one frame (batch dimension B)."""
+    """Everything the model keeps about one frame (batch dimension B).
+
+    The fields after ``static_logits`` summarise the frame in its role as a reference (and its
+    difference basis as a target): computed once at encode, read by every later step that uses
+    the frame. Each may be None (a hand-built cache, training): the modules then derive it from
+    ``static`` and ``static_logits``. A cache restored from an exported graph may instead lack
+    ``static_logits`` (and, for a reference, ``static``): it carries what aggregation reads.
+    """
 
     features: tuple[torch.Tensor, ...]  # encoder maps at strides 4, 8, 16, 32
-    static: torch.Tensor  # S: (B, C, H/8, W/8) aligned feature
-    static_logits: torch.Tensor  # (B, K, H/8, W/8) static class prediction
-    keys: torch.Tensor | None = None  # (B, C, H/8, W/8) fine-stage key projection of S, channels-last
-    values: torch.Tensor | None = None  # (B, C, H/8, W/8) fine-stage value projection of S, channels-last
+    static: torch.Tensor | None  # S: (B, C, H/8, W/8) aligned feature
+    static_logits: torch.Tensor | None  # (B, K, H/8, W/8) static class prediction
+    keys: torch.Tensor | None = None  # (B, H/8, W/8, C) fine-stage key projection of S
+    values: torch.Tensor | None = None  # (B, H/8, W/8, C) fine-stage value projection of S
+    basis: torch.Tensor | None = None  # (B, D, H/8, W/8) fp32 difference basis (difference_basis)
+    proto_keys: torch.Tensor | None = None  # (B, K, C) coarse-stage keys of the class prototypes
+    proto_values: torch.Tensor | None = None  # (B, K, C) coarse-stage values of the prototypes
+    proto_bias: torch.Tensor | None = None  # (B, K) log share of the frame of each class
 
 
 class SSEA(nn.Module):
@@ -53,7 +64,7 @@ class SSEA(nn.Module):
         levels = []
         for proj, f in zip(self.level_proj, features):
             if f.shape[2] > grid[0]:  # finer than the grid: pool first (a 1×1 conv commutes with it)
-                x = proj(F.adaptive_avg_pool2d(f, grid))
+                x = proj(_average_pool(f, grid))
             else:
                 x = proj(f)
                 if x.shape[2:] != grid:
@@ -67,7 +78,7 @@ class SSEA(nn.Module):
         # attention runs against the s*s pooled cells (85 in all for scales 1, 2, 4, 8) without
         # ever building the upsampled (B, S, C, h, w) context and key maps.
         b, c, h, w = x.shape
-        pooled = [F.adaptive_avg_pool2d(x, s).flatten(2) for s in self.pool_scales]  # (B, C, s*s)
+        pooled = [_average_pool(x, (s, s)).flatten(2) for s in self.pool_scales]  # (B, C, s*s)
         keys = [self.scale_key(p.unsqueeze(3)).squeeze(3) for p in pooled]  # (B, C, s*s)
         upsample = [_upsampling_matrix(s, (h, w), x) for s in self.pool_scales]  # (h*w, s*s)
         q = self.scale_query(x).flatten(2).transpose(1, 2)  # (B, N, C)
@@ -84,6 +95,23 @@ class SSEA(nn.Module):
         return static, self.classifier(static)
 
 
+def _average_pool(x: torch.Tensor, size) -> torch.Tensor:
+    """``adaptive_avg_pool2d(x, size)``, in forms exported graphs run fast: a plain average pool
+    where the size divides evenly (the same bins), else the pooling as two small matrices
+    (adaptive bins are products of a row bin and a column bin)."""
+    (h, w), (sh, sw) = x.shape[2:], size
+    if h % sh == 0 and w % sw == 0:
+        return F.avg_pool2d(x, (h // sh, w // sw))
+    rows, cols = _pooling_matrix(h, sh, x), _pooling_matrix(w, sw, x)  # (sh, h), (sw, w)
+    return torch.matmul(torch.matmul(rows, x), cols.T)  # (B, C, sh, sw)
+
+
+def _pooling_matrix(n: int, s: int, like: torch.Tensor) -> torch.Tensor:
+    """(s, n) matrix whose row i averages adaptive pooling's i-th bin of n positions."""
+    eye = torch.eye(n, dtype=like.dtype, device=like.device).unsqueeze(0)  # (1, n, n)
+    return F.adaptive_avg_pool1d(eye, s)[0].T
+
+
 def _upsampling_matrix(s: int, size, like: torch.Tensor) -> torch.Tensor:
     """(h*w, s*s) matrix M with ``up(p).flatten() == M @ p.flatten()`` for bilinear
     (``align_corners=False``) upsampling of an s×s grid ``p`` to ``size = (h, w)``."""
@@ -91,22 +119,41 @@ def _upsampling_matrix(s: int, size, like: torch.Tensor) -> torch.Tensor:
     return F.interpolate(eye, size=size, mode="bilinear", align_corners=False).flatten(1).T
 
 
+def difference_basis(static: torch.Tensor, static_logits: torch.Tensor, kind: str = "bhattacharyya",
+                     probabilities: torch.Tensor | None = None) -> torch.Tensor:
+    """A frame's side of ``static_difference``, computed once per frame: (B, D, h, w) fp32.
+
+    bhattacharyya: √p of the static prediction (D = K); cosine: S normalised (D = C);
+    argmax: the predicted class index (D = 1). ``probabilities``: softmax of the logits, when known.
+    """
+    if kind == "bhattacharyya":
+        p = static_logits.float().softmax(1) if probabilities is None else probabilities
+        return p.sqrt()
+    if kind == "cosine":
+        return F.normalize(static.float(), dim=1, eps=1e-8)
+    if kind == "argmax":
+        return static_logits.argmax(1, keepdim=True).float()
+    raise ValueError(f"unknown difference kind {kind!r}; choose one of {DIFFERENCE_KINDS}")
+
+
+def _basis(cache: FrameCache, kind: str) -> torch.Tensor:
+    return difference_basis(cache.static, cache.static_logits, kind) if cache.basis is None else cache.basis
+
+
 def static_difference(target: FrameCache, reference: FrameCache,
                       kind: str = "bhattacharyya") -> torch.Tensor:
     """Per-location difference of two frames' static perceptions, (B, 1, h, w) in [0, 1]."""
+    if kind not in DIFFERENCE_KINDS:
+        raise ValueError(f"unknown difference kind {kind!r}; choose one of {DIFFERENCE_KINDS}")
+    a, b = _basis(target, kind), _basis(reference, kind)
     if kind == "bhattacharyya":
         # 1 - Σ sqrt(p_t p_r), written as the squared Hellinger distance ½ Σ (√p_t − √p_r)², equal
         # for distributions: exactly 0 for a frame compared with itself in any precision (the
         # stream's first frame is its own reference), where 1 - Σ loses everything to rounding
-        p_t, p_r = target.static_logits.float().softmax(1), reference.static_logits.float().softmax(1)
-        return (0.5 * (p_t.sqrt() - p_r.sqrt()).square().sum(1, keepdim=True)).clamp(0, 1)
+        return (0.5 * (a - b).square().sum(1, keepdim=True)).clamp(0, 1)
     if kind == "cosine":
-        cos = F.cosine_similarity(target.static.float(), reference.static.float(), dim=1)
-        return ((1.0 - cos) / 2).unsqueeze(1)
-    if kind == "argmax":
-        same = target.static_logits.argmax(1) == reference.static_logits.argmax(1)
-        return (~same).float().unsqueeze(1)
-    raise ValueError(f"unknown difference kind {kind!r}; choose one of {DIFFERENCE_KINDS}")
+        return (1.0 - (a * b).sum(1, keepdim=True)) / 2
+    return (a != b).float()
 
 
 class ClassPrototypeAttention(nn.Module):
@@ -124,21 +171,30 @@ class ClassPrototypeAttention(nn.Module):
         self.key = nn.Linear(dim, dim)
         self.value = nn.Linear(dim, dim)
 
+    def summarize(self, static: torch.Tensor, probabilities: torch.Tensor):
+        """A reference's prototypes as the stage reads them, once per frame: keys, values (B, K, C)
+        and the log-mass bias (B, K). ``probabilities``: the static prediction's softmax, fp32."""
+        p = probabilities.flatten(2)  # (B, K, N)
+        mass = p.sum(2, keepdim=True)  # (B, K, 1)
+        protos = torch.bmm(p / mass.clamp_min(1e-6), static.float().flatten(2).transpose(1, 2))  # (B, K, C)
+        protos = protos.to(static.dtype)
+        bias = torch.log(mass.squeeze(2) / p.shape[2] + 1e-6).to(static.dtype)  # (B, K)
+        return self.key(protos), self.value(protos), bias
+
+    def _summary(self, ref: FrameCache):
+        if ref.proto_keys is not None:
+            return ref.proto_keys, ref.proto_values, ref.proto_bias
+        return self.summarize(ref.static, ref.static_logits.float().softmax(1))
+
     def forward(self, static: torch.Tensor, references: list[FrameCache]) -> torch.Tensor:
         b, c, h, w = static.shape
-        protos, log_mass = [], []
-        for ref in references:
-            p = ref.static_logits.float().softmax(1).flatten(2)  # (B, K, N)
-            mass = p.sum(2, keepdim=True)  # (B, K, 1)
-            protos.append(torch.bmm(p / mass.clamp_min(1e-6), ref.static.float().flatten(2).transpose(1, 2)))
-            log_mass.append(torch.log(mass.squeeze(2) / p.shape[2] + 1e-6))  # (B, K)
-        protos = torch.cat(protos, 1).to(static.dtype)  # (B, T*K, C)
-        bias = torch.cat(log_mass, 1).to(static.dtype)  # (B, T*K)
+        keys, values, biases = zip(*(self._summary(r) for r in references))
+        k, v = torch.cat(keys, 1).to(static.dtype), torch.cat(values, 1).to(static.dtype)  # (B, T*K, C)
+        bias = torch.cat(biases, 1).to(static.dtype)  # (B, T*K)
 
         coarse = F.avg_pool2d(static, self.pool, ceil_mode=True)  # (B, C, h/4, w/4)
         hc, wc = coarse.shape[2:]
         q = self.query(coarse.flatten(2).transpose(1, 2))  # (B, Nc, C)
-        k, v = self.key(protos), self.value(protos)  # (B, T*K, C)
         attn = (torch.bmm(q, k.transpose(1, 2)) / math.sqrt(c) + bias.unsqueeze(1)).softmax(-1)
         out = torch.bmm(attn, v).transpose(1, 2).reshape(b, c, hc, wc)
         return F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
@@ -168,11 +224,10 @@ class WindowCrossFrameAttention(nn.Module):
 
     def project_reference(self, static: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of a frame in its role as a reference: computed once per frame and
-        cached with it, not once per target that uses it. (B, C, h, w) stored channels-last
-        (``.permute(0, 2, 3, 1)`` is contiguous), the layout ``window_attention`` reads."""
+        cached with it, not once per target that uses it. (B, h, w, C) channels-last rows, the
+        layout ``window_attention`` reads (and exported graphs pass on without a transpose)."""
         rows = static.permute(0, 2, 3, 1)  # (B, h, w, C); the 1×1 convs as linear maps on rows
-        return tuple(F.linear(rows, conv.weight.flatten(1), conv.bias).permute(0, 3, 1, 2)
-                     for conv in (self.key, self.value))
+        return tuple(F.linear(rows, conv.weight.flatten(1), conv.bias) for conv in (self.key, self.value))
 
     def _ranked(self, difference: torch.Tensor) -> tuple[torch.Tensor, int] | None:
         """(B, 1, h, w) -> ((B, h*w) differences with rounding noise zeroed, how many to select),
@@ -216,8 +271,8 @@ class WindowCrossFrameAttention(nn.Module):
         kv = [(r.keys, r.values) if r.keys is not None else self.project_reference(r.static)
               for r in references]
         # (B, T, C, h, w) views of channels-last (B, T, h, w, C) stacks: no transposing copy
-        k = torch.stack([a.permute(0, 2, 3, 1) for a, _ in kv], 1).permute(0, 1, 4, 2, 3)
-        v = torch.stack([b.permute(0, 2, 3, 1) for _, b in kv], 1).permute(0, 1, 4, 2, 3)
+        k = torch.stack([a for a, _ in kv], 1).permute(0, 1, 4, 2, 3)
+        v = torch.stack([b for _, b in kv], 1).permute(0, 1, 4, 2, 3)
         q = self.query(x)
         if self.fixed_shape or torch.compiler.is_compiling():
             out = window_attention_fixed(q, k, v, window=self.window, dilation=self.dilation)

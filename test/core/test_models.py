@@ -132,7 +132,8 @@ def test_reference_grad_off_same_output_no_grad_through_references():
     torch.testing.assert_close(full, cheap, atol=1e-5, rtol=1e-5)
     cheap.sum().backward()
     assert x.grad[:, :-1].abs().sum() == 0 and x.grad[:, -1].abs().sum() > 0
-    for layer in (model.dssa.fine.key, model.dssa.fine.value):  # reference projections still learn
+    for layer in (model.dssa.fine.key, model.dssa.fine.value,  # reference projections still learn
+                  model.dssa.coarse.key, model.dssa.coarse.value):
         assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
 
 
@@ -143,9 +144,43 @@ def test_cached_reference_projections_equal_recomputed_ones():
     with torch.no_grad():
         caches = [model.encode(f) for f in frames]
         cached = model.forward_cached(caches[-1], caches[:-1])["logits"]
-        bare = [c._replace(keys=None, values=None) for c in caches]
+        summary = ("keys", "values", "basis", "proto_keys", "proto_values", "proto_bias")
+        bare = [c._replace(**dict.fromkeys(summary)) for c in caches]
         recomputed = model.forward_cached(bare[-1], bare[:-1])["logits"]
+    assert all(getattr(c, f) is not None for c in caches for f in summary)
     torch.testing.assert_close(cached, recomputed)
+
+
+@pytest.mark.parametrize("difference", ["bhattacharyya", "cosine", "argmax"])
+def test_cached_difference_basis_equals_direct_definition(difference):
+    """static_difference from the cached bases equals its definition on the static perceptions."""
+    model = build_model(tiny(difference=difference)).eval()
+    with torch.no_grad():
+        a, b = (model.encode(torch.randn(1, 3, 64, 64)) for _ in range(2))
+        got = static_difference(a, b, difference)
+        p, q = a.static_logits.softmax(1), b.static_logits.softmax(1)
+        want = {"bhattacharyya": 1 - (p * q).sqrt().sum(1, keepdim=True),
+                "cosine": (1 - F.cosine_similarity(a.static, b.static, dim=1).unsqueeze(1)) / 2,
+                "argmax": (p.argmax(1, keepdim=True) != q.argmax(1, keepdim=True)).float()}[difference]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_folded_class_context_equals_projection_then_classifier():
+    """In eval the temporal context enters as ``(linear_pred ∘ temporal_proj)`` at stride 8, then
+    upsampled (K channels); training keeps the published order (project, upsample, add, dropout,
+    classify). Both give the same logits without dropout."""
+    model = build_model(tiny()).eval()
+    torch.nn.init.normal_(model.temporal_proj.weight, std=0.1)
+    torch.nn.init.normal_(model.temporal_proj.bias, std=0.1)
+    with torch.no_grad():
+        caches = [model.encode(torch.randn(1, 3, 64, 64)) for _ in range(3)]
+        out = model.forward_cached(caches[-1], caches[:-1])
+        fused = model.decode_head.fuse(list(caches[-1].features))
+        context = F.interpolate(model.temporal_proj(out["embedding"]), size=fused.shape[2:],
+                                mode="bilinear", align_corners=False)
+        want = model.decode_head.linear_pred(fused + context)
+    assert context.abs().amax() > 0.1  # the context really moves the logits
+    torch.testing.assert_close(out["logits"], want, atol=1e-5, rtol=1e-5)
 
 
 def _fuse_in_published_order(head, features):
@@ -227,3 +262,14 @@ def test_selection_ignores_rounding_noise_and_breaks_ties_by_position():
     assert fine.select(binary).tolist() == [[10, 11, 12, 13, 14]]
     binary[0, 0, 0, 1] = 2.0
     assert fine.select(binary).tolist() == [[1, 10, 11, 12, 13]]
+
+
+@pytest.mark.parametrize("shape,size", [((2, 5, 60, 60), (8, 8)), ((1, 3, 61, 47), (4, 4)),
+                                        ((1, 3, 60, 60), (4, 4)), ((1, 2, 9, 13), (8, 8))])
+def test_average_pool_equals_adaptive_pooling(shape, size):
+    """SSEA's pooling (a plain pool where sizes divide, two bin matrices where not) is adaptive
+    average pooling, bins and all."""
+    from sdcpc_core.models.temporal import _average_pool
+
+    x = torch.randn(shape, dtype=torch.float64)
+    torch.testing.assert_close(_average_pool(x, size), F.adaptive_avg_pool2d(x, size), atol=1e-12, rtol=0)

@@ -181,10 +181,15 @@ class OpenVINORunner(_GraphRunner):
         self.requests = {g: m.create_infer_request() for g, m in self.models.items()}
         names = {"encode": self.cache_names, "aggregate": ["logits"]}
         self.outputs = {g: [m.output(n) for n in names[g]] for g, m in self.models.items()}
+        self._tensor = ov.Tensor
 
     def _run(self, graph, feeds):
-        # the feeds are contiguous float32 arrays that outlive the call: no copy into the request
-        # outputs are copies (share_outputs=False, the default): the request reuses its buffers,
-        # and encode's outputs stay in the frame buffer
-        result = self.requests[graph].infer(feeds, share_inputs=True, share_outputs=False)
-        return [result[o] for o in self.outputs[graph]]
+        # the feeds are contiguous float32 arrays that outlive the call: no copy into the request.
+        # The outputs land in fresh arrays, written in place by the request (no copy out of its
+        # own buffers, which it reuses): encode's stay in the frame buffer for later steps.
+        request = self.requests[graph]
+        outputs = [np.empty(tuple(port.shape), np.float32) for port in self.outputs[graph]]
+        for port, array in zip(self.outputs[graph], outputs):
+            request.set_tensor(port, self._tensor(array, shared_memory=True))
+        request.infer(feeds, share_inputs=True, share_outputs=True)
+        return outputs

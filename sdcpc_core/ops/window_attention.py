@@ -311,12 +311,16 @@ def window_attention_fixed(q, k, v, window=9, dilation=1):
 
     Same arguments and result as ``window_attention(q, k, v, window, dilation)`` (dense), for
     ``torch.compile(fullgraph=True)`` and ONNX export: no data-dependent Python, no checks on
-    values. Every TILE x TILE tile of queries attends to its (TILE + 2R)^2 halo in each reference
-    with two batched matmuls; keys outside a query's window or the frame are masked. Costs every
-    query's attention (the sparse path costs only the selected ones), so a caller that needs a
-    subset multiplies the result by a mask. Accumulates in fp32 (float64 stays float64).
+    values. Every TILE x TILE tile of queries attends to its (TILE + 2R)^2 halo in all T
+    references at once: one ``scaled_dot_product_attention`` over the tile's T * (TILE + 2R)^2
+    keys, those outside a query's window or the frame masked. One attention op (not matmuls and a
+    softmax spelt out) is what deployment runtimes fuse into a single kernel that never stores
+    the logits. Costs every query's attention (the sparse path costs only the selected ones), so a
+    caller that needs a subset multiplies the result by a mask. Accumulates in fp32 (float64
+    stays float64).
     """
     B, C, H, W = q.shape
+    T = k.shape[1]
     dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
     acc = _acc_dtype(dtype)
     R = dilation * (window // 2)
@@ -326,35 +330,37 @@ def window_attention_fixed(q, k, v, window=9, dilation=1):
     with torch.autocast(q.device.type, enabled=False):
         qt = F.pad(q.to(acc), (0, Wp - W, 0, Hp - H))  # B, C, Hp, Wp
         qt = qt.view(B, C, tiles_y, TILE, tiles_x, TILE).permute(0, 2, 4, 3, 5, 1)
-        qt = qt.reshape(B, 1, tiles_y * tiles_x, TILE * TILE, C)  # B, 1, tiles, queries, C
-        kh, vh = (_halos(x, acc, R, S, tiles_y, tiles_x) for x in (k, v))  # B, T, tiles, S*S, C
-        logits = torch.matmul(qt * (1.0 / math.sqrt(C)), kh.transpose(-1, -2))  # B, T, tiles, q, S*S
-        logits = logits + _halo_bias(H, W, window, dilation, q.device, acc)
-        # softmax jointly over the T halos, without moving T next to S*S
-        e = (logits - logits.amax(dim=(1, 4), keepdim=True)).exp()
-        attn = e / e.sum(dim=(1, 4), keepdim=True)
-        out = torch.matmul(attn, vh).sum(1)  # B, tiles, queries, C
+        qt = qt.reshape(B, tiles_y * tiles_x, TILE * TILE, C)  # B, tiles, queries, C
+        kh, vh = (_halos(x, acc, R, S, tiles_y, tiles_x) for x in (k, v))  # B, tiles, T*S*S, C
+        bias = _halo_bias(H, W, window, dilation, q.device, acc)  # tiles, queries, S*S
+        bias = bias.unsqueeze(2).expand(-1, -1, T, -1).flatten(2)  # tiles, queries, T*S*S
+        logits = torch.matmul(qt * (1.0 / math.sqrt(C)), kh.transpose(-1, -2)) + bias  # B, tiles, q, T*S*S
+        out = torch.matmul(logits.softmax(-1), vh)  # B, tiles, queries, C
         out = out.view(B, tiles_y, tiles_x, TILE, TILE, C).permute(0, 5, 1, 3, 2, 4)
         out = out.reshape(B, C, Hp, Wp)[:, :, :H, :W]
     return out.to(dtype)
 
 
 def _halos(k, dtype, R, S, tiles_y, tiles_x):
-    """(B, T, C, H, W) -> (B, T, tiles, S*S, C) in dtype: each tile's halo, zero outside the frame.
-    Reads k channels-last (one gather of C-vectors); SD-CPC's cached keys are stored that way."""
+    """(B, T, C, H, W) -> (B, tiles, T*S*S, C) in dtype: each tile's halo in every reference,
+    zero outside the frame. Reads k channels-last (one gather of C-vectors); SD-CPC's cached keys
+    are stored that way."""
     B, T, C, H, W = k.shape
     Hp, Wp = tiles_y * TILE, tiles_x * TILE
     rows = k.permute(0, 1, 3, 4, 2).to(dtype)  # B, T, H, W, C
     rows = F.pad(rows, (0, 0, R, Wp - W + R, R, Hp - H + R))  # B, T, Hp + 2R, Wp + 2R, C
     width = Wp + 2 * R
+    plane = (Hp + 2 * R) * width
     tile_y = torch.arange(tiles_y, device=k.device) * TILE
     tile_x = torch.arange(tiles_x, device=k.device) * TILE
     s = torch.arange(S, device=k.device)
     ys = (tile_y[:, None, None, None] + s[None, None, :, None]) * width  # ty, 1, S, 1
     xs = tile_x[None, :, None, None] + s[None, None, None, :]  # 1, tx, 1, S
-    index = (ys + xs).flatten()  # tiles*S*S flat positions, in (tile, sy, sx) order
-    h = rows.flatten(2, 3).index_select(2, index)  # B, T, tiles*S*S, C
-    return h.view(B, T, tiles_y * tiles_x, S * S, C)
+    halo = (ys + xs).flatten(0, 1).flatten(1)  # tiles, S*S flat positions in one frame
+    t = torch.arange(T, device=k.device) * plane
+    index = (t[None, :, None] + halo[:, None, :]).flatten()  # tiles*T*S*S, in (tile, t, s) order
+    h = rows.flatten(1, 3).index_select(1, index)  # B, tiles*T*S*S, C
+    return h.view(B, tiles_y * tiles_x, T * S * S, C)
 
 
 def _halo_bias(H, W, window, dilation, device, dtype):

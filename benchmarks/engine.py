@@ -136,6 +136,10 @@ def main() -> None:
     base = labels["SD-CPC-B0", "torch", "fp32"]
     agree = np.mean([np.mean(a == b) for a, b in zip(labels[fastest], base)])
     print(f"fastest backend: {backend} {precision}")
+    if ("SD-CPC-B0 embedded", backend, precision) in labels:  # a trained network's margins, for comparison
+        trained = np.mean([np.mean(a == b) for a, b in zip(labels["SD-CPC-B0 embedded", backend, precision],
+                                                           labels["SD-CPC-B0 embedded", "torch", "fp32"])])
+        print(f"label agreement of the embedded (trained) SD-CPC-B0, same backends: {100 * trained:.2f}%")
     print(f"step vs yardstick (SD-CPC-B0 step, fastest backend / SegFormer-B0 network, torch fp32): "
           f"{sd[fastest] / yard:.2f}x")
     print(f"temporal overhead (SD-CPC-B0 / SegFormer-B0 step, fastest backend): {sd[fastest] / seg:.2f}x")

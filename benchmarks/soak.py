@@ -477,7 +477,6 @@ def main(argv=None) -> int:
         stream.drain()
         alive = proc.poll() is None
     finally:
-        client.executor.shutdown()
         client.close()
         stop_node(proc)
 

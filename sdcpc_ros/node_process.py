@@ -82,6 +82,8 @@ class Client:
             self.executor.spin_once(timeout_sec=0.05)
 
     def close(self):
-        self.executor.shutdown()
+        # bounded: an executor spinning in another thread may be inside a wait; shutting the
+        # context down below wakes it either way, and a test must never hang on its own client
+        self.executor.shutdown(timeout_sec=5.0)
         self.node.destroy_node()
         rclpy.shutdown(context=self.context)

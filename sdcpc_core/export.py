@@ -28,7 +28,7 @@ from sdcpc_core.checkpoints import CheckpointError, load_checkpoint
 from sdcpc_core.models.temporal import FrameCache
 
 FORMAT = "sdcpc-export"
-VERSION = 2  # 2: encode outputs each frame's reference summary (keys rows, basis, prototypes)
+VERSION = 2  # 2: encode outputs each frame's reference summary (basis, prototypes), no keys/values
 METADATA = "sdcpc_export.json"
 CHECKPOINT = "model.pt"
 GRAPHS = ("encode", "aggregate")
@@ -36,8 +36,8 @@ OPSET = 18
 FEATURES = ("feature4", "feature8", "feature16", "feature32")  # encoder maps by stride
 # what aggregate reads of the target, and of each reference (FrameCache field names)
 TARGET_FIELDS = FEATURES + ("static", "basis")
-REFERENCE_FIELDS = ("keys", "values", "basis", "proto_keys", "proto_values", "proto_bias")
-CACHE_FIELDS = ("static", "basis", "keys", "values", "proto_keys", "proto_values", "proto_bias")
+REFERENCE_FIELDS = ("static", "basis", "proto_keys", "proto_values", "proto_bias")
+CACHE_FIELDS = ("static", "basis", "proto_keys", "proto_values", "proto_bias")
 
 
 class ExportError(CheckpointError):

@@ -128,10 +128,8 @@ class SDCPC(SegFormer):
         features = tuple(self.backbone(images))
         static, static_logits = self.ssea(features)
         probabilities = static_logits.float().softmax(1)  # (B, K, h, w)
-        keys, values = self.dssa.fine.project_reference(static)
         basis = difference_basis(static, static_logits, self.dssa.difference, probabilities)
-        return FrameCache(features, static, static_logits, keys, values, basis,
-                          *self.dssa.coarse.summarize(static, probabilities))
+        return FrameCache(features, static, static_logits, basis, *self.dssa.coarse.summarize(static, probabilities))
 
     def forward_cached(self, target: FrameCache, references: list[FrameCache]) -> dict:
         if len(references) == 0:
@@ -172,9 +170,8 @@ class SDCPC(SegFormer):
         else:
             with torch.no_grad():
                 caches = _unbatch(self.encode(frames[:, :-1].flatten(0, 1)), b, t1 - 1)
-            # the key/value projections (fine and coarse) must still learn: project outside no_grad
-            caches = [c._replace(keys=None, values=None, proto_keys=None, proto_values=None)
-                      for c in caches]
+            # the coarse stage's key/value projections must still learn: project outside no_grad
+            caches = [c._replace(proto_keys=None, proto_values=None) for c in caches]
             caches.append(self.encode(frames[:, -1]))
         return self.forward_cached(caches[-1], caches[:-1])
 

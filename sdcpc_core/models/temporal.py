@@ -23,16 +23,14 @@ class FrameCache(NamedTuple):
 
     The fields after ``static_logits`` summarise the frame in its role as a reference (and its
     difference basis as a target): computed once at encode, read by every later step that uses
-    the frame. Each may be None (a hand-built cache, training): the modules then derive it from
-    ``static`` and ``static_logits``. A cache restored from an exported graph may instead lack
-    ``static_logits`` (and, for a reference, ``static``): it carries what aggregation reads.
+    the frame (the fine stage reads ``static`` itself). Each may be None (a hand-built cache,
+    training): the modules then derive it from ``static`` and ``static_logits``. A cache restored
+    from an exported graph lacks ``static_logits``: it carries what aggregation reads.
     """
 
     features: tuple[torch.Tensor, ...]  # encoder maps at strides 4, 8, 16, 32
     static: torch.Tensor | None  # S: (B, C, H/8, W/8) aligned feature
     static_logits: torch.Tensor | None  # (B, K, H/8, W/8) static class prediction
-    keys: torch.Tensor | None = None  # (B, H/8, W/8, C) fine-stage key projection of S
-    values: torch.Tensor | None = None  # (B, H/8, W/8, C) fine-stage value projection of S
     basis: torch.Tensor | None = None  # (B, D, H/8, W/8) fp32 difference basis (difference_basis)
     proto_keys: torch.Tensor | None = None  # (B, K, C) coarse-stage keys of the class prototypes
     proto_values: torch.Tensor | None = None  # (B, K, C) coarse-stage values of the prototypes
@@ -222,12 +220,20 @@ class WindowCrossFrameAttention(nn.Module):
         self.key = nn.Conv2d(dim, dim, 1)
         self.value = nn.Conv2d(dim, dim, 1)
 
-    def project_reference(self, static: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values of a frame in its role as a reference: computed once per frame and
-        cached with it, not once per target that uses it. (B, h, w, C) channels-last rows, the
-        layout ``window_attention`` reads (and exported graphs pass on without a transpose)."""
-        rows = static.permute(0, 2, 3, 1)  # (B, h, w, C); the 1×1 convs as linear maps on rows
-        return tuple(F.linear(rows, conv.weight.flatten(1), conv.bias) for conv in (self.key, self.value))
+    def attention_query(self, x: torch.Tensor) -> torch.Tensor:
+        """q' = W_kᵀ (W_q x + b_q), what each query dots with the references' S rows.
+
+        The published form is softmax_j(q · (W_k s_j + b_k) / √C) · (W_v s_j + b_v). The term
+        q · b_k is the same for every key of a query, which the softmax ignores, so
+        q · k_j = q' · s_j up to it; and the weights sum to one, so the values' projection
+        applies once, to the attended S. The queries attend to S itself: one tensor per
+        reference instead of projected keys and values, and one gathered window instead of two.
+        """
+        wq, wk = self.query.weight.flatten(1), self.key.weight.flatten(1)  # (C, C) each
+        with torch.autocast(x.device.type, enabled=False):  # fold the weights in fp32
+            weight = wk.float().T @ wq.float()
+            bias = wk.float().T @ self.query.bias.float()
+        return F.conv2d(x, weight[:, :, None, None].to(x.dtype), bias.to(x.dtype))
 
     def _ranked(self, difference: torch.Tensor) -> tuple[torch.Tensor, int] | None:
         """(B, 1, h, w) -> ((B, h*w) differences with rounding noise zeroed, how many to select),
@@ -268,20 +274,25 @@ class WindowCrossFrameAttention(nn.Module):
     def forward(self, x: torch.Tensor, references: list[FrameCache],
                 difference: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        kv = [(r.keys, r.values) if r.keys is not None else self.project_reference(r.static)
-              for r in references]
-        # (B, T, C, h, w) views of channels-last (B, T, h, w, C) stacks: no transposing copy
-        k = torch.stack([a for a, _ in kv], 1).permute(0, 1, 4, 2, 3)
-        v = torch.stack([b for _, b in kv], 1).permute(0, 1, 4, 2, 3)
-        q = self.query(x)
+        rows = torch.stack([r.static.permute(0, 2, 3, 1) for r in references], 1)  # (B, T, h, w, C)
+        as_maps = lambda t: t.permute(0, 1, 4, 2, 3)  # noqa: E731  (B, T, C, h, w) views of rows
+        if self.training:  # the published order, so that b_k keeps its (zero) gradient under DDP
+            k, v = (as_maps(F.linear(rows, conv.weight.flatten(1), conv.bias)) for conv in (self.key, self.value))
+            q, project = self.query(x), False
+        else:  # queries attend to S itself (``attention_query``), values projected afterwards
+            k = v = as_maps(rows)
+            q, project = self.attention_query(x), True
         if self.fixed_shape or torch.compiler.is_compiling():
             out = window_attention_fixed(q, k, v, window=self.window, dilation=self.dilation)
+            out = self.value(out) if project else out
             mask = self.selection_mask(difference)
             return out if mask is None else torch.where(mask, out, torch.zeros((), dtype=out.dtype))
         index = self.select(difference)
         out = window_attention(q, k, v, window=self.window, dilation=self.dilation, query_index=index)
         if index is None:
-            return out  # (B, C, h, w)
+            return self.value(out) if project else out  # (B, C, h, w)
+        if project:
+            out = F.conv1d(out, self.value.weight.flatten(2), self.value.bias)  # (B, C, M)
         dense = out.new_zeros(b, c, h * w)
         return dense.scatter(2, index.unsqueeze(1).expand(-1, c, -1), out).view(b, c, h, w)
 

@@ -282,13 +282,16 @@ def fine_by_loops(mod: WindowCrossFrameAttention, x, refs, index):
     return out.view(b_, c, h, w)
 
 
+@pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("window,dilation", [(3, 1), (3, 2), (5, 1)])
-def test_fine_stage_equals_a_loop_over_window_keys(window, dilation):
+def test_fine_stage_equals_a_loop_over_window_keys(window, dilation, train):
     """Pipeline 4 stage 2 + Pipeline 5: logit = Σ_c q⊙k / sqrt(C); a joint softmax over the
     T·w² keys with the out-of-frame ones excluded (not zero-padded); unselected locations get
-    zero context."""
+    zero context. In training as published (keys and values projected); at inference the
+    queries attend to S through W_kᵀ q and the values are projected after: the same numbers."""
     torch.manual_seed(window + dilation)
-    mod = WindowCrossFrameAttention(4, window=window, dilation=dilation, selection_ratio=0.25)
+    mod = WindowCrossFrameAttention(4, window=window, dilation=dilation, selection_ratio=0.25).train(train)
+    torch.nn.init.normal_(mod.key.bias)  # b_k cancels in the softmax: it must not matter either way
     x = torch.randn(2, 4, 5, 6)
     refs = [frame(torch.randn(2, 4, 5, 6), None) for _ in range(2)]
     diff = torch.rand(2, 1, 5, 6)

@@ -46,64 +46,88 @@ def _summarise(x, margin, scale, arg, sure, finite):
         sure[n] = best - second > margin * largest
 
 
-def _kernel(x, scale, arg, sure, y0, y1, fy, x0, x1, fx, groups, margin, labels, tie):
+def _kernel(x, scale, arg, sure, y0, y1, fy, x0, x1, fx, groups, column_groups, margin, labels, tie):
     """x (h, w, K) float32 classes-last; scale, arg, sure (h, w) from ``_summarise``;
     y0/y1/fy (H,) and x0/x1/fx (W,) bilinear sources and weights; groups (G + 1,) the first
-    output row of each run of rows sharing one source row pair (y0 is non-decreasing).
-    Writes labels (H, W) int64 and tie (H, W) bool (True: near tie, to be settled by the caller).
+    output row of each run of rows sharing one source row pair (y0 is non-decreasing), and
+    column_groups the same for columns. Writes labels (H, W) int64 and tie (H, W) bool (True:
+    near tie, to be settled by the caller).
 
-    Parallel over row groups. Per column of a group the two width-mixed rows of the cell are
-    computed once; every row of the group mixes them, so a class whose larger width-mixed value
-    is below the best smaller one (less the margin) cannot win in that column: only the other
-    classes (the candidates) are mixed row by row."""
-    out_w, k_n = x0.shape[0], x.shape[2]
+    Parallel over row groups; per source cell (a row group × a column group):
+    - a class whose largest corner is below the best smallest corner (less twice the margin)
+      cannot win anywhere in the cell (every bilinear value lies between a class's corners, to
+      within rounding far below the margin): only the cell's other classes are mixed;
+    - per column, the two width-mixed rows of those classes are computed once, and a class
+      whose larger one is below the best smaller one (less the margin) cannot win in that
+      column: only the remaining candidates are mixed row by row.
+    The column's candidates and values are the same as when every class is mixed (the best
+    smaller value always belongs to a cell candidate), so labels and ties are too."""
+    k_n = x.shape[2]
     for g in numba.prange(groups.shape[0] - 1):
         first_row, end_row = groups[g], groups[g + 1]
         a, b = y0[first_row], y1[first_row]
+        in_cell = np.empty(k_n, np.int64)
+        cp = np.empty(k_n, np.float32)
+        cq = np.empty(k_n, np.float32)
+        cr = np.empty(k_n, np.float32)
+        cs = np.empty(k_n, np.float32)
         top = np.empty(k_n, np.float32)
         bottom = np.empty(k_n, np.float32)
         cand = np.empty(k_n, np.int64)
         cand_top = np.empty(k_n, np.float32)
         cand_bottom = np.empty(k_n, np.float32)
         v = np.empty(k_n, np.float32)
-        for j in range(out_w):
-            c, d, wx = x0[j], x1[j], fx[j]
+        for cg in range(column_groups.shape[0] - 1):
+            first_col, end_col = column_groups[cg], column_groups[cg + 1]
+            c, d = x0[first_col], x1[first_col]
             cls = arg[a, c]
             if (sure[a, c] and sure[a, d] and sure[b, c] and sure[b, d]
                     and arg[a, d] == cls and arg[b, c] == cls and arg[b, d] == cls):
                 for i in range(first_row, end_row):  # a decided cell: one class wins everywhere
-                    labels[i, j] = cls
-                    tie[i, j] = False
+                    for j in range(first_col, end_col):
+                        labels[i, j] = cls
+                        tie[i, j] = False
                 continue
             p, q, r, s = x[a, c], x[a, d], x[b, c], x[b, d]
-            for k in range(k_n):
-                top[k] = p[k] + wx * (q[k] - p[k])
-                bottom[k] = r[k] + wx * (s[k] - r[k])
             room = margin * max(max(scale[a, c], scale[a, d]), max(scale[b, c], scale[b, d]))
-            floor = np.float32(-np.inf)
+            lowest = np.float32(-np.inf)
             for k in range(k_n):
-                floor = max(floor, min(top[k], bottom[k]))
-            floor -= room
-            n = 0
-            for k in range(k_n):
-                if max(top[k], bottom[k]) >= floor:
-                    cand[n], cand_top[n], cand_bottom[n] = k, top[k], bottom[k]
-                    n += 1
-            for i in range(first_row, end_row):
-                wy = fy[i]
-                best = np.float32(-np.inf)
-                winner = 0
-                for m in range(n):
-                    val = cand_top[m] + wy * (cand_bottom[m] - cand_top[m])
-                    v[m] = val
-                    if val > best:
-                        best, winner = val, m
-                limit = best - room
-                near = 0
-                for m in range(n):
-                    near += v[m] >= limit
-                labels[i, j] = cand[winner]
-                tie[i, j] = near > 1
+                lowest = max(lowest, min(min(p[k], q[k]), min(r[k], s[k])))
+            lowest -= 2 * room
+            n_cell = 0
+            for k in range(k_n):  # the cell's candidates, corners packed contiguously (branch-free)
+                in_cell[n_cell] = k
+                cp[n_cell], cq[n_cell], cr[n_cell], cs[n_cell] = p[k], q[k], r[k], s[k]
+                n_cell += max(max(p[k], q[k]), max(r[k], s[k])) >= lowest
+            for j in range(first_col, end_col):
+                wx = fx[j]
+                for m in range(n_cell):
+                    top[m] = cp[m] + wx * (cq[m] - cp[m])
+                    bottom[m] = cr[m] + wx * (cs[m] - cr[m])
+                floor = np.float32(-np.inf)
+                for m in range(n_cell):
+                    floor = max(floor, min(top[m], bottom[m]))
+                floor -= room
+                n = 0
+                for m in range(n_cell):
+                    if max(top[m], bottom[m]) >= floor:
+                        cand[n], cand_top[n], cand_bottom[n] = in_cell[m], top[m], bottom[m]
+                        n += 1
+                for i in range(first_row, end_row):
+                    wy = fy[i]
+                    best = np.float32(-np.inf)
+                    winner = 0
+                    for m in range(n):
+                        val = cand_top[m] + wy * (cand_bottom[m] - cand_top[m])
+                        v[m] = val
+                        if val > best:
+                            best, winner = val, m
+                    limit = best - room
+                    near = 0
+                    for m in range(n):
+                        near += v[m] >= limit
+                    labels[i, j] = cand[winner]
+                    tie[i, j] = near > 1
 
 
 _compiled = {}
@@ -150,8 +174,10 @@ def resized_labels_cpu(x: np.ndarray, scale: np.ndarray, arg: np.ndarray, sure: 
     tie = np.empty((y0.shape[0], x0.shape[0]), np.bool_)
     # runs of output rows with the same source rows (y0 is non-decreasing)
     groups = np.flatnonzero(np.r_[True, y0[1:] != y0[:-1], True]).astype(np.int64)
+    column_groups = np.flatnonzero(np.r_[True, x0[1:] != x0[:-1], True]).astype(np.int64)
     kernel = _compiled_kernel("kernel")
     with _LOCK:
         _threads(threads)
-        kernel(x, scale, arg, sure, y0, y1, fy, x0, x1, fx, groups, np.float32(margin), labels, tie)
+        kernel(x, scale, arg, sure, y0, y1, fy, x0, x1, fx, groups, column_groups, np.float32(margin),
+               labels, tie)
     return labels, tie

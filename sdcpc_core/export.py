@@ -110,8 +110,10 @@ class _Aggregate(nn.Module):
 
 
 def _export_graph(module, args, path: Path, input_names, output_names) -> None:
-    # the exporter logs a warning per torchvision op it cannot register; torchvision is not used
+    # the exporter logs a warning per torchvision op it cannot register (torchvision is not used),
+    # and its optimiser one per multi-output op it leaves unfolded (a Split of constant weights)
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    logging.getLogger("onnxscript.optimizer._constant_folding").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(module, tuple(args), dynamo=True, opset_version=OPSET,

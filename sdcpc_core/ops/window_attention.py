@@ -328,38 +328,39 @@ def window_attention_fixed(q, k, v, window=9, dilation=1):
     tiles_y, tiles_x = -(-H // TILE), -(-W // TILE)
     Hp, Wp = tiles_y * TILE, tiles_x * TILE
     with torch.autocast(q.device.type, enabled=False):
-        qt = F.pad(q.to(acc), (0, Wp - W, 0, Hp - H))  # B, C, Hp, Wp
-        qt = qt.view(B, C, tiles_y, TILE, tiles_x, TILE).permute(0, 2, 4, 3, 5, 1)
+        # queries as rows (B, Hp, Wp, C), then tiles: a transpose of TILE x C blocks
+        qt = F.pad(q.to(acc).permute(0, 2, 3, 1), (0, 0, 0, Wp - W, 0, Hp - H))
+        qt = qt.view(B, tiles_y, TILE, tiles_x, TILE, C).permute(0, 1, 3, 2, 4, 5)
         qt = qt.reshape(B, tiles_y * tiles_x, TILE * TILE, C)  # B, tiles, queries, C
-        kh, vh = (_halos(x, acc, R, S, tiles_y, tiles_x) for x in (k, v))  # B, tiles, T*S*S, C
+        kh = _halos(k, acc, R, S, tiles_y, tiles_x)  # B, tiles, T*S*S, C
+        vh = kh if v is k else _halos(v, acc, R, S, tiles_y, tiles_x)  # one gather when k is v
         bias = _halo_bias(H, W, window, dilation, q.device, acc)  # tiles, queries, S*S
         bias = bias.unsqueeze(2).expand(-1, -1, T, -1).flatten(2)  # tiles, queries, T*S*S
         logits = torch.matmul(qt * (1.0 / math.sqrt(C)), kh.transpose(-1, -2)) + bias  # B, tiles, q, T*S*S
         out = torch.matmul(logits.softmax(-1), vh)  # B, tiles, queries, C
-        out = out.view(B, tiles_y, tiles_x, TILE, TILE, C).permute(0, 5, 1, 3, 2, 4)
-        out = out.reshape(B, C, Hp, Wp)[:, :, :H, :W]
+        out = out.view(B, tiles_y, tiles_x, TILE, TILE, C).permute(0, 1, 3, 2, 4, 5)
+        out = out.reshape(B, Hp, Wp, C)[:, :H, :W].permute(0, 3, 1, 2)  # B, C, H, W
     return out.to(dtype)
 
 
 def _halos(k, dtype, R, S, tiles_y, tiles_x):
     """(B, T, C, H, W) -> (B, tiles, T*S*S, C) in dtype: each tile's halo in every reference,
-    zero outside the frame. Reads k channels-last (one gather of C-vectors); SD-CPC's cached keys
-    are stored that way."""
+    zero outside the frame. Reads k channels-last (one gather of C-vectors; SD-CPC's cached maps
+    are stacked that way); out-of-frame positions read one zero row appended to the frame's rows
+    (no padded copy of the frames)."""
     B, T, C, H, W = k.shape
-    Hp, Wp = tiles_y * TILE, tiles_x * TILE
-    rows = k.permute(0, 1, 3, 4, 2).to(dtype)  # B, T, H, W, C
-    rows = F.pad(rows, (0, 0, R, Wp - W + R, R, Hp - H + R))  # B, T, Hp + 2R, Wp + 2R, C
-    width = Wp + 2 * R
-    plane = (Hp + 2 * R) * width
-    tile_y = torch.arange(tiles_y, device=k.device) * TILE
-    tile_x = torch.arange(tiles_x, device=k.device) * TILE
+    rows = k.permute(0, 1, 3, 4, 2).to(dtype).reshape(B, T * H * W, C)
+    rows = torch.cat([rows, rows.new_zeros(B, 1, C)], 1)  # row T*H*W: zeros
+    tile_y = torch.arange(tiles_y, device=k.device) * TILE - R
+    tile_x = torch.arange(tiles_x, device=k.device) * TILE - R
     s = torch.arange(S, device=k.device)
-    ys = (tile_y[:, None, None, None] + s[None, None, :, None]) * width  # ty, 1, S, 1
-    xs = tile_x[None, :, None, None] + s[None, None, None, :]  # 1, tx, 1, S
-    halo = (ys + xs).flatten(0, 1).flatten(1)  # tiles, S*S flat positions in one frame
-    t = torch.arange(T, device=k.device) * plane
-    index = (t[None, :, None] + halo[:, None, :]).flatten()  # tiles*T*S*S, in (tile, t, s) order
-    h = rows.flatten(1, 3).index_select(1, index)  # B, tiles*T*S*S, C
+    ys = (tile_y[:, None, None, None] + s[None, None, :, None])  # ty, 1, S, 1: frame rows
+    xs = (tile_x[None, :, None, None] + s[None, None, None, :])  # 1, tx, 1, S: frame columns
+    inside = (ys >= 0) & (ys < H) & (xs >= 0) & (xs < W)
+    halo = torch.where(inside, ys * W + xs, -1).flatten(0, 1).flatten(1)  # tiles, S*S; -1 outside
+    t = torch.arange(T, device=k.device) * (H * W)
+    index = torch.where(halo[:, None, :] >= 0, t[None, :, None] + halo[:, None, :], T * H * W)
+    h = rows.index_select(1, index.flatten())  # B, tiles*T*S*S, C in (tile, t, s) order
     return h.view(B, tiles_y * tiles_x, T * S * S, C)
 
 

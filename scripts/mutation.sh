@@ -48,6 +48,9 @@ TESTS[temporal]="test/core/test_method.py test/core/test_fixed_shape.py test/cor
 test/core/test_models.py::test_ssea_scale_attention_equals_attending_to_upsampled_grids \
 test/core/test_models.py::test_selection_ignores_rounding_noise_and_breaks_ties_by_position \
 test/core/test_models.py::test_cached_reference_projections_equal_recomputed_ones \
+test/core/test_models.py::test_cached_difference_basis_equals_direct_definition \
+test/core/test_models.py::test_average_pool_equals_adaptive_pooling \
+test/core/test_models.py::test_reference_grad_off_same_output_no_grad_through_references \
 test/core/test_models.py::test_temporal_context_changes_output_and_uses_references"
 FILE[mcp_cl]=sdcpc_core/losses/mcp_cl.py
 TESTS[mcp_cl]="test/core/test_method.py test/core/test_mcp_cl.py"

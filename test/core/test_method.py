@@ -282,21 +282,29 @@ def fine_by_loops(mod: WindowCrossFrameAttention, x, refs, index):
     return out.view(b_, c, h, w)
 
 
+@pytest.mark.parametrize("fixed_shape", [False, True])
+@pytest.mark.parametrize("ratio", [0.25, 1.0])
 @pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("window,dilation", [(3, 1), (3, 2), (5, 1)])
-def test_fine_stage_equals_a_loop_over_window_keys(window, dilation, train):
+def test_fine_stage_equals_a_loop_over_window_keys(window, dilation, train, ratio, fixed_shape):
     """Pipeline 4 stage 2 + Pipeline 5: logit = Σ_c q⊙k / sqrt(C); a joint softmax over the
     T·w² keys with the out-of-frame ones excluded (not zero-padded); unselected locations get
     zero context. In training as published (keys and values projected); at inference the
-    queries attend to S through W_kᵀ q and the values are projected after: the same numbers."""
+    queries attend to S through W_kᵀ q and the values are projected after: the same numbers,
+    on the selected-queries path and the fixed-shape one, with some or all queries selected."""
     torch.manual_seed(window + dilation)
-    mod = WindowCrossFrameAttention(4, window=window, dilation=dilation, selection_ratio=0.25).train(train)
+    mod = WindowCrossFrameAttention(4, window=window, dilation=dilation, selection_ratio=ratio).train(train)
     torch.nn.init.normal_(mod.key.bias)  # b_k cancels in the softmax: it must not matter either way
+    mod.fixed_shape = fixed_shape
     x = torch.randn(2, 4, 5, 6)
     refs = [frame(torch.randn(2, 4, 5, 6), None) for _ in range(2)]
     diff = torch.rand(2, 1, 5, 6)
     index = mod.select(diff)
-    assert index.shape == (2, 8)
+    if ratio < 1:
+        assert index.shape == (2, 8)
+    else:
+        assert index is None
+        index = torch.arange(30).expand(2, -1)
     got = mod(x, refs, diff)
     torch.testing.assert_close(got.double(), fine_by_loops(mod, x, refs, index), atol=1e-5, rtol=1e-5)
 

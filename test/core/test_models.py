@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from sdcpc_core.models import SDCPC, SDCPCConfig, SegFormer, build_model, static_difference
-from sdcpc_core.models.temporal import FrameCache
+from sdcpc_core.models.temporal import FrameCache, difference_basis
 
 SPEC_KEYS = Path(__file__).resolve().parents[1] / "data" / "segformer_state_dict_keys.json"
 
@@ -163,6 +163,11 @@ def test_cached_difference_basis_equals_direct_definition(difference):
                 "cosine": (1 - F.cosine_similarity(a.static, b.static, dim=1).unsqueeze(1)) / 2,
                 "argmax": (p.argmax(1, keepdim=True) != q.argmax(1, keepdim=True)).float()}[difference]
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    # a cache restored from an exported graph carries the basis but no static logits
+    restored = [c._replace(static_logits=None) for c in (a, b)]
+    torch.testing.assert_close(static_difference(*restored, difference), got, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="unknown difference kind 'hamming'.*bhattacharyya"):
+        difference_basis(a.static, a.static_logits, "hamming")
 
 
 def test_folded_class_context_equals_projection_then_classifier():

@@ -344,23 +344,21 @@ def window_attention_fixed(q, k, v, window=9, dilation=1):
 
 
 def _halos(k, dtype, R, S, tiles_y, tiles_x):
-    """(B, T, C, H, W) -> (B, tiles, T*S*S, C) in dtype: each tile's halo in every reference,
-    zero outside the frame. Reads k channels-last (one gather of C-vectors; SD-CPC's cached maps
-    are stacked that way); out-of-frame positions read one zero row appended to the frame's rows
-    (no padded copy of the frames)."""
+    """(B, T, C, H, W) -> (B, tiles, T*S*S, C) in dtype: each tile's halo in every reference.
+    Reads k channels-last (one gather of C-vectors; SD-CPC's cached maps are stacked that way).
+    A halo position outside the frame reads the nearest frame position instead: ``_halo_bias``
+    masks every out-of-frame key, so its value never counts (and no padded copy is made)."""
     B, T, C, H, W = k.shape
     rows = k.permute(0, 1, 3, 4, 2).to(dtype).reshape(B, T * H * W, C)
-    rows = torch.cat([rows, rows.new_zeros(B, 1, C)], 1)  # row T*H*W: zeros
     tile_y = torch.arange(tiles_y, device=k.device) * TILE - R
     tile_x = torch.arange(tiles_x, device=k.device) * TILE - R
     s = torch.arange(S, device=k.device)
-    ys = (tile_y[:, None, None, None] + s[None, None, :, None])  # ty, 1, S, 1: frame rows
-    xs = (tile_x[None, :, None, None] + s[None, None, None, :])  # 1, tx, 1, S: frame columns
-    inside = (ys >= 0) & (ys < H) & (xs >= 0) & (xs < W)
-    halo = torch.where(inside, ys * W + xs, -1).flatten(0, 1).flatten(1)  # tiles, S*S; -1 outside
+    ys = (tile_y[:, None, None, None] + s[None, None, :, None]).clamp(0, H - 1)  # ty, 1, S, 1
+    xs = (tile_x[None, :, None, None] + s[None, None, None, :]).clamp(0, W - 1)  # 1, tx, 1, S
+    halo = (ys * W + xs).flatten(0, 1).flatten(1)  # tiles, S*S positions in one frame
     t = torch.arange(T, device=k.device) * (H * W)
-    index = torch.where(halo[:, None, :] >= 0, t[None, :, None] + halo[:, None, :], T * H * W)
-    h = rows.index_select(1, index.flatten())  # B, tiles*T*S*S, C in (tile, t, s) order
+    index = (t[None, :, None] + halo[:, None, :]).flatten()  # tiles*T*S*S, in (tile, t, s) order
+    h = rows.index_select(1, index)  # B, tiles*T*S*S, C
     return h.view(B, tiles_y * tiles_x, T * S * S, C)
 
 

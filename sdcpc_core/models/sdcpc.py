@@ -180,7 +180,7 @@ def _unbatch(cache: FrameCache, b: int, t: int) -> list[FrameCache]:
     """A cache of B*T frames (frame-major within each clip) -> T caches of B frames."""
     split = lambda x: x.unflatten(0, (b, t))  # noqa: E731
     feats = [split(f) for f in cache.features]
-    maps = [None if x is None else split(x) for x in cache[1:]]  # static, logits, keys, …
+    maps = [None if x is None else split(x) for x in cache[1:]]  # static, logits, basis, …
     return [FrameCache(tuple(f[:, i] for f in feats), *(None if x is None else x[:, i] for x in maps))
             for i in range(t)]
 

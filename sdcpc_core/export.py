@@ -37,7 +37,7 @@ FEATURES = ("feature4", "feature8", "feature16", "feature32")  # encoder maps by
 # what aggregate reads of the target, and of each reference (FrameCache field names)
 TARGET_FIELDS = FEATURES + ("static", "basis")
 REFERENCE_FIELDS = ("static", "basis", "proto_keys", "proto_values", "proto_bias")
-CACHE_FIELDS = ("static", "basis", "proto_keys", "proto_values", "proto_bias")
+CACHE_FIELDS = REFERENCE_FIELDS  # encode outputs what a reference is read for (the target's: a subset)
 
 
 class ExportError(CheckpointError):

@@ -233,7 +233,7 @@ def _acc_dtype(dtype):
 
 def _channels_last(k, dtype):
     """(B, T, C, H, W) -> (B, T, H, W, C) contiguous in dtype: a view when k is stored that way
-    already (SD-CPC's cached reference keys and values are), else one transposing copy."""
+    already (SD-CPC stacks its references' S that way), else one transposing copy."""
     rows = k.permute(0, 1, 3, 4, 2)
     if rows.is_contiguous() and k.dtype == dtype:
         return rows
@@ -312,10 +312,9 @@ def window_attention_fixed(q, k, v, window=9, dilation=1):
     Same arguments and result as ``window_attention(q, k, v, window, dilation)`` (dense), for
     ``torch.compile(fullgraph=True)`` and ONNX export: no data-dependent Python, no checks on
     values. Every TILE x TILE tile of queries attends to its (TILE + 2R)^2 halo in all T
-    references at once: one ``scaled_dot_product_attention`` over the tile's T * (TILE + 2R)^2
-    keys, those outside a query's window or the frame masked. One attention op (not matmuls and a
-    softmax spelt out) is what deployment runtimes fuse into a single kernel that never stores
-    the logits. Costs every query's attention (the sparse path costs only the selected ones), so a
+    references at once: matmul, one softmax over the tile's T * (TILE + 2R)^2 keys (those outside
+    a query's window or the frame masked), matmul, which OpenVINO fuses into one attention
+    kernel. Costs every query's attention (the sparse path costs only the selected ones), so a
     caller that needs a subset multiplies the result by a mask. Accumulates in fp32 (float64
     stays float64).
     """
@@ -349,7 +348,7 @@ def _halos(k, dtype, R, S, tiles_y, tiles_x):
     A halo position outside the frame reads the nearest frame position instead: ``_halo_bias``
     masks every out-of-frame key, so its value never counts (and no padded copy is made)."""
     B, T, C, H, W = k.shape
-    rows = k.permute(0, 1, 3, 4, 2).to(dtype).reshape(B, T * H * W, C)
+    rows = _channels_last(k, dtype).reshape(B, T * H * W, C)
     tile_y = torch.arange(tiles_y, device=k.device) * TILE - R
     tile_x = torch.arange(tiles_x, device=k.device) * TILE - R
     s = torch.arange(S, device=k.device)

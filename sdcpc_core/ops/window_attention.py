@@ -37,6 +37,7 @@ def backend():
 
 
 TILE = 8  # query tile side of the PyTorch path (halo overhead (TILE + 2R)^2 / TILE^2 vs wasted logits)
+FIXED_TILE = 4  # query block side of the fixed-shape path (window_attention_fixed)
 CHUNK_ELEMS = 1 << 20  # per chunk of tiles: about this many elements of halos + logits (cache-sized)
 
 
@@ -311,79 +312,93 @@ def window_attention_fixed(q, k, v, window=9, dilation=1):
 
     Same arguments and result as ``window_attention(q, k, v, window, dilation)`` (dense), for
     ``torch.compile(fullgraph=True)`` and ONNX export: no data-dependent Python, no checks on
-    values. Every TILE x TILE tile of queries attends to its (TILE + 2R)^2 halo in all T
-    references at once: matmul, one softmax over the tile's T * (TILE + 2R)^2 keys (those outside
-    a query's window or the frame masked), matmul, which OpenVINO fuses into one attention
-    kernel. Costs every query's attention (the sparse path costs only the selected ones), so a
-    caller that needs a subset multiplies the result by a mask. Accumulates in fp32 (float64
-    stays float64).
+    values. The frame is cut into FIXED_TILE x FIXED_TILE blocks; every block of queries attends
+    to the A x A blocks around it (its halo, A = 2 ceil(R / FIXED_TILE) + 1) in all T references
+    at once: matmul, one softmax over the block's T * A^2 * FIXED_TILE^2 keys (those outside a
+    query's window or the frame masked), matmul, which OpenVINO fuses into one attention kernel.
+    Halos are gathered as whole blocks, not positions. Costs every query's attention (the sparse
+    path costs only the selected ones), so a caller that needs a subset multiplies the result by
+    a mask. Accumulates in fp32 (float64 stays float64).
     """
     B, C, H, W = q.shape
     T = k.shape[1]
     dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
     acc = _acc_dtype(dtype)
-    R = dilation * (window // 2)
-    S = TILE + 2 * R
-    tiles_y, tiles_x = -(-H // TILE), -(-W // TILE)
-    Hp, Wp = tiles_y * TILE, tiles_x * TILE
+    t = FIXED_TILE
+    tiles_y, tiles_x = -(-H // t), -(-W // t)
+    Hp, Wp = tiles_y * t, tiles_x * t
     with torch.autocast(q.device.type, enabled=False):
-        # queries as rows (B, Hp, Wp, C), then tiles: a transpose of TILE x C blocks
+        # queries as rows (B, Hp, Wp, C), then blocks: a transpose of t x C pieces
         qt = F.pad(q.to(acc).permute(0, 2, 3, 1), (0, 0, 0, Wp - W, 0, Hp - H))
-        qt = qt.view(B, tiles_y, TILE, tiles_x, TILE, C).permute(0, 1, 3, 2, 4, 5)
-        qt = qt.reshape(B, tiles_y * tiles_x, TILE * TILE, C)  # B, tiles, queries, C
-        kh = _halos(k, acc, R, S, tiles_y, tiles_x)  # B, tiles, T*S*S, C
-        vh = kh if v is k else _halos(v, acc, R, S, tiles_y, tiles_x)  # one gather when k is v
-        bias = _halo_bias(H, W, window, dilation, q.device, acc)  # tiles, queries, S*S
-        bias = bias.unsqueeze(2).expand(-1, -1, T, -1).flatten(2)  # tiles, queries, T*S*S
-        logits = torch.matmul(qt * (1.0 / math.sqrt(C)), kh.transpose(-1, -2)) + bias  # B, tiles, q, T*S*S
+        qt = qt.view(B, tiles_y, t, tiles_x, t, C).permute(0, 1, 3, 2, 4, 5)
+        qt = qt.reshape(B, tiles_y * tiles_x, t * t, C)  # B, tiles, queries, C
+        R = dilation * (window // 2)
+        kh = _block_halos(k, acc, R, tiles_y, tiles_x)  # B, tiles, T*A*A*t*t, C
+        vh = kh if v is k else _block_halos(v, acc, R, tiles_y, tiles_x)  # one gather when k is v
+        bias = _halo_bias(H, W, window, dilation, q.device, acc)  # tiles, queries, A*A*t*t
+        bias = bias.unsqueeze(2).expand(-1, -1, T, -1).flatten(2)  # tiles, queries, T*A*A*t*t
+        logits = torch.matmul(qt * (1.0 / math.sqrt(C)), kh.transpose(-1, -2)) + bias  # B, tiles, q, keys
         out = torch.matmul(logits.softmax(-1), vh)  # B, tiles, queries, C
-        out = out.view(B, tiles_y, tiles_x, TILE, TILE, C).permute(0, 1, 3, 2, 4, 5)
+        out = out.view(B, tiles_y, tiles_x, t, t, C).permute(0, 1, 3, 2, 4, 5)
         out = out.reshape(B, Hp, Wp, C)[:, :H, :W].permute(0, 3, 1, 2)  # B, C, H, W
     return out.to(dtype)
 
 
-def _halos(k, dtype, R, S, tiles_y, tiles_x):
-    """(B, T, C, H, W) -> (B, tiles, T*S*S, C) in dtype: each tile's halo in every reference.
-    Reads k channels-last (one gather of C-vectors; SD-CPC's cached maps are stacked that way).
-    A halo position outside the frame reads the nearest frame position instead: ``_halo_bias``
-    masks every out-of-frame key, so its value never counts (and no padded copy is made)."""
+def _halo_blocks(R):
+    """(lead, A): a halo starts ``lead`` = ceil(R / FIXED_TILE) blocks' worth of positions
+    before its tile and spans A x A blocks, enough for every window of the tile's queries."""
+    lead = -(-R // FIXED_TILE) * FIXED_TILE
+    return lead, 2 * lead // FIXED_TILE + 1
+
+
+def _block_halos(k, dtype, R, tiles_y, tiles_x):
+    """(B, T, C, H, W) -> (B, tiles, T*A*A*t*t, C) in dtype (t = FIXED_TILE): each tile's halo in
+    every reference, keys ordered (reference, block row, block column, row, column in the block).
+
+    The zero-padded frame is laid out block by block (one copy), so a halo is A*A gathered
+    blocks of t*t*C contiguous values; ``_halo_bias`` masks the padding.
+    """
     B, T, C, H, W = k.shape
-    rows = _channels_last(k, dtype).reshape(B, T * H * W, C)
-    tile_y = torch.arange(tiles_y, device=k.device) * TILE - R
-    tile_x = torch.arange(tiles_x, device=k.device) * TILE - R
-    s = torch.arange(S, device=k.device)
-    ys = (tile_y[:, None, None, None] + s[None, None, :, None]).clamp(0, H - 1)  # ty, 1, S, 1
-    xs = (tile_x[None, :, None, None] + s[None, None, None, :]).clamp(0, W - 1)  # 1, tx, 1, S
-    halo = (ys * W + xs).flatten(0, 1).flatten(1)  # tiles, S*S positions in one frame
-    t = torch.arange(T, device=k.device) * (H * W)
-    index = (t[None, :, None] + halo[:, None, :]).flatten()  # tiles*T*S*S, in (tile, t, s) order
-    h = rows.index_select(1, index)  # B, tiles*T*S*S, C
-    return h.view(B, tiles_y * tiles_x, T * S * S, C)
+    t = FIXED_TILE
+    lead, A = _halo_blocks(R)
+    ny, nx = tiles_y + A - 1, tiles_x + A - 1  # blocks of the padded frame
+    rows = F.pad(_channels_last(k, dtype), (0, 0, lead, nx * t - W - lead, lead, ny * t - H - lead))
+    blocks = rows.view(B, T, ny, t, nx, t, C).transpose(3, 4).reshape(B, T * ny * nx, t * t * C)
+    a = torch.arange(A, device=k.device)
+    by = torch.arange(tiles_y, device=k.device)[:, None, None, None] + a[:, None]  # ty, 1, A, 1
+    bx = torch.arange(tiles_x, device=k.device)[None, :, None, None] + a  # 1, tx, 1, A
+    halo = (by * nx + bx).flatten(0, 1).flatten(1)  # tiles, A*A blocks of one frame
+    first = torch.arange(T, device=k.device) * (ny * nx)
+    index = (first[None, :, None] + halo[:, None, :]).flatten()  # tiles*T*A*A, in (tile, t, block) order
+    return blocks.index_select(1, index).view(B, tiles_y * tiles_x, T * A * A * t * t, C)
 
 
 def _halo_bias(H, W, window, dilation, device, dtype):
-    """(tiles, TILE*TILE, S*S): 0 where a tile's query may see a halo key, -inf elsewhere.
+    """(tiles, t*t, A*A*t*t), t = FIXED_TILE: 0 where a tile's query may see a halo key (in
+    ``_block_halos`` order), -inf elsewhere.
 
     A key is seen when it is in the frame and in the query's window. Padding queries (outside
     the frame) see every in-frame key of the halo: finite numbers, dropped afterwards.
     """
+    t = FIXED_TILE
     R = dilation * (window // 2)
-    S = TILE + 2 * R
-    tiles_y, tiles_x = -(-H // TILE), -(-W // TILE)
-    p = torch.arange(TILE, device=device)
-    s = torch.arange(S, device=device)
-    rel = s[None, :] - R - p[:, None]  # TILE, S: key offset from the query
+    lead, A = _halo_blocks(R)
+    tiles_y, tiles_x = -(-H // t), -(-W // t)
+    p = torch.arange(t, device=device)
+    s = torch.arange(A * t, device=device)
+    rel = s[None, :] - lead - p[:, None]  # t, A*t: key offset from the query
     in_window = (rel.abs() <= R) & (rel % dilation == 0)
 
-    def axis(n_tiles, size):  # n_tiles, TILE, S: may query p of tile t see halo position s
-        start = torch.arange(n_tiles, device=device)[:, None, None] * TILE
-        key_in = (start + s - R >= 0) & (start + s - R < size)  # n_tiles, 1, S
-        query_in = start + p[:, None] < size  # n_tiles, TILE, 1
+    def axis(n_tiles, size):  # n_tiles, t, A*t: may query p of tile i see halo position s
+        start = torch.arange(n_tiles, device=device)[:, None, None] * t
+        key_in = (start + s - lead >= 0) & (start + s - lead < size)  # n_tiles, 1, A*t
+        query_in = start + p[:, None] < size  # n_tiles, t, 1
         return key_in & (in_window | ~query_in)
 
     ok_y, ok_x = axis(tiles_y, H), axis(tiles_x, W)
-    ok = ok_y[:, None, :, None, :, None] & ok_x[None, :, None, :, None, :]  # ty, tx, p, p, S, S
-    ok = ok.reshape(tiles_y * tiles_x, TILE * TILE, S * S)
+    ok = ok_y[:, None, :, None, :, None] & ok_x[None, :, None, :, None, :]  # ty, tx, py, px, sy, sx
+    ok = ok.view(tiles_y, tiles_x, t, t, A, t, A, t).transpose(5, 6)  # …, block row, col, row, col
+    ok = ok.reshape(tiles_y * tiles_x, t * t, A * A * t * t)
     return torch.where(ok, torch.zeros((), dtype=dtype, device=device),
                        torch.full((), float("-inf"), dtype=dtype, device=device))
 

@@ -14,6 +14,7 @@ from sdcpc_core.ops import window_attention, window_attention_fixed
     (1, 1, 4, 1, 8, 5, 1),  # one row
     (1, 3, 16, 20, 17, 7, 1),
     (1, 2, 6, 16, 16, 1, 1),  # window 1: the centre key only
+    (1, 2, 4, 18, 21, 5, 3),  # radius 6: halos two blocks deep on each side
 ])
 def test_fixed_equals_window_attention(B, T, C, H, W, window, dilation):
     g = torch.Generator().manual_seed(0)

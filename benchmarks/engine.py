@@ -3,8 +3,10 @@
 Rows: SD-CPC-B0 and SegFormer-B0 (random weights, 150 classes) and the embedded SD-CPC-B0 /
 baseline, all at 480×480, each on every installed backend (torch eager, ONNX Runtime, OpenVINO)
 and precision it supports; median ms of a full engine ``step`` (preprocess, network, labels at
-input size). The yardstick, timed in the same run because this machine is noisy: the per-frame
-SegFormer-B0 network alone in torch fp32 eager (``model(x)``).
+input size). The yardstick: the per-frame SegFormer-B0 network alone in torch fp32 eager
+(``model(x)``). The machine is noisy (a VM whose speed drifts by 10–20 % over minutes), so the
+timing is interleaved: every engine and the yardstick take a few frames in turn, round after
+round, and each row's median is over the same stretch of time as every other row's.
 
     python benchmarks/engine.py [--size 480] [--frames 30] [--threads 2] [--no-embedded]
 
@@ -30,6 +32,8 @@ from sdcpc_core.models import SDCPCConfig, build_model
 from sdcpc_core.runtimes import installed
 from sdcpc_core.settings import IMAGENET_MEAN, IMAGENET_STD
 
+YARDSTICK = "yardstick"
+BLOCK = 3  # frames per row and round of the interleaved timing (the first one not timed)
 PRECISIONS = {"torch": ("fp32", "bf16"), "onnxruntime": ("fp32",), "openvino": ("fp32", "bf16")}
 
 
@@ -51,32 +55,58 @@ def combinations():
             yield backend, p
 
 
-def time_steps(engine, frames) -> tuple[float, list[np.ndarray]]:
-    """Median ms of a full step after two warm-up frames, and every step's labels."""
-    engine.reset()
-    for f in frames[:2]:
-        engine.step(f)
-    engine.reset()
-    times, labels = [], []
-    for f in frames:
-        t = time.perf_counter()
-        labels.append(engine.step(f).labels)
-        times.append((time.perf_counter() - t) * 1e3)
-    return float(np.median(times)), labels
+def interleaved(runs: dict, frames, block: int = BLOCK) -> tuple[dict, dict]:
+    """Timing in rounds: {key: callable(frame)} -> (median ms per key, every step's labels per
+    engine). Each round gives every row the next ``block`` frames in a row and times all but the
+    first (which wakes the row's thread pools after the previous row's: PyTorch's OpenMP,
+    OpenVINO's and the label kernel's threads otherwise steal each other's cores). Two warm-up
+    frames each first, then a fresh stream."""
+    for run in runs.values():
+        for f in frames[:2]:
+            run(f)
+    for run in runs.values():
+        getattr(run, "reset", lambda: None)()
+    times = {k: [] for k in runs}
+    labels = {k: [] for k in runs}
+    rounds = len(frames) // block
+    for r in range(rounds):
+        for k, run in runs.items():
+            for i in range(r * block, (r + 1) * block):
+                t = time.perf_counter()
+                out = run(frames[i])
+                if i > r * block:
+                    times[k].append((time.perf_counter() - t) * 1e3)
+                if out is not None:
+                    labels[k].append(out.labels)
+        print(f"\r  round {r + 1}/{rounds}", end="", flush=True)
+    print()
+    return {k: float(np.median(v)) for k, v in times.items()}, labels
 
 
-def yardstick(size: int, frames: int) -> float:
-    """SegFormer-B0 network alone, torch fp32 eager, random weights, 150 classes."""
+class Stepper:
+    """An engine's ``step`` as one callable, with its ``reset``."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def __call__(self, frame):
+        return self.engine.step(frame)
+
+    def reset(self):
+        self.engine.reset()
+
+
+def yardstick(size: int):
+    """SegFormer-B0 network alone, torch fp32 eager, random weights, 150 classes, as a callable
+    (the frame argument is ignored: a fixed input)."""
     model = build_model(SDCPCConfig(variant="b0", num_classes=150, temporal=False)).eval()
     x = torch.randn(1, 3, size, size)
-    times = []
-    with torch.inference_mode():
-        model(x)
-        for _ in range(frames):
-            t = time.perf_counter()
+
+    def run(_frame):
+        with torch.inference_mode():
             model(x)
-            times.append((time.perf_counter() - t) * 1e3)
-    return float(np.median(times))
+
+    return run
 
 
 def models(size: int, embedded: bool):
@@ -105,7 +135,7 @@ def main() -> None:
     combos = list(combinations())
     print(f"{args.size}x{args.size}, {args.frames} frames, {args.threads} threads; backends: "
           + ", ".join(f"{b} {q}" for b, q in combos))
-    ms, labels = {}, {}
+    runs = {}
     with tempfile.TemporaryDirectory(prefix="sdcpc_bench_") as tmp:
         for name, model, meta in models(args.size, not args.no_embedded):
             export_dir = None
@@ -114,14 +144,15 @@ def main() -> None:
                 export_dir = export_module(model, meta, size, Path(tmp) / name.replace(" ", "_"))
                 print(f"exported {name} in {time.perf_counter() - t:.0f} s")
             for backend, precision in combos:
-                engine = StreamingSegmenter(model, meta["labels"], device="cpu", backend=backend,
-                                            precision=precision, input_size=size,
-                                            export_dir=None if backend == "torch" else export_dir)
-                ms[name, backend, precision], labels[name, backend, precision] = time_steps(engine, frames)
-                print(f"  {name:22s} {backend:12s} {precision}: {ms[name, backend, precision]:7.1f} ms/step",
-                      flush=True)
-    yard = yardstick(args.size, args.frames)
-
+                runs[name, backend, precision] = Stepper(StreamingSegmenter(
+                    model, meta["labels"], device="cpu", backend=backend, precision=precision,
+                    input_size=size, export_dir=None if backend == "torch" else export_dir))
+        runs[YARDSTICK] = yardstick(args.size)
+        print(f"timing {len(runs)} rows interleaved: {len(frames) // BLOCK} rounds of {BLOCK} frames")
+        ms, labels = interleaved(runs, frames)
+    yard = ms.pop(YARDSTICK)
+    for (name, backend, precision), v in ms.items():
+        print(f"  {name:22s} {backend:12s} {precision}: {v:7.1f} ms/step")
     print()
     print("| model | backend | precision | ms/step | FPS | vs yardstick |")
     print("|---|---|---|---|---|---|")

@@ -132,3 +132,12 @@ def test_encode_and_forward_cached_compile_with_fullgraph():
         want = model.forward_cached(want_cache, caches[:3])
     torch.testing.assert_close(got_cache.static, want_cache.static)
     torch.testing.assert_close(got["logits"], want["logits"], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("radius,lead,blocks", [(0, 0, 1), (1, 4, 3), (4, 4, 3), (5, 8, 5), (8, 8, 5), (9, 12, 7)])
+def test_fixed_halos_are_the_fewest_blocks_that_hold_every_window(radius, lead, blocks):
+    """A 4×4 block's halo starts ceil(R / 4) blocks before it and spans the blocks up to as many
+    after it: no window key outside, no block more than that (each costs a 16th of the logits)."""
+    wa = __import__("sys").modules[window_attention_fixed.__module__]
+    assert wa.FIXED_TILE == 4
+    assert wa._halo_blocks(radius) == (lead, blocks)

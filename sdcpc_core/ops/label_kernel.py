@@ -95,10 +95,12 @@ def _kernel(x, scale, arg, sure, y0, y1, fy, x0, x1, fx, groups, column_groups, 
                 lowest = max(lowest, min(min(p[k], q[k]), min(r[k], s[k])))
             lowest -= 2 * room
             n_cell = 0
-            for k in range(k_n):  # the cell's candidates, corners packed contiguously (branch-free)
+            for k in range(k_n):  # the cell's candidates (branch-free), then their corners packed
                 in_cell[n_cell] = k
-                cp[n_cell], cq[n_cell], cr[n_cell], cs[n_cell] = p[k], q[k], r[k], s[k]
                 n_cell += max(max(p[k], q[k]), max(r[k], s[k])) >= lowest
+            for m in range(n_cell):
+                k = in_cell[m]
+                cp[m], cq[m], cr[m], cs[m] = p[k], q[k], r[k], s[k]
             for j in range(first_col, end_col):
                 wx = fx[j]
                 for m in range(n_cell):

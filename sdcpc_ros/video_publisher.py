@@ -147,7 +147,10 @@ def main(argv=None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        node.get_logger().info(f"published {sent} frames")
+        if rclpy.ok():
+            node.get_logger().info(f"published {sent} frames")
+        else:  # shut down by a signal: the logger's rosout publisher is gone with the context
+            print(f"[video_publisher] published {sent} frames", file=sys.stderr)
         source.close()
         node.destroy_node()
         rclpy.try_shutdown()

@@ -345,8 +345,8 @@ def window_attention_fixed(q, k, v, window=9, dilation=1):
 
 
 def _halo_blocks(R):
-    """(lead, A): a halo starts ``lead`` = ceil(R / FIXED_TILE) blocks' worth of positions
-    before its tile and spans A x A blocks, enough for every window of the tile's queries."""
+    """(lead, A): a halo starts ``lead`` positions (ceil(R / FIXED_TILE) whole blocks) before
+    its tile and spans A x A blocks: the fewest that hold every window of the tile's queries."""
     lead = -(-R // FIXED_TILE) * FIXED_TILE
     return lead, 2 * lead // FIXED_TILE + 1
 

@@ -129,6 +129,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="CPU threads of every backend")
     p.add_argument("--no-embedded", action="store_true", help="skip the embedded models")
     args = p.parse_args()
+    if args.frames < BLOCK:
+        p.error(f"--frames must be at least {BLOCK} (one round of the interleaved timing)")
     torch.set_num_threads(args.threads)
     size = (args.size, args.size)
     frames = list(generate_video(3, args.frames, args.size, args.size)[0])

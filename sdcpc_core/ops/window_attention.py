@@ -38,6 +38,8 @@ def backend():
 
 TILE = 8  # query tile side of the PyTorch path (halo overhead (TILE + 2R)^2 / TILE^2 vs wasted logits)
 FIXED_TILE = 4  # query block side of the fixed-shape path (window_attention_fixed)
+FIXED_CHUNK = 15  # tiles per chunk of the fixed-shape path (their halos: about 3 MB in bf16 at C = 256)
+FIXED_MAX_CHUNKS = 32  # at most this many chunks (a graph holds a gather and an attention per chunk)
 CHUNK_ELEMS = 1 << 20  # per chunk of tiles: about this many elements of halos + logits (cache-sized)
 
 
@@ -316,9 +318,11 @@ def window_attention_fixed(q, k, v, window=9, dilation=1):
     to the A x A blocks around it (its halo, A = 2 ceil(R / FIXED_TILE) + 1) in all T references
     at once: matmul, one softmax over the block's T * A^2 * FIXED_TILE^2 keys (those outside a
     query's window or the frame masked), matmul, which OpenVINO fuses into one attention kernel.
-    Halos are gathered as whole blocks, not positions. Costs every query's attention (the sparse
-    path costs only the selected ones), so a caller that needs a subset multiplies the result by
-    a mask. Accumulates in fp32 (float64 stays float64).
+    Halos are gathered as whole blocks, not positions, for FIXED_CHUNK tiles at a time (at most
+    FIXED_MAX_CHUNKS chunks), so that each chunk's halos are still in cache when attended to.
+    Costs every query's attention (the sparse path costs only the selected ones), so a caller
+    that needs a subset multiplies the result by a mask. Accumulates in fp32 (float64 stays
+    float64).
     """
     B, C, H, W = q.shape
     T = k.shape[1]
@@ -333,12 +337,21 @@ def window_attention_fixed(q, k, v, window=9, dilation=1):
         qt = qt.view(B, tiles_y, t, tiles_x, t, C).permute(0, 1, 3, 2, 4, 5)
         qt = qt.reshape(B, tiles_y * tiles_x, t * t, C)  # B, tiles, queries, C
         R = dilation * (window // 2)
-        kh = _block_halos(k, acc, R, tiles_y, tiles_x)  # B, tiles, T*A*A*t*t, C
-        vh = kh if v is k else _block_halos(v, acc, R, tiles_y, tiles_x)  # one gather when k is v
+        kb, index = _block_layout(k, acc, R, tiles_y, tiles_x)  # B, blocks, t*t*C; tiles, T*A*A
+        vb = kb if v is k else _block_layout(v, acc, R, tiles_y, tiles_x)[0]  # one copy when k is v
         bias = _halo_bias(H, W, window, dilation, q.device, acc)  # tiles, queries, A*A*t*t
         bias = bias.unsqueeze(2).expand(-1, -1, T, -1).flatten(2)  # tiles, queries, T*A*A*t*t
-        logits = torch.matmul(qt * (1.0 / math.sqrt(C)), kh.transpose(-1, -2)) + bias  # B, tiles, q, keys
-        out = torch.matmul(logits.softmax(-1), vh)  # B, tiles, queries, C
+        qt = qt * (1.0 / math.sqrt(C))
+        n_tiles = tiles_y * tiles_x
+        chunk = max(FIXED_CHUNK, -(-n_tiles // FIXED_MAX_CHUNKS))
+        outs = []
+        for a in range(0, n_tiles, chunk):  # chunks of tiles: their gathered halos stay cache-sized
+            b = min(a + chunk, n_tiles)
+            kh = kb.index_select(1, index[a:b].flatten()).view(B, b - a, -1, C)  # B, n, T*A*A*t*t, C
+            vh = kh if vb is kb else vb.index_select(1, index[a:b].flatten()).view(B, b - a, -1, C)
+            logits = torch.matmul(qt[:, a:b], kh.transpose(-1, -2)) + bias[a:b]  # B, n, q, keys
+            outs.append(torch.matmul(logits.softmax(-1), vh))  # B, n, queries, C
+        out = torch.cat(outs, 1) if len(outs) > 1 else outs[0]
         out = out.view(B, tiles_y, tiles_x, t, t, C).permute(0, 1, 3, 2, 4, 5)
         out = out.reshape(B, Hp, Wp, C)[:, :H, :W].permute(0, 3, 1, 2)  # B, C, H, W
     return out.to(dtype)
@@ -351,13 +364,11 @@ def _halo_blocks(R):
     return lead, 2 * lead // FIXED_TILE + 1
 
 
-def _block_halos(k, dtype, R, tiles_y, tiles_x):
-    """(B, T, C, H, W) -> (B, tiles, T*A*A*t*t, C) in dtype (t = FIXED_TILE): each tile's halo in
-    every reference, keys ordered (reference, block row, block column, row, column in the block).
-
-    The zero-padded frame is laid out block by block (one copy), so a halo is A*A gathered
-    blocks of t*t*C contiguous values; ``_halo_bias`` masks the padding.
-    """
+def _block_layout(k, dtype, R, tiles_y, tiles_x):
+    """(B, T, C, H, W) -> (blocks (B, T*ny*nx, t*t*C) in dtype, index (tiles, T*A*A)), t =
+    FIXED_TILE: the zero-padded frames laid out block by block (one copy), and for each tile the
+    blocks of its halo in every reference, ordered (reference, block row, block column); a
+    halo's keys are its blocks' t*t positions in turn. ``_halo_bias`` masks the padding."""
     B, T, C, H, W = k.shape
     t = FIXED_TILE
     lead, A = _halo_blocks(R)
@@ -369,8 +380,7 @@ def _block_halos(k, dtype, R, tiles_y, tiles_x):
     bx = torch.arange(tiles_x, device=k.device)[None, :, None, None] + a  # 1, tx, 1, A
     halo = (by * nx + bx).flatten(0, 1).flatten(1)  # tiles, A*A blocks of one frame
     first = torch.arange(T, device=k.device) * (ny * nx)
-    index = (first[None, :, None] + halo[:, None, :]).flatten()  # tiles*T*A*A, in (tile, t, block) order
-    return blocks.index_select(1, index).view(B, tiles_y * tiles_x, T * A * A * t * t, C)
+    return blocks, (first[None, :, None] + halo[:, None, :]).flatten(1)  # tiles, T*A*A
 
 
 def _halo_bias(H, W, window, dilation, device, dtype):

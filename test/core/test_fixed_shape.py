@@ -141,3 +141,32 @@ def test_fixed_halos_are_the_fewest_blocks_that_hold_every_window(radius, lead, 
     wa = __import__("sys").modules[window_attention_fixed.__module__]
     assert wa.FIXED_TILE == 4
     assert wa._halo_blocks(radius) == (lead, blocks)
+
+
+@pytest.mark.parametrize("chunk,max_chunks", [(1, 100), (4, 100), (2, 3), (100, 1)])
+def test_fixed_path_in_chunks_of_tiles_equals_window_attention(monkeypatch, chunk, max_chunks):
+    """Chunks of one tile, a ragged last chunk, the chunk grown to respect the chunk cap, one
+    chunk: every tile attends exactly once, with its own bias rows (frames of 5 x 4 tiles)."""
+    wa = __import__("sys").modules[window_attention_fixed.__module__]
+    monkeypatch.setattr(wa, "FIXED_CHUNK", chunk)
+    monkeypatch.setattr(wa, "FIXED_MAX_CHUNKS", max_chunks)
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(2, 6, 19, 14, generator=g)
+    k, v = torch.randn(2, 2, 2, 6, 19, 14, generator=g)
+    for keys, values in ((k, v), (k, k)):  # separate values, and values that are the keys
+        want = window_attention(q, keys, values, 7, 1)
+        got = window_attention_fixed(q, keys, values, 7, 1)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_fixed_path_chunk_count_is_capped(monkeypatch):
+    wa = __import__("sys").modules[window_attention_fixed.__module__]
+    monkeypatch.setattr(wa, "FIXED_CHUNK", 1)
+    monkeypatch.setattr(wa, "FIXED_MAX_CHUNKS", 3)
+    calls = []
+    select = torch.Tensor.index_select
+    monkeypatch.setattr(torch.Tensor, "index_select", lambda self, *a: calls.append(1) or select(self, *a))
+    q = torch.randn(1, 4, 19, 14)
+    k = torch.randn(1, 2, 4, 19, 14)
+    window_attention_fixed(q, k, k, 3, 1)  # 20 tiles: 3 chunks of 7, 7, 6 (one gather each: v is k)
+    assert len(calls) == 3

@@ -385,7 +385,7 @@ def _block_layout(k, dtype, R, tiles_y, tiles_x):
 
 def _halo_bias(H, W, window, dilation, device, dtype):
     """(tiles, t*t, A*A*t*t), t = FIXED_TILE: 0 where a tile's query may see a halo key (in
-    ``_block_halos`` order), -inf elsewhere.
+    ``_block_layout`` order), -inf elsewhere.
 
     A key is seen when it is in the frame and in the query's window. Padding queries (outside
     the frame) see every in-frame key of the halo: finite numbers, dropped afterwards.

@@ -135,3 +135,18 @@ def test_node_engine_and_cli_refuse_a_bad_value_with_the_same_message(name, valu
     rc = sdcpc_main(["segment", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
                      "--checkpoint", str(tiny_checkpoint), "--device", "cpu", *cli])
     assert rc == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("openvino", [True, False])
+def test_start_up_line_names_the_backend_and_points_a_cpu_user_at_openvino(tiny_checkpoint, capfd,
+                                                                          monkeypatch, openvino):
+    from sdcpc_ros import node as node_module
+
+    real = node_module.runtimes.installed
+    monkeypatch.setattr(node_module.runtimes, "installed",
+                        lambda backend: openvino if backend == "openvino" else real(backend))
+    with node_in_process(f"startup_{openvino}", checkpoint=str(tiny_checkpoint), device="cpu"):
+        pass
+    err = capfd.readouterr().err
+    assert "on cpu (torch, fp32)" in err
+    assert ("backend:=openvino" in err) == openvino

@@ -29,7 +29,8 @@ def installed(backend: str) -> bool:
 
 def resolve_backend(backend: str, device: torch.device) -> str:
     """``auto`` -> the fastest installed backend for the device (measured in benchmarks/engine.py):
-    OpenVINO on CPU, ONNX Runtime with a GPU execution provider on CUDA, else torch."""
+    OpenVINO on CPU, ONNX Runtime with a GPU execution provider on CUDA, else torch (ONNX Runtime
+    on a CPU ran SD-CPC-B0 slower than eager torch in every run of the benchmark)."""
     if backend not in BACKENDS:
         raise SettingError("backend", backend, "allowed: " + ", ".join(BACKENDS))
     if backend != "auto":
@@ -38,10 +39,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
                                "(scripts/setup.sh installs it) or use backend torch")
         return backend
     if device.type == "cpu":
-        for name in ("openvino", "onnxruntime"):
-            if installed(name):
-                return name
-        return "torch"
+        return "openvino" if installed("openvino") else "torch"
     if installed("onnxruntime"):
         import onnxruntime as ort
 

@@ -195,3 +195,16 @@ def test_export_cli_and_metadata(exports):
 def test_backend_setting_is_checked():
     with pytest.raises(SettingError, match="allowed: torch, onnxruntime, openvino, auto"):
         StreamingSegmenter.from_checkpoint(None, device="cpu", backend="tensorrt")
+
+
+@pytest.mark.parametrize("available,want", [({"openvino", "onnxruntime"}, "openvino"),
+                                            ({"onnxruntime"}, "torch"), (set(), "torch")])
+def test_auto_backend_on_cpu_is_openvino_else_torch(monkeypatch, available, want):
+    """ONNX Runtime's CPU provider ran slower than eager torch in every engine benchmark run, so
+    ``auto`` never picks it for a CPU."""
+    from sdcpc_core import runtimes
+
+    monkeypatch.setattr(runtimes, "installed", lambda b: b == "torch" or b in available)
+    assert runtimes.resolve_backend("auto", torch.device("cpu")) == want
+    if "onnxruntime" in available:  # asked for by name, it is still used
+        assert runtimes.resolve_backend("onnxruntime", torch.device("cpu")) == "onnxruntime"

@@ -167,6 +167,12 @@ def summarise(pixels: np.ndarray, margin: float, threads: int):
     return out
 
 
+def _runs(lower: np.ndarray) -> np.ndarray:
+    """(R + 1,) int64: the first output index of each run of outputs that share one source pair
+    (``lower`` is non-decreasing), then the end."""
+    return np.flatnonzero(np.r_[True, lower[1:] != lower[:-1], True]).astype(np.int64)
+
+
 def resized_labels_cpu(x: np.ndarray, scale: np.ndarray, arg: np.ndarray, sure: np.ndarray,
                        sources_y, sources_x, margin: float, threads: int):
     """x (h, w, K) and its summary (each (h, w)) -> (labels (H, W) int64, tie (H, W) bool)."""
@@ -174,9 +180,7 @@ def resized_labels_cpu(x: np.ndarray, scale: np.ndarray, arg: np.ndarray, sure: 
     x0, x1, fx = (np.ascontiguousarray(t) for t in sources_x)
     labels = np.empty((y0.shape[0], x0.shape[0]), np.int64)
     tie = np.empty((y0.shape[0], x0.shape[0]), np.bool_)
-    # runs of output rows with the same source rows (y0 is non-decreasing)
-    groups = np.flatnonzero(np.r_[True, y0[1:] != y0[:-1], True]).astype(np.int64)
-    column_groups = np.flatnonzero(np.r_[True, x0[1:] != x0[:-1], True]).astype(np.int64)
+    groups, column_groups = _runs(y0), _runs(x0)
     kernel = _compiled_kernel("kernel")
     with _LOCK:
         _threads(threads)

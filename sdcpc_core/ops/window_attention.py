@@ -351,7 +351,7 @@ def window_attention_fixed(q, k, v, window=9, dilation=1):
             vh = kh if vb is kb else vb.index_select(1, index[a:b].flatten()).view(B, b - a, -1, C)
             logits = torch.matmul(qt[:, a:b], kh.transpose(-1, -2)) + bias[a:b]  # B, n, q, keys
             outs.append(torch.matmul(logits.softmax(-1), vh))  # B, n, queries, C
-        out = torch.cat(outs, 1) if len(outs) > 1 else outs[0]
+        out = torch.cat(outs, 1)
         out = out.view(B, tiles_y, tiles_x, t, t, C).permute(0, 1, 3, 2, 4, 5)
         out = out.reshape(B, Hp, Wp, C)[:, :H, :W].permute(0, 3, 1, 2)  # B, C, H, W
     return out.to(dtype)

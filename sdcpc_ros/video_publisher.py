@@ -147,13 +147,12 @@ def main(argv=None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        if rclpy.ok():
-            node.get_logger().info(f"published {sent} frames")
-        else:  # shut down by a signal: the logger's rosout publisher is gone with the context
-            print(f"[video_publisher] published {sent} frames", file=sys.stderr)
         source.close()
         node.destroy_node()
         rclpy.try_shutdown()
+    # after shutdown, not through the logger: a signal shuts the context down from rclpy's own
+    # handler at any moment, and the logger's rosout publisher then fails with an error
+    print(f"[video_publisher] published {sent} frames", file=sys.stderr)
     return 0
 
 

@@ -175,8 +175,9 @@ def export_module(model, meta: dict, input_size, output, checkpoint=None, openvi
     if openvino:
         import openvino as ov
 
-        for graph in GRAPHS:
-            ov.save_model(ov.convert_model(str(out / f"{graph}.onnx")), str(out / f"{graph}.xml"))
+        for graph in GRAPHS:  # fp32 weights: save_model would halve them to fp16 by default
+            ov.save_model(ov.convert_model(str(out / f"{graph}.onnx")), str(out / f"{graph}.xml"),
+                          compress_to_fp16=False)
             files += [f"{graph}.xml", f"{graph}.bin"]
     meta_out = {
         "format": FORMAT, "version": VERSION, "config": config.to_dict(),

@@ -20,10 +20,11 @@ from sdcpc_core.settings import IMAGENET_MEAN, SettingError
 
 pytest.importorskip("onnx", reason="the deploy runtimes are installed by scripts/setup.sh")
 MODELS = {"sdcpc": DEFAULT_CHECKPOINT, "segformer": BASELINE_CHECKPOINT}
-# OpenVINO's CPU plugin computes the MiT encoder's fp32 math slightly differently (its features
-# differ by ~1e-5), which the trained SSEA amplifies to ~1e-3 on SD-CPC's logits; labels are equal.
-LOGIT_TOLERANCE = {"onnxruntime": 1e-4, "openvino": 2e-3}
-LABEL_FLIPS = {"onnxruntime": 0.0, "openvino": 1e-3}  # fraction of pixels
+# Both runtimes sum in other orders than torch (logits differ by ~1e-5). The baseline is exported
+# with OpenVINO IR too, so the IR's weights are held to the same tolerance (IR saved with fp16
+# weights, OpenVINO's default, differed by 1e-3 on the baseline and 4e-3 on SD-CPC).
+LOGIT_TOLERANCE = {"onnxruntime": 1e-4, "openvino": 1e-4}
+LABEL_FLIPS = {"onnxruntime": 0.0, "openvino": 1e-4}  # fraction of pixels: exact ties may flip
 
 
 @pytest.fixture(scope="session")

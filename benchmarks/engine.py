@@ -166,13 +166,20 @@ def main() -> None:
     fastest = min(sd, key=sd.get)
     _, backend, precision = fastest
     seg = ms["SegFormer-B0", backend, precision]
-    base = labels["SD-CPC-B0", "torch", "fp32"]
-    agree = np.mean([np.mean(a == b) for a, b in zip(labels[fastest], base)])
     print(f"fastest backend: {backend} {precision}")
-    if ("SD-CPC-B0 embedded", backend, precision) in labels:  # a trained network's margins, for comparison
-        trained = np.mean([np.mean(a == b) for a, b in zip(labels["SD-CPC-B0 embedded", backend, precision],
-                                                           labels["SD-CPC-B0 embedded", "torch", "fp32"])])
-        print(f"label agreement of the embedded (trained) SD-CPC-B0, same backends: {100 * trained:.2f}%")
+    # Label agreement is a property of the network's margins: random weights give near-uniform
+    # logits over 150 classes, whose top two are often closer than bf16 rounding (docs/
+    # benchmarks-engine.md). It is printed, but the line the targets read is the trained network's
+    # (the embedded SD-CPC-B0), as in the CI parity tests; with --no-embedded, the random one's.
+    agreement = {}
+    for name in ("SD-CPC-B0", "SD-CPC-B0 embedded"):
+        if (name, backend, precision) in labels:
+            agreement[name] = np.mean([np.mean(a == b) for a, b in zip(labels[name, backend, precision],
+                                                                       labels[name, "torch", "fp32"])])
+    print(f"label agreement of the random-weights SD-CPC-B0, same backends: {100 * agreement['SD-CPC-B0']:.2f}%")
+    agree = agreement.get("SD-CPC-B0 embedded", agreement["SD-CPC-B0"])
+    if "SD-CPC-B0 embedded" not in agreement:
+        print("(no embedded model timed: the agreement line below is the random-weights one)")
     print(f"step vs yardstick (SD-CPC-B0 step, fastest backend / SegFormer-B0 network, torch fp32): "
           f"{sd[fastest] / yard:.2f}x")
     print(f"temporal overhead (SD-CPC-B0 / SegFormer-B0 step, fastest backend): {sd[fastest] / seg:.2f}x")

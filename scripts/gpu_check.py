@@ -4,19 +4,24 @@
     python scripts/gpu_check.py bench [--quick]    # prints the table (docs/gpu_check.md)
 
 Run from the repository root by gpu_check.sh, after the extension was built and the CUDA tests
-passed. Every check prints one line ``ok|FAIL  what  measured``.
+passed. Every check prints one line ``ok|FAIL  what  measured``; a check that cannot run in this
+environment prints ``SKIP  what  why`` and what to install.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from sdcpc_core.checkpoints import DEFAULT_CHECKPOINT
 from sdcpc_core.data.synthetic import generate_video
 from sdcpc_core.engine import StreamingSegmenter
 from sdcpc_core.ops import backend, window_attention
@@ -66,7 +71,79 @@ def engine_checks(quick: bool) -> int:
               f"max |diff| {err:.2e} (<= {tol}), labels identical: {same}")
         check([r.frames_aggregated for r in got] == [r.frames_aggregated for r in want],
               f"{precision} CUDA frames aggregated as on CPU", str([r.frames_aggregated for r in got]))
+    onnxruntime_checks(quick)
     return 1 if failures else 0
+
+
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+@contextlib.contextmanager
+def _only_providers(ort, first):
+    """Hide the GPU providers preferred to ``first`` from the engine's ONNX Runtime runner, which
+    otherwise takes TensorRT whenever it is installed: the CUDA provider is checked on its own, and
+    TensorRT with CUDA and CPU behind it (for any op it leaves), as a deployment runs it."""
+    available = ort.get_available_providers
+    hidden = GPU_PROVIDERS[:GPU_PROVIDERS.index(first)] if first in GPU_PROVIDERS else GPU_PROVIDERS
+    ort.get_available_providers = lambda: [p for p in available() if p not in hidden]
+    try:
+        yield
+    finally:
+        ort.get_available_providers = available
+
+
+def onnxruntime_checks(quick: bool, device: str = "cuda") -> None:
+    """The exported embedded SD-CPC-B0 on ONNX Runtime's TensorRT and CUDA execution providers
+    (each alone; fp32, and fp16 on TensorRT) against eager torch fp32 on the CPU: labels agree as
+    the CUDA engine's must, streaming equals clip mode. ``device="cpu"`` runs the same checks on
+    the CPU provider (the tests do, so that this code is exercised without a GPU)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        print("SKIP  onnxruntime execution providers  onnxruntime is not installed "
+              "(pip install onnxruntime-gpu)", flush=True)
+        return
+    if device == "cuda":
+        if hasattr(ort, "preload_dlls"):  # CUDA / cuDNN libraries from torch or the nvidia wheels
+            ort.preload_dlls()
+        providers = [p for p in GPU_PROVIDERS if p in ort.get_available_providers()]
+        if not providers:
+            print(f"SKIP  onnxruntime GPU providers  this onnxruntime {ort.__version__} offers only "
+                  f"{ort.get_available_providers()}: pip uninstall onnxruntime && pip install "
+                  "onnxruntime-gpu (and tensorrt for the TensorRT provider)", flush=True)
+            return
+        if quick:
+            providers = providers[-1:]  # CUDA when present: no TensorRT engine build
+    else:
+        providers = ["CPUExecutionProvider"]
+    n = 4 if quick else 8
+    with tempfile.TemporaryDirectory(prefix="sdcpc_gpu_check_") as tmp:
+        export = Path(tmp) / "sdcpc"
+        from sdcpc_core.export import export_model
+
+        export_model(DEFAULT_CHECKPOINT, export)
+        cpu = StreamingSegmenter.from_checkpoint(export, device="cpu", backend="torch")
+        frames, _ = generate_video(seed=5, length=n, height=cpu.input_size[0], width=cpu.input_size[1])
+        want = [cpu.step(f) for f in frames]
+        for provider in providers:
+            precisions = ("fp32", "fp16") if provider == "TensorrtExecutionProvider" else ("fp32",)
+            for precision in precisions:
+                with _only_providers(ort, provider):
+                    eng = StreamingSegmenter.from_checkpoint(export, device=device, backend="onnxruntime",
+                                                             precision=precision)
+                active = eng.runner.providers[0]
+                what = f"onnxruntime {provider.replace('ExecutionProvider', '')} {precision}"
+                check(active == provider, f"{what}: the session runs on it", f"providers {eng.runner.providers}")
+                got = [eng.step(f) for f in frames]
+                agree = min(float((g.labels == w.labels).mean()) for g, w in zip(got, want))
+                check(agree >= LABEL_AGREEMENT[precision], f"{what} labels == fp32 CPU torch labels",
+                      f"worst frame {agree:.5f} agree (need >= {LABEL_AGREEMENT[precision]})")
+                clip = eng.segment_clip(frames)
+                same = np.mean([np.mean(s.labels == c.labels) for s, c in zip(got, clip)])
+                check(same >= LABEL_AGREEMENT[precision], f"{what} streaming == clip mode",
+                      f"{same:.5f} of labels equal")
+                check([r.frames_aggregated for r in got] == [r.frames_aggregated for r in want],
+                      f"{what} frames aggregated as on CPU", str([r.frames_aggregated for r in got]))
 
 
 def _time(fn, reps: int) -> float:

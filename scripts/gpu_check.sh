@@ -5,13 +5,15 @@
 #
 # From a clean clone with only Python and the CUDA toolkit (nvcc under $CUDA_HOME, default
 # /usr/local/cuda):
-#   1. install: a venv (default .venv-gpu) with CUDA torch and the package (.[dev]); with
-#      --python PY an existing environment is used as it is and nothing is installed;
+#   1. install: a venv (default .venv-gpu) with CUDA torch, the package (.[dev,deploy]) and
+#      onnxruntime-gpu; with --python PY an existing environment is used as it is and nothing
+#      is installed;
 #   2. the checks that run anywhere: the method tests (test/core/test_method.py) on CPU;
 #   3. without a CUDA device: stop here, exit 3, saying so;
 #   4. build the CUDA extension in place for this GPU's architecture (fails loudly);
 #   5. the CUDA tests (test/core/test_window_attention_cuda.py, labels on CUDA), none may skip;
-#   6. the SD-CPC engine on CUDA against CPU (labels agree; streaming == clip), fp32/fp16/bf16;
+#   6. the SD-CPC engine on CUDA against CPU (labels agree; streaming == clip), fp32/fp16/bf16,
+#      and the exported model on ONNX Runtime's TensorRT and CUDA providers (docs/deployment.md);
 #   7. window-attention and engine benchmarks: one table.
 # Exit status: 0 all passed, 1 a check failed, 3 no GPU (stopped after step 2).
 # Budget: under 8 minutes on an H100/H200 (install excluded when --python is given; a torch
@@ -27,7 +29,7 @@ while [[ $# -gt 0 ]]; do
     --quick) QUICK="--quick"; shift ;;
     --python) PY="$2"; shift 2 ;;
     --venv) VENV="$2"; shift 2 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -44,7 +46,12 @@ if [[ -z "$PY" ]]; then
   "$PY" -m pip install -q "${SDCPC_TORCH:-torch}"
   # build isolation keeps setup.py from compiling the extension here (no torch in the isolated
   # build env); step 4 builds it for this GPU only, which is several times faster
-  "$PY" -m pip install -q -e ".[dev]"
+  "$PY" -m pip install -q -e ".[dev,deploy]"
+  # the GPU build of ONNX Runtime (CUDA / TensorRT providers, checked in step 6) replaces the CPU
+  # one; SDCPC_ORT pins another (e.g. an onnxruntime-gpu for an older CUDA)
+  "$PY" -m pip uninstall -q -y onnxruntime
+  "$PY" -m pip install -q "${SDCPC_ORT:-onnxruntime-gpu}" \
+    || echo "gpu_check: onnxruntime-gpu did not install: step 6 will SKIP the ONNX Runtime GPU providers"
 fi
 "$PY" -c "import torch, sdcpc_core; print('torch', torch.__version__, 'CUDA', torch.version.cuda, '| sdcpc_core from', sdcpc_core.__file__)" \
   || fail "$PY cannot import torch and sdcpc_core"

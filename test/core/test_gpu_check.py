@@ -1,9 +1,11 @@
 """scripts/gpu_check.sh on a machine without a GPU: it runs the checks that run anywhere, then
 stops with exit status 3 and says that the GPU checks did not run (docs/gpu_check.md)."""
 
+import importlib.util
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -37,3 +39,33 @@ def test_python_half_refuses_without_a_gpu(what):
     proc = subprocess.run([sys.executable, "scripts/gpu_check.py", what, "--quick"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 3 and "no CUDA device" in proc.stderr
+
+
+def test_onnxruntime_checks_run_on_the_cpu_provider(capsys):
+    """The ONNX Runtime half of step 6 (TensorRT / CUDA providers on a GPU) on the CPU provider:
+    the same export, comparisons and report lines, so the code a GPU machine runs is exercised."""
+    pytest.importorskip("onnxruntime", reason="the deploy runtimes are installed by scripts/setup.sh")
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    gpu_check.onnxruntime_checks(quick=True, device="cpu")
+    out = capsys.readouterr().out
+    assert gpu_check.failures == [], out
+    lines = [line for line in out.splitlines() if line.startswith(("ok", "FAIL", "SKIP"))]
+    assert len(lines) == 4 and all(line.startswith("ok") for line in lines), out
+    assert "onnxruntime CPU fp32 labels == fp32 CPU torch labels" in out
+
+
+def test_onnxruntime_checks_hide_only_the_providers_preferred_to_the_one_checked():
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    everything = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    ort = types.SimpleNamespace(get_available_providers=lambda: list(everything))
+    with gpu_check._only_providers(ort, "CUDAExecutionProvider"):
+        assert ort.get_available_providers() == everything[1:]
+    with gpu_check._only_providers(ort, "TensorrtExecutionProvider"):
+        assert ort.get_available_providers() == everything
+    with gpu_check._only_providers(ort, "CPUExecutionProvider"):
+        assert ort.get_available_providers() == everything[2:]
+    assert ort.get_available_providers() == everything  # restored

@@ -43,6 +43,8 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from sdcpc_core import runtimes
+from sdcpc_core.export import METADATA as EXPORT_METADATA
+from sdcpc_core.export import is_export_dir
 from sdcpc_core.settings import SETTINGS, STREAM_MAX_TIME_GAP, Setting, SettingError
 from sdcpc_ros.conversions import (
     DEFAULT_MAX_PIXELS,
@@ -65,8 +67,12 @@ NODE_DEFAULTS = {"max_time_gap": STREAM_MAX_TIME_GAP}  # a camera stream has sta
 
 
 def _checkpoint_words(value):
-    if value is None or (value and not Path(value).is_file()):
-        return "must be an existing checkpoint file, or empty for the embedded default model"
+    if value and Path(value).is_dir() and not is_export_dir(value):
+        return (f"is a directory without {EXPORT_METADATA}: give a checkpoint file or a directory "
+                "written by `sdcpc export CKPT -o DIR`")
+    if value is None or (value and not (Path(value).is_file() or is_export_dir(value))):
+        return ("must be an existing checkpoint file or export directory (sdcpc export), or empty "
+                "for the embedded default model")
     return None
 
 
@@ -90,7 +96,8 @@ NODE_SETTINGS: dict[str, Setting] = {s.name: s for s in (
             minimum=0.1, maximum=60.0),
 )}
 CHECKPOINT = Setting("checkpoint", "string", "",
-                     "sdcpc checkpoint file (.pt); empty = the embedded default model.",
+                     "sdcpc checkpoint file (.pt) or export directory (sdcpc export); empty = the "
+                     "embedded default model.",
                      check_extra=_checkpoint_words)
 # Every parameter, in the order users see them: the model, the stream settings, the node's own.
 PARAMETERS: dict[str, Setting] = {"checkpoint": CHECKPOINT, **SETTINGS, **NODE_SETTINGS}

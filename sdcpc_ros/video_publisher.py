@@ -140,7 +140,12 @@ def main(argv=None) -> int:
             msg = array_to_image(frame, "rgb8")
             msg.header.frame_id = args.frame_id
             msg.header.stamp = node.get_clock().now().to_msg()
-            pub.publish(msg)
+            try:
+                pub.publish(msg)
+            except Exception:  # rclpy's RCLError, when a signal shut the context down meanwhile
+                if rclpy.ok():
+                    raise
+                break
             sent += 1
             if rate:
                 time.sleep(max(0.0, start + sent / rate - time.monotonic()))

@@ -150,3 +150,27 @@ def test_start_up_line_names_the_backend_and_points_a_cpu_user_at_openvino(tiny_
     err = capfd.readouterr().err
     assert "on cpu (torch, fp32)" in err
     assert ("backend:=openvino" in err) == openvino
+
+
+def test_an_export_directory_is_a_checkpoint_for_the_node(tiny_checkpoint, tmp_path, capfd):
+    """``-p checkpoint:=DIR`` with a directory written by ``sdcpc export`` (docs/deployment.md):
+    the node starts on the exported graphs and publishes their labels, equal to eager torch's."""
+    pytest.importorskip("onnxruntime", reason="the deploy runtimes are installed by scripts/setup.sh")
+    from sdcpc_core.export import export_model
+
+    export = export_model(tiny_checkpoint, tmp_path / "export", input_size=(64, 64))
+    frames = synthetic_video(3)
+    results = {}
+    for backend in ("onnxruntime", "torch"):
+        with node_in_process(f"export_dir_{backend}", checkpoint=str(export), device="cpu",
+                             backend=backend) as node:
+            labels = []
+            node._pub["labels"].publish = labels.append
+            node._wanted = lambda name: name == "labels"
+            for k, frame in enumerate(frames):
+                node._on_image(image_msg(frame, 10, (k + 1) * 33_000_000, frame_id="cam"), info(k + 1))
+                wait_idle(node)
+            results[backend] = [bytes(m.data) for m in labels]
+        assert f"on cpu ({backend}, fp32)" in capfd.readouterr().err
+    assert len(results["onnxruntime"]) == len(frames)
+    assert results["onnxruntime"] == results["torch"]

@@ -35,7 +35,7 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("device", default_value="auto",
                               description="Torch device for the node: auto, cpu, cuda, cuda:N"),
         DeclareLaunchArgument("checkpoint", default_value="",
-                              description="sdcpc checkpoint (.pt) or export directory; empty = the embedded default model"),
+                              description="sdcpc checkpoint (.pt) or export directory; empty = embedded default"),
         Node(
             condition=LaunchConfigurationEquals("driver", "v4l2_camera"),
             package="v4l2_camera", executable="v4l2_camera_node", name="camera",

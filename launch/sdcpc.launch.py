@@ -25,7 +25,7 @@ def generate_launch_description() -> LaunchDescription:
             default_value=PathJoinSubstitution([FindPackageShare("sdcpc_ros"), "config", "sdcpc.yaml"]),
             description="Node parameters (YAML)"),
         DeclareLaunchArgument("checkpoint", default_value="",
-                              description="sdcpc checkpoint (.pt) or export directory; empty = the embedded default model"),
+                              description="sdcpc checkpoint (.pt) or export directory; empty = embedded default"),
         DeclareLaunchArgument("device", default_value="auto",
                               description="auto, cpu, cuda or cuda:N"),
         DeclareLaunchArgument("use_sim_time", default_value="false",

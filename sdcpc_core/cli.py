@@ -174,7 +174,8 @@ def cmd_convert(args) -> int:
 def cmd_export(args) -> int:
     from sdcpc_core.export import export_model, read_export
 
-    out = export_model(args.checkpoint or None, args.output, args.input_size, openvino=args.openvino)
+    out = export_model(args.checkpoint or None, args.output, args.input_size, openvino=args.openvino,
+                       progress=lambda line: print(f"sdcpc export: {line}", file=sys.stderr, flush=True))
     meta = read_export(out)
     print(f"wrote {out}: encode.onnx, aggregate.onnx{' + OpenVINO IR' if args.openvino else ''} for "
           f"{meta['config'].variant.upper()} {'SD-CPC' if meta['config'].temporal else 'SegFormer'}, "

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 import warnings
 from pathlib import Path
 
@@ -122,7 +123,7 @@ def _export_graph(module, args, path: Path, input_names, output_names) -> None:
     program.save(str(path))
 
 
-def export_model(checkpoint, output, input_size=None, openvino: bool = False) -> Path:
+def export_model(checkpoint, output, input_size=None, openvino: bool = False, progress=None) -> Path:
     """Write the export directory ``output`` for ``checkpoint`` (a path; None: the embedded model).
 
     ``input_size`` ([H, W]) defaults to the checkpoint's recorded training size; the graphs take
@@ -135,12 +136,20 @@ def export_model(checkpoint, output, input_size=None, openvino: bool = False) ->
     size = input_size or meta.get("input_size")
     if not size:
         raise ExportError(f"{checkpoint} records no input size; pass one (sdcpc export --input-size H W)")
-    return export_module(model, meta, size, output, checkpoint, openvino)
+    return export_module(model, meta, size, output, checkpoint, openvino, progress)
 
 
-def export_module(model, meta: dict, input_size, output, checkpoint=None, openvino: bool = False) -> Path:
+def export_module(model, meta: dict, input_size, output, checkpoint=None, openvino: bool = False,
+                  progress=None) -> Path:
     """Export a loaded model; ``meta`` has the checkpoint's labels, mean and std. ``checkpoint``
-    (its file) is copied in as model.pt when given."""
+    (its file) is copied in as model.pt when given. ``progress(str)`` hears of each stage (tens of
+    seconds each on a small CPU)."""
+    started = time.perf_counter()
+
+    def stage(what: str) -> None:
+        if progress is not None:
+            progress(f"[{time.perf_counter() - started:5.1f} s] {what}")
+
     size = [int(s) for s in input_size]
     if len(size) != 2 or min(size) < 32:
         raise ExportError(f"input size must be [height, width], each >= 32; got {size}")
@@ -158,9 +167,11 @@ def export_module(model, meta: dict, input_size, output, checkpoint=None, openvi
         with torch.no_grad():
             image = torch.randn(1, 3, *size)
             cache = model.encode(image)
+            stage(f"encode graph ({size[0]}x{size[1]}) -> {out / 'encode.onnx'}")
             _export_graph(_Encode(model), (image,), out / "encode.onnx", ["image"], names)
             # distinct tensors: the exporter would merge inputs that alias one tensor
             refs = [model.encode(torch.randn(1, 3, *size)) for _ in range(num_refs)]
+            stage(f"aggregate graph ({num_refs} references) -> {out / 'aggregate.onnx'}")
             _export_graph(_Aggregate(model, num_refs), aggregate_inputs(cache, refs, config.temporal),
                           out / "aggregate.onnx", agg_names, ["logits"])
             logits_shape = list(model.forward_cached(cache, refs)["logits"].shape)
@@ -175,6 +186,7 @@ def export_module(model, meta: dict, input_size, output, checkpoint=None, openvi
     if openvino:
         import openvino as ov
 
+        stage("OpenVINO IR (encode.xml, aggregate.xml)")
         for graph in GRAPHS:  # fp32 weights: save_model would halve them to fp16 by default
             ov.save_model(ov.convert_model(str(out / f"{graph}.onnx")), str(out / f"{graph}.xml"),
                           compress_to_fp16=False)
@@ -187,6 +199,7 @@ def export_module(model, meta: dict, input_size, output, checkpoint=None, openvi
         "files": files, "source": str(checkpoint) if checkpoint else None,
     }
     (out / METADATA).write_text(json.dumps(meta_out, indent=1))
+    stage(f"done: {out}")
     return out
 
 

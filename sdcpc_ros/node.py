@@ -202,6 +202,11 @@ class SegmentationNode(Node):
         except ValueError as exc:
             raise ParameterValueError(f"parameter 'device': {exc}") from None
         stream = {name: p[name] for name in SETTINGS}
+        backend = runtimes.resolve_backend(p["backend"], resolve_device(p["device"]))
+        if backend != "torch" and not is_export_dir(p["checkpoint"] or None):
+            self.get_logger().info(
+                f"backend {backend}: exporting the model's graphs first (tens of seconds on a small "
+                "CPU; `sdcpc export CKPT -o DIR` does it once, then -p checkpoint:=DIR)")
         try:
             return StreamingSegmenter.from_checkpoint(p["checkpoint"] or None, **stream)
         except SettingError:

@@ -193,6 +193,21 @@ def test_export_cli_and_metadata(exports):
     assert (exports["segformer"] / "encode.xml").is_file()  # OpenVINO IR when asked
 
 
+def test_export_cli_reports_its_stages_and_writes_ir_with_fp32_weights(tmp_path, capsys):
+    from sdcpc_core.cli import main as sdcpc_main
+
+    if not installed("openvino"):
+        pytest.skip("openvino is not installed")
+    out = tmp_path / "baseline"
+    assert sdcpc_main(["export", str(BASELINE_CHECKPOINT), "-o", str(out), "--openvino"]) == 0
+    err = capsys.readouterr().err
+    for stage in ("encode graph", "aggregate graph", "OpenVINO IR", "done"):
+        assert "sdcpc export: [" in err and stage in err, err
+    # OpenVINO's save_model halves weights to fp16 unless told not to: the IR's weights must be as
+    # large as the ONNX file's (fp32), not about half
+    assert (out / "encode.bin").stat().st_size > 0.95 * (out / "encode.onnx").stat().st_size
+
+
 def test_backend_setting_is_checked():
     with pytest.raises(SettingError, match="allowed: torch, onnxruntime, openvino, auto"):
         StreamingSegmenter.from_checkpoint(None, device="cpu", backend="tensorrt")

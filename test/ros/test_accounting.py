@@ -161,16 +161,21 @@ def test_an_export_directory_is_a_checkpoint_for_the_node(tiny_checkpoint, tmp_p
     export = export_model(tiny_checkpoint, tmp_path / "export", input_size=(64, 64))
     frames = synthetic_video(3)
     results = {}
-    for backend in ("onnxruntime", "torch"):
-        with node_in_process(f"export_dir_{backend}", checkpoint=str(export), device="cpu",
-                             backend=backend) as node:
+    runs = {"export, onnxruntime": (export, "onnxruntime"), "export, torch": (export, "torch"),
+            "checkpoint, onnxruntime": (tiny_checkpoint, "onnxruntime")}  # exported on the fly
+    for run, (checkpoint, backend) in runs.items():
+        with node_in_process(f"export_dir_{len(results)}", checkpoint=str(checkpoint), device="cpu",
+                             backend=backend, input_size=[64, 64]) as node:
             labels = []
             node._pub["labels"].publish = labels.append
             node._wanted = lambda name: name == "labels"
             for k, frame in enumerate(frames):
                 node._on_image(image_msg(frame, 10, (k + 1) * 33_000_000, frame_id="cam"), info(k + 1))
                 wait_idle(node)
-            results[backend] = [bytes(m.data) for m in labels]
-        assert f"on cpu ({backend}, fp32)" in capfd.readouterr().err
-    assert len(results["onnxruntime"]) == len(frames)
-    assert results["onnxruntime"] == results["torch"]
+            results[run] = [bytes(m.data) for m in labels]
+        err = capfd.readouterr().err
+        assert f"on cpu ({backend}, fp32)" in err
+        # a plain checkpoint on a graph backend is exported first, and the node says so
+        assert ("exporting the model's graphs first" in err) == (run == "checkpoint, onnxruntime"), err
+    assert len(results["export, onnxruntime"]) == len(frames)
+    assert results["export, onnxruntime"] == results["export, torch"] == results["checkpoint, onnxruntime"]

@@ -184,6 +184,8 @@ class StreamingSegmenter:
             return runtimes.TorchRunner(self.model, self.device, self.precision)
         from sdcpc_core.export import export_module, read_export
 
+        cls = runtimes.OnnxRuntimeRunner if backend == "onnxruntime" else runtimes.OpenVINORunner
+        cls.check(self.device, self.precision)  # a refused setting costs no export
         if export_dir is None:
             import tempfile
 
@@ -206,7 +208,6 @@ class StreamingSegmenter:
         if meta["config"].temporal and len(self.reference_offsets) != meta["num_references"]:
             raise SettingError("reference_offsets", self.reference_offsets, f"the export {export_dir} "
                                f"aggregates {meta['num_references']} references; use as many offsets")
-        cls = runtimes.OnnxRuntimeRunner if backend == "onnxruntime" else runtimes.OpenVINORunner
         return cls(export_dir, meta, self.device, self.precision)
 
     @property

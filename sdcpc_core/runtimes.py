@@ -109,11 +109,29 @@ class OnnxRuntimeRunner(_GraphRunner):
 
     name = "onnxruntime"
 
+    @staticmethod
+    def check(device: torch.device, precision: str) -> None:
+        """Refuse a device or precision this onnxruntime cannot run (before anything is exported)."""
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        gpu = device.type == "cuda"
+        if gpu and not {"TensorrtExecutionProvider", "CUDAExecutionProvider"} & set(available):
+            raise SettingError("device", str(device), "this onnxruntime has no CUDA or TensorRT "
+                               "execution provider; install onnxruntime-gpu (docs/deployment.md) "
+                               "or use device cpu")
+        has_trt = gpu and "TensorrtExecutionProvider" in available
+        if precision != "fp32" and not (precision == "fp16" and has_trt):
+            raise SettingError("precision", precision, "backend onnxruntime runs fp32 (fp16 with the "
+                               "TensorRT execution provider); use backend openvino or torch for "
+                               f"{precision}")
+
     def __init__(self, export_dir, meta, device: torch.device, precision: str = "fp32",
                  threads: int | None = None):
         import onnxruntime as ort
 
         super().__init__(export_dir, meta, device)
+        self.check(device, precision)
         available = ort.get_available_providers()
         if device.type == "cuda":
             providers = []
@@ -123,18 +141,9 @@ class OnnxRuntimeRunner(_GraphRunner):
                     "trt_engine_cache_enable": True, "trt_engine_cache_path": str(export_dir)}))
             if "CUDAExecutionProvider" in available:
                 providers.append(("CUDAExecutionProvider", {"device_id": device.index or 0}))
-            if not providers:
-                raise SettingError("device", str(device), "this onnxruntime has no CUDA or TensorRT "
-                                   "execution provider; install onnxruntime-gpu (docs/deployment.md) "
-                                   "or use device cpu")
             providers.append("CPUExecutionProvider")
         else:
             providers = ["CPUExecutionProvider"]
-        has_trt = any(p[0] == "TensorrtExecutionProvider" for p in providers if isinstance(p, tuple))
-        if precision != "fp32" and not (precision == "fp16" and has_trt):
-            raise SettingError("precision", precision, "backend onnxruntime runs fp32 (fp16 with the "
-                               "TensorRT execution provider); use backend openvino or torch for "
-                               f"{precision}")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -155,19 +164,26 @@ class OpenVINORunner(_GraphRunner):
     name = "openvino"
     HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 
+    @staticmethod
+    def check(device: torch.device, precision: str) -> None:
+        """Refuse a device or precision OpenVINO cannot run here (before anything is exported)."""
+        import openvino as ov
+
+        if device.type != "cpu":
+            raise SettingError("device", str(device), "backend openvino runs on device cpu; on a GPU "
+                               "use backend onnxruntime (CUDA/TensorRT execution providers)")
+        capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        if precision != "fp32" and precision.upper() not in capabilities:
+            raise SettingError("precision", precision, f"this CPU offers OpenVINO {', '.join(capabilities)} "
+                               f"but not {precision.upper()}; use fp32 (or backend torch)")
+
     def __init__(self, export_dir, meta, device: torch.device, precision: str = "fp32",
                  threads: int | None = None):
         import openvino as ov
 
         super().__init__(export_dir, meta, device)
-        if device.type != "cpu":
-            raise SettingError("device", str(device), "backend openvino runs on device cpu; on a GPU "
-                               "use backend onnxruntime (CUDA/TensorRT execution providers)")
+        self.check(device, precision)
         core = ov.Core()
-        capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-        if precision != "fp32" and precision.upper() not in capabilities:
-            raise SettingError("precision", precision, f"this CPU offers OpenVINO {', '.join(capabilities)} "
-                               f"but not {precision.upper()}; use fp32 (or backend torch)")
         config = {"INFERENCE_PRECISION_HINT": self.HINTS[precision], "PERFORMANCE_HINT": "LATENCY",
                   "EXECUTION_MODE_HINT": "ACCURACY" if precision == "fp32" else "PERFORMANCE",
                   "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}

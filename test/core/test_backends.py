@@ -142,6 +142,35 @@ def test_onnxruntime_refuses_bf16_on_cpu(exports):
                                            precision="bf16")
 
 
+@pytest.mark.parametrize("backend, precision, words", [
+    ("onnxruntime", "bf16", "onnxruntime runs fp32"),
+    ("onnxruntime", "fp16", "onnxruntime runs fp32"),  # fp16 needs TensorRT, absent on a CPU
+    ("openvino", "fp16_or_bf16_missing", "this CPU offers OpenVINO"),
+])
+def test_a_refused_precision_costs_no_export(monkeypatch, backend, precision, words):
+    """From a plain checkpoint, a backend × precision that cannot run is refused before the model
+    is exported (tens of seconds on a small CPU), not after."""
+    if not installed(backend):
+        pytest.skip(f"{backend} is not installed")
+    if precision == "fp16_or_bf16_missing":
+        import openvino as ov
+
+        offered = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        missing = [p for p in ("bf16", "fp16") if p.upper() not in offered]
+        if not missing:
+            pytest.skip("this CPU offers OpenVINO both bf16 and fp16")
+        precision = missing[0]
+    from sdcpc_core import export
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported before the setting was checked")
+
+    monkeypatch.setattr(export, "export_module", no_export)
+    with pytest.raises(SettingError, match=words):
+        StreamingSegmenter.from_checkpoint(BASELINE_CHECKPOINT, device="cpu", backend=backend,
+                                           precision=precision)
+
+
 def test_wrong_input_size_is_refused(exports):
     with pytest.raises(SettingError, match=r"input_size.*takes \[144, 192\] only"):
         StreamingSegmenter.from_checkpoint(exports["segformer"], device="cpu", backend="onnxruntime",

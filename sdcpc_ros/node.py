@@ -198,12 +198,14 @@ class SegmentationNode(Node):
 
         self._input_errors = (ImageConversionError, FrameError)  # the message's fault: "refused"
         try:
-            resolve_device(p["device"])
+            device = resolve_device(p["device"])
         except ValueError as exc:
             raise ParameterValueError(f"parameter 'device': {exc}") from None
         stream = {name: p[name] for name in SETTINGS}
-        backend = runtimes.resolve_backend(p["backend"], resolve_device(p["device"]))
+        backend = runtimes.resolve_backend(p["backend"], device)
         if backend != "torch" and not is_export_dir(p["checkpoint"] or None):
+            runner = runtimes.OnnxRuntimeRunner if backend == "onnxruntime" else runtimes.OpenVINORunner
+            runner.check(device, p["precision"])  # refused settings first, then the notice
             self.get_logger().info(
                 f"backend {backend}: exporting the model's graphs first (tens of seconds on a small "
                 "CPU; `sdcpc export CKPT -o DIR` does it once, then -p checkpoint:=DIR)")

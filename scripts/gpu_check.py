@@ -105,7 +105,10 @@ def onnxruntime_checks(quick: bool, device: str = "cuda") -> None:
         return
     if device == "cuda":
         if hasattr(ort, "preload_dlls"):  # CUDA / cuDNN libraries from torch or the nvidia wheels
-            ort.preload_dlls()
+            try:
+                ort.preload_dlls()
+            except Exception as exc:  # the providers below then say what they lack
+                print(f"note  onnxruntime.preload_dlls() failed: {exc}", flush=True)
         providers = [p for p in GPU_PROVIDERS if p in ort.get_available_providers()]
         if not providers:
             print(f"SKIP  onnxruntime GPU providers  this onnxruntime {ort.__version__} offers only "

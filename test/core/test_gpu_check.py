@@ -69,3 +69,22 @@ def test_onnxruntime_checks_hide_only_the_providers_preferred_to_the_one_checked
     with gpu_check._only_providers(ort, "CPUExecutionProvider"):
         assert ort.get_available_providers() == everything[2:]
     assert ort.get_available_providers() == everything  # restored
+
+
+def test_a_provider_that_cannot_start_is_a_failed_check_and_the_rest_goes_on(capsys, monkeypatch):
+    pytest.importorskip("onnxruntime", reason="the deploy runtimes are installed by scripts/setup.sh")
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    real = gpu_check.StreamingSegmenter.from_checkpoint
+
+    def from_checkpoint(path, **kwargs):
+        if kwargs.get("backend") == "onnxruntime":
+            raise RuntimeError("libcudnn.so.9: cannot open shared object file")
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(gpu_check.StreamingSegmenter, "from_checkpoint", from_checkpoint)
+    gpu_check.onnxruntime_checks(quick=True, device="cpu")
+    out = capsys.readouterr().out
+    assert gpu_check.failures == ["onnxruntime CPU fp32: the session starts and runs"], out
+    assert "FAIL  onnxruntime CPU fp32: the session starts and runs  RuntimeError: libcudnn" in out

@@ -66,6 +66,13 @@ def save_checkpoint(path, model: nn.Module, config: SDCPCConfig, labels: LabelSe
 def read_file(path) -> dict:
     """``torch.load(weights_only=True)`` with errors that say what is wrong with the file."""
     path = Path(path)
+    if path.is_dir():  # an export directory stands for the checkpoint it carries
+        from sdcpc_core.export import CHECKPOINT, is_export_dir
+
+        if not (is_export_dir(path) and (path / CHECKPOINT).is_file()):
+            raise CheckpointError(f"{path} is a directory, not a checkpoint; pass a .pt/.pth file or "
+                                  f"a directory written by `sdcpc export` (with its {CHECKPOINT})")
+        path = path / CHECKPOINT
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass an existing .pt/.pth file "
                               "(or leave it empty for the embedded default model)")

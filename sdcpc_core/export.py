@@ -132,6 +132,8 @@ def export_model(checkpoint, output, input_size=None, openvino: bool = False, pr
     from sdcpc_core.checkpoints import DEFAULT_CHECKPOINT
 
     checkpoint = Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT
+    if is_export_dir(checkpoint):  # a re-export (another input size, IR): from its model.pt
+        checkpoint = checkpoint / CHECKPOINT
     model, meta = load_checkpoint(checkpoint)
     size = input_size or meta.get("input_size")
     if not size:

@@ -237,6 +237,22 @@ def test_export_cli_reports_its_stages_and_writes_ir_with_fp32_weights(tmp_path,
     assert (out / "encode.bin").stat().st_size > 0.95 * (out / "encode.onnx").stat().st_size
 
 
+def test_an_export_directory_stands_for_its_checkpoint_in_every_tool(exports, tmp_path, capsys):
+    """``sdcpc info|palette|export`` (and anything else that loads a checkpoint) take an export
+    directory as the checkpoint it carries; a plain directory is refused as such."""
+    from sdcpc_core.checkpoints import load_checkpoint
+    from sdcpc_core.cli import main as sdcpc_main
+
+    model, meta = load_checkpoint(exports["segformer"])
+    assert model.config == read_export(exports["segformer"])["config"]
+    assert sdcpc_main(["info", str(exports["segformer"])]) == 0
+    assert json.loads(capsys.readouterr().out)["classes"] == list(meta["labels"].names)
+    again = export_model(exports["segformer"], tmp_path / "smaller", input_size=(64, 96))  # re-export
+    assert read_export(again)["input_size"] == [64, 96]
+    with pytest.raises(CheckpointError, match="is a directory, not a checkpoint"):
+        load_checkpoint(tmp_path)
+
+
 def test_backend_setting_is_checked():
     with pytest.raises(SettingError, match="allowed: torch, onnxruntime, openvino, auto"):
         StreamingSegmenter.from_checkpoint(None, device="cpu", backend="tensorrt")

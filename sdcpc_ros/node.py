@@ -193,7 +193,7 @@ class SegmentationNode(Node):
         return values
 
     def _build_engine(self, p: dict):
-        # torch is imported only once the parameters are known to be valid
+        # the engine is imported only once the parameters are known to be valid
         from sdcpc_core.engine import FrameError, StreamingSegmenter, resolve_device
 
         self._input_errors = (ImageConversionError, FrameError)  # the message's fault: "refused"

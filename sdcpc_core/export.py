@@ -205,6 +205,14 @@ def export_module(model, meta: dict, input_size, output, checkpoint=None, openvi
     return out
 
 
+def unreadable_graph(source, runtime: str, error: Exception) -> ExportError:
+    """The error for a graph file a runtime cannot load (truncated, corrupt, another version)."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    reason = lines[-1] if lines else type(error).__name__  # OpenVINO's last line says what failed
+    return ExportError(f"{runtime} cannot load {source} ({reason.strip()}); re-export the model "
+                       "(`sdcpc export CKPT -o DIR`)")
+
+
 def is_export_dir(path) -> bool:
     return path is not None and Path(path).is_dir() and (Path(path) / METADATA).exists()
 
@@ -256,7 +264,11 @@ def _check_graphs(path: Path, meta: dict) -> None:
                       {"logits": [1, config.num_classes, *meta["logits"][2:]]}),
     }
     for graph, (inputs, outputs) in want.items():
-        g = onnx.load(str(path / f"{graph}.onnx"), load_external_data=False).graph
+        try:
+            g = onnx.load(str(path / f"{graph}.onnx"), load_external_data=False).graph
+        except Exception as e:  # truncated or not ONNX at all: protobuf's DecodeError and kin
+            raise ExportError(f"{path / graph}.onnx is not a readable ONNX graph ({type(e).__name__}: "
+                              f"{e}); re-export the model (`sdcpc export CKPT -o DIR`)") from None
         for kind, declared, expected in (("input", g.input, inputs), ("output", g.output, outputs)):
             found = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in declared}
             if set(found) != set(expected):

@@ -17,7 +17,13 @@ import importlib.util
 import numpy as np
 import torch
 
-from sdcpc_core.export import aggregate_input_names, aggregate_inputs, cache_names, tensors_to_cache
+from sdcpc_core.export import (
+    aggregate_input_names,
+    aggregate_inputs,
+    cache_names,
+    tensors_to_cache,
+    unreadable_graph,
+)
 from sdcpc_core.settings import BACKENDS, SettingError
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -147,8 +153,13 @@ class OnnxRuntimeRunner(_GraphRunner):
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.sessions = {g: ort.InferenceSession(str(export_dir / f"{g}.onnx"), options, providers=providers)
-                         for g in ("encode", "aggregate")}
+        self.sessions = {}
+        for g in ("encode", "aggregate"):
+            try:
+                self.sessions[g] = ort.InferenceSession(str(export_dir / f"{g}.onnx"), options,
+                                                        providers=providers)
+            except Exception as e:  # ONNX Runtime raises its own Fail / InvalidGraph / RuntimeException
+                raise unreadable_graph(export_dir / f"{g}.onnx", "ONNX Runtime", e) from None
         self.providers = self.sessions["encode"].get_providers()
 
     def _run(self, graph, feeds):
@@ -191,7 +202,10 @@ class OpenVINORunner(_GraphRunner):
         for g in ("encode", "aggregate"):
             xml = export_dir / f"{g}.xml"
             source = xml if xml.is_file() else export_dir / f"{g}.onnx"
-            self.models[g] = core.compile_model(str(source), "CPU", config)
+            try:
+                self.models[g] = core.compile_model(str(source), "CPU", config)
+            except RuntimeError as e:  # a truncated IR (.xml or .bin), or one from another version
+                raise unreadable_graph(source, "OpenVINO", e) from None
         self.requests = {g: m.create_infer_request() for g, m in self.models.items()}
         names = {"encode": self.cache_names, "aggregate": ["logits"]}
         self.outputs = {g: [m.output(n) for n in names[g]] for g, m in self.models.items()}

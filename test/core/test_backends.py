@@ -183,6 +183,37 @@ def test_wrong_number_of_references_is_refused(exports):
                                            reference_offsets=(-2, -1))
 
 
+@pytest.mark.parametrize("damaged, backend, words", [
+    ("encode.onnx", "onnxruntime", r"encode.onnx is not a readable ONNX graph .*re-export"),
+    ("aggregate.onnx", "openvino", r"aggregate.onnx is not a readable ONNX graph .*re-export"),
+    ("encode.xml", "openvino", r"OpenVINO cannot load .*encode.xml \(.*\); re-export"),
+    ("aggregate.bin", "openvino", r"OpenVINO cannot load .*aggregate.xml \(.*\); re-export"),
+])
+def test_a_truncated_graph_file_is_refused_naming_it(exports, tmp_path, damaged, backend, words):
+    """A copy cut short (a full disk, an interrupted scp) is an ExportError naming the file and
+    what to do, never a runtime's parser traceback."""
+    if not installed(backend):
+        pytest.skip(f"{backend} is not installed")
+    broken = shutil.copytree(exports["segformer"], tmp_path / "broken")
+    with open(broken / damaged, "r+b") as f:
+        f.truncate(min(1000, (broken / damaged).stat().st_size // 2))
+    with pytest.raises(ExportError, match=words):
+        StreamingSegmenter.from_checkpoint(broken, device="cpu", backend=backend)
+
+
+def test_an_onnxruntime_session_that_fails_is_refused_naming_the_graph(exports, monkeypatch):
+    if not installed("onnxruntime"):
+        pytest.skip("onnxruntime is not installed")
+    import onnxruntime as ort
+
+    def fail(path, *args, **kwargs):
+        raise RuntimeError("[ONNXRuntimeError] : 10 : INVALID_GRAPH : Load model failed")
+
+    monkeypatch.setattr(ort, "InferenceSession", fail)
+    with pytest.raises(ExportError, match=r"ONNX Runtime cannot load .*encode.onnx \(.*INVALID_GRAPH"):
+        StreamingSegmenter.from_checkpoint(exports["segformer"], device="cpu", backend="onnxruntime")
+
+
 def test_missing_file_is_refused(exports, tmp_path):
     broken = shutil.copytree(exports["segformer"], tmp_path / "broken")
     (broken / "aggregate.onnx").unlink()

@@ -41,6 +41,16 @@ def check(ok: bool, what: str, measured: str) -> None:
         failures.append(what)
 
 
+def agreement_checks(what: str, got, want, precision: str, reference: str = "fp32 CPU") -> None:
+    """The two checks every engine here is held to against fp32 CPU results: labels agree on the
+    precision's fraction of the worst frame's pixels, and as many frames were aggregated."""
+    agree = min(float((g.labels == w.labels).mean()) for g, w in zip(got, want))
+    check(agree >= LABEL_AGREEMENT[precision], f"{what} labels == {reference} labels",
+          f"worst frame {agree:.5f} agree (need >= {LABEL_AGREEMENT[precision]})")
+    check([r.frames_aggregated for r in got] == [r.frames_aggregated for r in want],
+          f"{what} frames aggregated as on CPU", str([r.frames_aggregated for r in got]))
+
+
 def engine_checks(quick: bool) -> int:
     if not torch.cuda.is_available():
         print("gpu_check.py: no CUDA device", file=sys.stderr)
@@ -57,9 +67,7 @@ def engine_checks(quick: bool) -> int:
     for precision in PRECISIONS:
         gpu = StreamingSegmenter.from_checkpoint(None, device="cuda", precision=precision)
         got = [gpu.step(f, return_probabilities=True) for f in frames]
-        agree = min(float((g.labels == w.labels).mean()) for g, w in zip(got, want))
-        check(agree >= LABEL_AGREEMENT[precision], f"embedded model {precision} CUDA labels == fp32 CPU labels",
-              f"worst frame {agree:.5f} agree (need >= {LABEL_AGREEMENT[precision]})")
+        agreement_checks(f"embedded model {precision} CUDA", got, want, precision)
         if precision == "fp32":
             err = max(float((g.probabilities - w.probabilities).abs().max()) for g, w in zip(got, want))
             check(err <= 1e-3, "embedded model fp32 CUDA probabilities == CPU", f"max |diff| {err:.2e} (<= 1e-3)")
@@ -69,8 +77,6 @@ def engine_checks(quick: bool) -> int:
         tol = 1e-4 if precision == "fp32" else 1e-2
         check(err <= tol and (same or precision != "fp32"), f"{precision} CUDA streaming == clip mode",
               f"max |diff| {err:.2e} (<= {tol}), labels identical: {same}")
-        check([r.frames_aggregated for r in got] == [r.frames_aggregated for r in want],
-              f"{precision} CUDA frames aggregated as on CPU", str([r.frames_aggregated for r in got]))
     onnxruntime_checks(quick)
     return 1 if failures else 0
 
@@ -142,15 +148,11 @@ def onnxruntime_checks(quick: bool, device: str = "cuda") -> None:
                     continue
                 active = eng.runner.providers[0]
                 check(active == provider, f"{what}: the session runs on it", f"providers {eng.runner.providers}")
-                agree = min(float((g.labels == w.labels).mean()) for g, w in zip(got, want))
-                check(agree >= LABEL_AGREEMENT[precision], f"{what} labels == fp32 CPU torch labels",
-                      f"worst frame {agree:.5f} agree (need >= {LABEL_AGREEMENT[precision]})")
+                agreement_checks(what, got, want, precision, reference="fp32 CPU torch")
                 clip = eng.segment_clip(frames)
                 same = np.mean([np.mean(s.labels == c.labels) for s, c in zip(got, clip)])
                 check(same >= LABEL_AGREEMENT[precision], f"{what} streaming == clip mode",
                       f"{same:.5f} of labels equal")
-                check([r.frames_aggregated for r in got] == [r.frames_aggregated for r in want],
-                      f"{what} frames aggregated as on CPU", str([r.frames_aggregated for r in got]))
 
 
 def _time(fn, reps: int) -> float:

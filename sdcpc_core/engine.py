@@ -115,7 +115,7 @@ class StreamingSegmenter:
     """
 
     def __init__(self, model: torch.nn.Module, labels: LabelSet, settings: StreamSettings | None = None,
-                 export_dir=None, **overrides):
+                 export_dir=None, export_progress=None, **overrides):
         settings = (settings or StreamSettings()).replace(**overrides)
         self._checkpoint_labels = labels
         self.labels = self._labels_for(settings.dynamic_classes)
@@ -128,7 +128,8 @@ class StreamingSegmenter:
         mean, std = settings.mean or IMAGENET_MEAN, settings.std or IMAGENET_STD
         self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        self.runner = self._build_runner(export_dir, labels)  # an on-the-fly export records mean/std
+        # an on-the-fly export records mean/std; export_progress(str) hears of it, stage by stage
+        self.runner = self._build_runner(export_dir, labels, export_progress)
         if self.device.type == "cpu":
             warm_up()  # the label kernel: ~0.2 s from its disk cache, here rather than at frame 1
         self._lock = threading.Lock()  # the model and the buffer
@@ -146,7 +147,7 @@ class StreamingSegmenter:
         self._breaks: list[tuple[int, str]] = []  # (input number, reason), not yet applied
 
     @classmethod
-    def from_checkpoint(cls, path=None, settings: StreamSettings | None = None,
+    def from_checkpoint(cls, path=None, settings: StreamSettings | None = None, export_progress=None,
                         **overrides) -> StreamingSegmenter:
         """Build from our checkpoint; ``path=None`` (or "") is the embedded default model.
 
@@ -172,11 +173,12 @@ class StreamingSegmenter:
         settings = settings.replace(
             input_size=settings.input_size or (tuple(meta["input_size"]) if meta.get("input_size") else None),
             mean=settings.mean or tuple(meta["mean"]), std=settings.std or tuple(meta["std"]))
-        return cls(model, meta["labels"], settings, export_dir=export_dir)
+        return cls(model, meta["labels"], settings, export_dir=export_dir, export_progress=export_progress)
 
-    def _build_runner(self, export_dir, labels):
+    def _build_runner(self, export_dir, labels, progress=None):
         """The backend that runs ``encode`` and ``aggregate`` (sdcpc_core.runtimes). A backend other
-        than torch runs an export directory's graphs; given none, the model is exported first."""
+        than torch runs an export directory's graphs; given none, the model is exported first
+        (``progress(str)`` hears of it)."""
         from sdcpc_core import runtimes
 
         backend = runtimes.resolve_backend(self.settings.backend, self.device)
@@ -195,8 +197,11 @@ class StreamingSegmenter:
                                    "input_size, or export the model first (sdcpc export)")
             meta = {"labels": labels, "mean": self._mean.flatten().tolist(),
                     "std": self._std.flatten().tolist()}
+            if progress is not None:
+                progress(f"backend {backend}: exporting the model's graphs first (tens of seconds on a "
+                         "small CPU; `sdcpc export CKPT -o DIR` does it once, and DIR loads as a checkpoint)")
             export_dir = export_module(self.model.float().cpu(), meta, size,
-                                       tempfile.mkdtemp(prefix="sdcpc_export_"))
+                                       tempfile.mkdtemp(prefix="sdcpc_export_"), progress=progress)
             self.model.to(self.device)
         export_dir = Path(export_dir)
         meta = read_export(export_dir)

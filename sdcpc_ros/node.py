@@ -198,19 +198,13 @@ class SegmentationNode(Node):
 
         self._input_errors = (ImageConversionError, FrameError)  # the message's fault: "refused"
         try:
-            device = resolve_device(p["device"])
+            resolve_device(p["device"])
         except ValueError as exc:
             raise ParameterValueError(f"parameter 'device': {exc}") from None
         stream = {name: p[name] for name in SETTINGS}
-        backend = runtimes.resolve_backend(p["backend"], device)
-        if backend != "torch" and not is_export_dir(p["checkpoint"] or None):
-            runner = runtimes.OnnxRuntimeRunner if backend == "onnxruntime" else runtimes.OpenVINORunner
-            runner.check(device, p["precision"])  # refused settings first, then the notice
-            self.get_logger().info(
-                f"backend {backend}: exporting the model's graphs first (tens of seconds on a small "
-                "CPU; `sdcpc export CKPT -o DIR` does it once, then -p checkpoint:=DIR)")
-        try:
-            return StreamingSegmenter.from_checkpoint(p["checkpoint"] or None, **stream)
+        try:  # a plain checkpoint on a graph backend is exported first: its stages are logged
+            return StreamingSegmenter.from_checkpoint(p["checkpoint"] or None,
+                                                      export_progress=self.get_logger().info, **stream)
         except SettingError:
             raise
         except ValueError as exc:  # CheckpointError: missing, corrupt or unsafe file

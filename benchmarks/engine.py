@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from sdcpc_core.checkpoints import BASELINE_CHECKPOINT, DEFAULT_CHECKPOINT, load_checkpoint
 from sdcpc_core.classes import LabelSet
@@ -122,6 +123,24 @@ def models(size: int, embedded: bool):
             yield name, model.float().eval(), m
 
 
+def arithmetic(model: torch.nn.Module, size: int) -> tuple[float, float]:
+    """(GMAC of one streaming step as exported: encode + aggregate against 3 references with the
+    fixed-shape fine stage, GMAC of that fine stage alone), counted by PyTorch's FLOP counter."""
+    fine = getattr(getattr(model, "dssa", None), "fine", None)
+    x = torch.zeros(1, 3, size, size)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        if fine is not None:
+            fine.fixed_shape = True
+        try:
+            cache = model.encode(x)
+            model.forward_cached(cache, [cache] * len(model.reference_offsets))
+        finally:
+            if fine is not None:
+                fine.fixed_shape = False
+    fine_flops = sum(sum(v.values()) for k, v in counter.get_flop_counts().items() if k.split(".")[-1] == "fine")
+    return counter.get_total_flops() / 2e9, fine_flops / 2e9
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, default=480)
@@ -137,9 +156,10 @@ def main() -> None:
     combos = list(combinations())
     print(f"{args.size}x{args.size}, {args.frames} frames, {args.threads} threads; backends: "
           + ", ".join(f"{b} {q}" for b, q in combos))
-    runs = {}
+    runs, gmac = {}, {}
     with tempfile.TemporaryDirectory(prefix="sdcpc_bench_") as tmp:
         for name, model, meta in models(args.size, not args.no_embedded):
+            gmac[name] = arithmetic(model, args.size)
             export_dir = None
             if any(b != "torch" for b, _ in combos):
                 t = time.perf_counter()
@@ -180,6 +200,15 @@ def main() -> None:
     agree = agreement.get("SD-CPC-B0 embedded", agreement["SD-CPC-B0"])
     if "SD-CPC-B0 embedded" not in agreement:
         print("(no embedded model timed: the agreement line below is the random-weights one)")
+    # The temporal overhead is bounded below by the networks' arithmetic (docs/benchmarks-engine.md)
+    for pair in (("SD-CPC-B0", "SegFormer-B0"), ("SD-CPC-B0 embedded", "SegFormer-B0 embedded")):
+        if all(n in gmac for n in pair):
+            (total, fine), (base, _) = gmac[pair[0]], gmac[pair[1]]
+            print(f"arithmetic per step, {pair[0]} / {pair[1]} as exported: {total:.2f} / {base:.2f} GMAC "
+                  f"= {total / base:.2f}x ({(total - fine) / base:.2f}x without the fine stage)")
+    if ("SD-CPC-B0 embedded", backend, precision) in ms:
+        print(f"temporal overhead of the embedded models, {backend} {precision}: "
+              f"{ms['SD-CPC-B0 embedded', backend, precision] / ms['SegFormer-B0 embedded', backend, precision]:.2f}x")
     print(f"step vs yardstick (SD-CPC-B0 step, fastest backend / SegFormer-B0 network, torch fp32): "
           f"{sd[fastest] / yard:.2f}x")
     print(f"temporal overhead (SD-CPC-B0 / SegFormer-B0 step, fastest backend): {sd[fastest] / seg:.2f}x")

@@ -77,18 +77,23 @@ class SSEA(nn.Module):
         # ever building the upsampled (B, S, C, h, w) context and key maps.
         b, c, h, w = x.shape
         pooled = [_average_pool(x, (s, s)).flatten(2) for s in self.pool_scales]  # (B, C, s*s)
-        keys = [self.scale_key(p.unsqueeze(3)).squeeze(3) for p in pooled]  # (B, C, s*s)
+        cells = torch.cat(pooled, 2)  # (B, C, ΣS²)
         upsample = [_upsampling_matrix(s, (h, w), x) for s in self.pool_scales]  # (h*w, s*s)
-        q = self.scale_query(x).flatten(2).transpose(1, 2)  # (B, N, C)
-        logits = torch.stack([(torch.bmm(q, k) * m).sum(2) for k, m in zip(keys, upsample)], 1)
+        # q·k = (W_q x + b_q)·k = x·(W_qᵀ k) + b_q·k: the query projection moves onto the ΣS²
+        # keys, so no (C, C) projection runs over the h*w pixels
+        wq, bq = self.scale_query.weight.flatten(1), self.scale_query.bias  # (C, C), (C,)
+        keys = self.scale_key(cells.unsqueeze(3)).squeeze(3)  # (B, C, ΣS²)
+        scores = torch.bmm(x.flatten(2).transpose(1, 2), torch.matmul(wq.T, keys))  # (B, N, ΣS²)
+        scores = scores + torch.matmul(bq, keys).unsqueeze(1)
+        per_scale = scores.split([s * s for s in self.pool_scales], 2)
+        logits = torch.stack([(sc * m).sum(2) for sc, m in zip(per_scale, upsample)], 1)  # (B, S, N)
         scale_w = logits.div(math.sqrt(self.dim)).softmax(1)  # (B, S, N)
         mixing = torch.cat([scale_w[:, i, :, None] * m for i, m in enumerate(upsample)], 2)  # (B, N, ΣS²)
         # fuse = ReLU(BN(W · cat(x, context))): W's context half is applied to the ΣS² pooled cells
         # before they are mixed (the mixing is linear per channel), not to all h*w mixed pixels
         conv, norm, act = self.fuse
         w_x, w_context = conv.weight.flatten(1).split(c, 1)  # (C, C) each
-        cells = torch.matmul(w_context, torch.cat(pooled, 2))  # (B, C, ΣS²)
-        context = torch.bmm(cells, mixing.transpose(1, 2)).view(b, c, h, w)
+        context = torch.bmm(torch.matmul(w_context, cells), mixing.transpose(1, 2)).view(b, c, h, w)
         static = act(norm(F.conv2d(x, w_x[:, :, None, None], conv.bias) + context))
         return static, self.classifier(static)
 

@@ -1,4 +1,4 @@
-"""Command line: ``sdcpc segment | demo | info | palette | convert | export | train``.
+"""Command line: ``sdcpc segment | demo | info | palette | convert | export | train | adapt``.
 
 Ctrl-C ends any command with one line (exit code 130); what was written so far is kept."""
 
@@ -257,6 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train SD-CPC or the baseline from a YAML config")
     add_train_arguments(p)
     p.set_defaults(func=cmd_train)
+
+    from sdcpc_core.adapt.cli import add_adapt_arguments, cmd_adapt
+
+    p = sub.add_parser("adapt", help="learn SD-CPC's temporal modules on unlabelled video from a teacher")
+    add_adapt_arguments(p)
+    p.set_defaults(func=cmd_adapt)
     return parser
 
 

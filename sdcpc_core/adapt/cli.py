@@ -1,0 +1,65 @@
+"""Arguments of ``sdcpc adapt`` and the command itself."""
+
+from __future__ import annotations
+
+import argparse
+
+from sdcpc_core.adapt.method import Recipe
+
+
+def add_adapt_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("teacher", help="the teacher: any sdcpc checkpoint (per-frame or SD-CPC) or export directory")
+    p.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="unlabelled video: a video file, an image folder or a rosbag2 (folder, .mcap, "
+                   ".db3); each source is one video in time order")
+    p.add_argument("-o", "--output", required=True, help="adapted SD-CPC checkpoint to write (.pt); "
+                   "OUT.md and OUT_loss.png are written beside it")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=float, default=None, help="training time (default: 12)")
+    budget.add_argument("--steps", type=int, default=None, help="training steps instead of a time budget")
+    p.add_argument("--student", default=None, help="SD-CPC checkpoint to adapt (default: built from the "
+                   "teacher, temporal modules at identity)")
+    p.add_argument("--image-topic", default=None, help="a bag's image topic (default: its only one)")
+    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="working resolution (default: the student's or teacher's recorded size, else "
+                   "the first frame's)")
+    p.add_argument("--every", type=int, default=1, help="keep every K-th frame (match the frame rate "
+                   "the node will see; default 1)")
+    p.add_argument("--max-frames", type=int, default=3000,
+                   help="frames kept in all, shared by the sources (memory; default 3000)")
+    p.add_argument("--reference-offsets", type=int, nargs="+", default=[-3, -2, -1],
+                   help="a built student's references (default: -3 -2 -1)")
+    p.add_argument("--embed-dim", type=int, default=64, help="a built student's temporal width (default 64)")
+    p.add_argument("--set", dest="recipe", action="append", default=[], metavar="KEY=VALUE",
+                   help="change the recipe, e.g. --set radius=2 --set threshold=0.8 (fields: "
+                   + ", ".join(Recipe().to_dict()) + ")")
+    p.add_argument("--resume", action="store_true", help="continue OUT.pt (same teacher, sources, recipe) "
+                   "up to the budget")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu); under torchrun "
+                   "each process trains on its share of batches (DDP)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-report", action="store_true", help="skip OUT.md / OUT_loss.png")
+
+
+def cmd_adapt(args) -> int:
+    from sdcpc_core.adapt.run import AdaptInterrupted, AdaptOptions, run_adapt
+
+    recipe = Recipe().with_overrides(args.recipe)
+    minutes = args.minutes if args.minutes is not None else (None if args.steps is not None else 12.0)
+    opts = AdaptOptions(teacher=args.teacher, sources=list(args.sources), output=args.output,
+                        minutes=minutes, steps=args.steps, student=args.student,
+                        image_topic=args.image_topic,
+                        input_size=tuple(args.input_size) if args.input_size else None,
+                        every=args.every, max_frames=args.max_frames,
+                        reference_offsets=tuple(args.reference_offsets), embed_dim=args.embed_dim,
+                        recipe=recipe, resume=args.resume, seed=args.seed, device=args.device,
+                        report=not args.no_report)
+    try:
+        meta = run_adapt(opts)
+    except AdaptInterrupted as e:
+        from sdcpc_core.cli import Interrupted
+
+        raise Interrupted(str(e)) from None
+    print(f"wrote {meta['checkpoint']} ({meta['steps']} steps, {meta['minutes']:.1f} min, pseudo-label "
+          f"coverage {100 * meta['pseudo_label_coverage']:.1f} %)")
+    return 0

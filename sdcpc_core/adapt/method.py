@@ -1,0 +1,294 @@
+"""Self-training of SD-CPC's temporal modules on unlabelled video (``sdcpc adapt``).
+
+The teacher labels the source offline (``pseudo.py``: flip views, past AND future frames aligned
+by optical flow, a confidence threshold). The student is causal: it is an ordinary SD-CPC that
+sees only the current frame and its references (the past), as in the node. Its MiT encoder is
+frozen, so every frame (and its mirror image) is encoded ONCE and the features are cached; a
+training step then runs only SSEA, DSSA and the SegFormer head, which is what makes minutes on
+a CPU enough. Losses on the pseudo-labels, as the supervised trainer's: CE(final) +
+static_weight·CE(static) + mcp_weight·MCP-CL(embedding); confidence below the threshold is ignored.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, fields, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sdcpc_core.classes import IGNORE_INDEX
+from sdcpc_core.losses import MCPContrastiveLoss
+from sdcpc_core.models import SDCPCConfig, build_model
+from sdcpc_core.models.temporal import FrameCache, difference_basis
+from sdcpc_core.settings import reference_indices
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What ``sdcpc adapt`` does; the defaults are the measured best (docs/adapt.md)."""
+
+    radius: int = 3            # pseudo-labels average frames t-radius … t+radius (offline)
+    align: bool = True         # … warped onto frame t by optical flow
+    flip: bool = True          # teacher on the mirrored video too; student trains on both views
+    threshold: float = 0.7     # ensemble probability below this: ignored
+    target: str = "hard"       # hard: CE on the pseudo-label; soft: CE on the ensembled probabilities
+    train_head: bool = True    # the SegFormer head learns too (at head_lr); the encoder never does
+    temporal_lr: float = 1e-3  # SSEA, DSSA, temporal projection (new modules)
+    head_lr: float = 1e-4
+    weight_decay: float = 0.01
+    static_weight: float = 0.4
+    mcp_weight: float = 0.1
+    batch_size: int = 8
+    stride_aug: bool = True    # references at 1x or 2x the offsets (a node that drops frames)
+    warmup_steps: int = 20
+    grad_clip: float = 1.0
+
+    def __post_init__(self):
+        problems = []
+        if self.radius < 0:
+            problems.append(f"radius must be >= 0, got {self.radius}")
+        if not 0.0 <= self.threshold < 1.0:
+            problems.append(f"threshold must be in [0, 1), got {self.threshold}")
+        if self.target not in ("hard", "soft"):
+            problems.append(f"target must be hard or soft, got {self.target!r}")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if problems:
+            raise ValueError("adapt recipe: " + "; ".join(problems))
+
+    def with_overrides(self, items) -> Recipe:
+        """``["radius=2", "align=false"]`` -> a new recipe (values typed after the fields)."""
+        kinds = {f.name: f.type for f in fields(self)}
+        changes = {}
+        for item in items:
+            key, sep, value = item.partition("=")
+            key = key.strip()
+            if not sep or key not in kinds:
+                raise ValueError(f"recipe override {item!r}: use KEY=VALUE with KEY one of {sorted(kinds)}")
+            kind = kinds[key]
+            if kind == "bool":
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(f"recipe override {item!r}: {key} takes true or false")
+                changes[key] = value.lower() in ("true", "1", "yes")
+            else:
+                try:
+                    changes[key] = {"int": int, "float": float, "str": str}[kind](value)
+                except ValueError:
+                    raise ValueError(f"recipe override {item!r}: {key} takes a {kind}") from None
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# -- the student ---------------------------------------------------------------------------------
+
+def student_config(teacher_config: SDCPCConfig, reference_offsets=(-3, -2, -1),
+                   embed_dim: int = 64) -> SDCPCConfig:
+    """SD-CPC with the teacher's encoder and head, temporal modules at identity. A temporal
+    teacher's own config is kept (its temporal modules continue from where they are)."""
+    if teacher_config.temporal:
+        return teacher_config
+    return replace(teacher_config, temporal=True, reference_offsets=tuple(reference_offsets),
+                   embed_dim=embed_dim, window=7, selection_ratio=0.25)
+
+
+def student_from_teacher(teacher: nn.Module, config: SDCPCConfig) -> nn.Module:
+    """A student built from ``config`` carrying the teacher's encoder and head (and, for a
+    temporal teacher, its temporal modules): it starts out computing what the teacher computes."""
+    student = build_model(config)
+    missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
+    if unexpected:
+        raise ValueError(f"the teacher's weights do not fit the student: unexpected {unexpected[:4]}")
+    return student
+
+
+def encode_features(model: nn.Module, features) -> FrameCache:
+    """``SDCPC.encode`` from encoder maps already computed (the frozen encoder's cache)."""
+    static, static_logits = model.ssea(features)
+    probabilities = static_logits.float().softmax(1)
+    basis = difference_basis(static, static_logits, model.dssa.difference, probabilities)
+    return FrameCache(tuple(features), static, static_logits, basis,
+                      *model.dssa.coarse.summarize(static, probabilities))
+
+
+class CachedStudent(nn.Module):
+    """One training forward from cached encoder maps: references without autograd (as a stream
+    reuses them), the target with it. A module so that DDP can wrap it."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, target_features, reference_features) -> dict:
+        with torch.no_grad():
+            refs = [encode_features(self.model, f) for f in reference_features]
+        # the coarse stage's key/value projections must still learn: project outside no_grad
+        refs = [r._replace(proto_keys=None, proto_values=None) for r in refs]
+        return self.model.forward_cached(encode_features(self.model, target_features), refs)
+
+
+@torch.no_grad()
+def cache_features(model: nn.Module, videos: list[np.ndarray], mean, std, flip: bool,
+                   batch: int = 16, progress=None) -> list[list[torch.Tensor]]:
+    """The frozen encoder's four maps for every frame of every video (concatenated), fp16;
+    ``[original]`` or ``[original, mirrored]`` views, each a list of 4 tensors (N, C_i, h_i, w_i)."""
+    from sdcpc_core.adapt.pseudo import normalise
+
+    model.backbone.eval()
+    views = [[[] for _ in range(4)] for _ in range(2 if flip else 1)]
+    for frames in videos:
+        for start in range(0, len(frames), batch):
+            x = normalise(frames[start:start + batch], mean, std)
+            for v, view in enumerate(views):
+                maps = model.backbone(x.flip(-1) if v else x)
+                for level, m in zip(view, maps):
+                    level.append(m.half())
+            if progress is not None:
+                progress(len(x))
+    return [[torch.cat(level) for level in view] for view in views]
+
+
+def cached_bytes(views) -> int:
+    return sum(t.numel() * t.element_size() for view in views for t in view)
+
+
+# -- losses ------------------------------------------------------------------------------------
+
+def soft_cross_entropy(logits: torch.Tensor, probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over ``mask`` pixels of -Σ_k p_k log softmax(logits)_k; logits resized to the target."""
+    logits = F.interpolate(logits.float(), size=probs.shape[-2:], mode="bilinear", align_corners=False)
+    per_pixel = -(probs.float() * logits.log_softmax(1)).sum(1)
+    return (per_pixel * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def hard_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    logits = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    if bool((labels == IGNORE_INDEX).all()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+
+
+# -- batches -----------------------------------------------------------------------------------
+
+class BatchSampler:
+    """Random (view, frame) targets with their references, from the cached maps and pseudo-labels."""
+
+    def __init__(self, views, pseudo, video_starts: list[int], video_lengths: list[int], offsets,
+                 recipe: Recipe, generator: np.random.Generator):
+        self.views, self.pseudo, self.recipe, self.rng = views, pseudo, recipe, generator
+        self.offsets = tuple(offsets)
+        self.frames = [(s, n) for s, n in zip(video_starts, video_lengths)]
+        self.index = np.concatenate([np.stack([np.full(n, v), np.arange(n)], 1)
+                                     for v, (_, n) in enumerate(self.frames)])  # (N, 2) video, t
+
+    def draw(self) -> dict:
+        r = self.recipe
+        picks = self.rng.integers(0, len(self.index), r.batch_size)
+        flips = self.rng.integers(0, len(self.views), r.batch_size)
+        stride = int(self.rng.integers(1, 3)) if r.stride_aug else 1
+        targets, refs = [], [[] for _ in self.offsets]
+        for pick in picks:
+            v, t = self.index[pick]
+            start, n = self.frames[v]
+            targets.append(start + t)
+            for j, i in enumerate(reference_indices(int(t), [o * stride for o in self.offsets], n)):
+                refs[j].append(start + i)
+        targets_t = torch.as_tensor(targets)
+        flips_t = torch.as_tensor(flips)
+
+        def gather(ids):
+            ids = torch.as_tensor(ids)
+            maps = []
+            for level in range(4):
+                m = torch.stack([self.views[f][level][i] for f, i in zip(flips.tolist(), ids.tolist())])
+                maps.append(m.float())
+            return maps
+
+        labels = self.pseudo.labels[targets_t].long()
+        probs = self.pseudo.probs[targets_t].float()
+        mirrored = flips_t.bool()
+        labels[mirrored] = labels[mirrored].flip(-1)
+        probs[mirrored] = probs[mirrored].flip(-1)
+        return {"target": gather(targets), "references": [gather(ids) for ids in refs],
+                "labels": labels, "probs": probs}
+
+
+def lr_factor(progress: float, step: int, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then linear decay to 0 at progress 1 (time or steps)."""
+    factor = max(0.0, 1.0 - progress)
+    if step < warmup:
+        factor *= (step + 1) / warmup
+    return factor
+
+
+def build_optimizer(student: nn.Module, recipe: Recipe) -> torch.optim.AdamW:
+    """AdamW: temporal modules at ``temporal_lr``, the head at ``head_lr`` (if it learns); the
+    encoder (and a frozen head) get ``requires_grad=False``."""
+    for p in student.backbone.parameters():
+        p.requires_grad_(False)
+    for p in student.decode_head.parameters():
+        p.requires_grad_(recipe.train_head)
+    temporal = [p for n, p in student.named_parameters()
+                if not n.startswith(("backbone.", "decode_head.")) and p.requires_grad]
+    groups = [{"params": temporal, "lr": recipe.temporal_lr, "base_lr": recipe.temporal_lr}]
+    if recipe.train_head:
+        groups.append({"params": list(student.decode_head.parameters()), "lr": recipe.head_lr,
+                       "base_lr": recipe.head_lr})
+    return torch.optim.AdamW(groups, weight_decay=recipe.weight_decay)
+
+
+def make_criterion(config: SDCPCConfig, recipe: Recipe) -> MCPContrastiveLoss | None:
+    if recipe.mcp_weight <= 0:
+        return None
+    return MCPContrastiveLoss(config.num_classes, config.embed_dim, max_pixels_per_class=256,
+                              ignore_index=IGNORE_INDEX)
+
+
+def compute_losses(step_module: nn.Module, batch: dict, recipe: Recipe, criterion) -> dict:
+    out = step_module(batch["target"], batch["references"])
+    labels = batch["labels"]
+    mask = (labels != IGNORE_INDEX).float()
+    if recipe.target == "soft":
+        ce = soft_cross_entropy(out["logits"], batch["probs"], mask)
+        static = soft_cross_entropy(out["static_logits"], batch["probs"], mask)
+    else:
+        ce = hard_cross_entropy(out["logits"], labels)
+        static = hard_cross_entropy(out["static_logits"], labels)
+    losses = {"ce": ce, "static": static}
+    total = ce + recipe.static_weight * static
+    if criterion is not None:
+        losses["mcp"] = criterion(out["embedding"].float(), labels)
+        total = total + recipe.mcp_weight * losses["mcp"]
+    losses["loss"] = total
+    losses["coverage"] = mask.mean()
+    return losses
+
+
+def set_train_mode(student: nn.Module, recipe: Recipe) -> None:
+    """Train mode for what learns; the frozen encoder (and a frozen head: its BN statistics,
+    dropout) stay in eval mode."""
+    student.train()
+    student.backbone.eval()
+    if not recipe.train_head:
+        student.decode_head.eval()
+
+
+def clip_grad(params, max_norm: float) -> float:
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else math.inf)
+    return float(norm)
+
+
+class Clock:
+    """Training time, kept across a resume (``elapsed_s`` carries on)."""
+
+    def __init__(self, elapsed: float = 0.0):
+        self.base, self.t0 = elapsed, time.perf_counter()
+
+    @property
+    def elapsed(self) -> float:
+        return self.base + time.perf_counter() - self.t0

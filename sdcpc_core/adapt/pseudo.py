@@ -1,0 +1,141 @@
+"""Pseudo-labels from the teacher, offline: it may look at future frames.
+
+1. The teacher runs on every frame as a stream (an SD-CPC teacher with its own references), and
+   on the mirrored video; the mirrored probabilities are flipped back and averaged (``flip``).
+2. Temporal ensembling: frame t's probabilities are averaged with those of frames t-r … t+r
+   (past AND future), each warped onto frame t by dense optical flow (OpenCV Farnebäck) so that
+   the camera's and the objects' motion does not smear the labels (``align``).
+3. The label is the ensemble's argmax where its probability reaches ``threshold``, else ignored.
+
+Everything is at the network's output grid (stride 4), where the student's losses are computed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sdcpc_core.classes import IGNORE_INDEX
+from sdcpc_core.settings import reference_indices
+
+FLOW_MAX_WIDTH = 320  # optical flow is computed at most this wide (cost), then scaled
+
+
+@dataclass
+class PseudoLabels:
+    """Per frame of all sources, concatenated: ``probs`` (N, K, h, w) fp16 ensembled probabilities,
+    ``labels`` (N, h, w) uint8/int64 with IGNORE_INDEX below the threshold."""
+
+    probs: torch.Tensor
+    labels: torch.Tensor
+    teacher_labels: torch.Tensor  # (N, h, w) the plain per-frame teacher's argmax (no ensembling)
+
+    @property
+    def coverage(self) -> float:
+        return float((self.labels != IGNORE_INDEX).float().mean())
+
+
+def normalise(frames: np.ndarray, mean, std) -> torch.Tensor:
+    """(N, H, W, 3) uint8 RGB -> (N, 3, H, W) float32 normalised."""
+    x = torch.from_numpy(frames).float().permute(0, 3, 1, 2)
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+@torch.no_grad()
+def stream_probabilities(model, frames: np.ndarray, mean, std, batch: int = 8) -> torch.Tensor:
+    """The model's softmax (N, K, h4, w4) on one video, streamed as the engine does: each frame
+    with its references at the model's offsets (clamped to the video's start)."""
+    model.eval()
+    offsets = tuple(model.reference_offsets)
+    out, caches = [], {}
+    keep = -min(offsets, default=0)
+    for start in range(0, len(frames), batch):
+        x = normalise(frames[start:start + batch], mean, std)
+        if not offsets:  # per-frame: a whole batch at once
+            out.append(model.forward_cached(model.encode(x))["logits"].float().softmax(1).half())
+            continue
+        for i in range(len(x)):
+            t = start + i
+            caches[t] = model.encode(x[i:i + 1])
+            refs = [caches[j] for j in reference_indices(t, offsets)]
+            out.append(model.forward_cached(caches[t], refs)["logits"].float().softmax(1).half())
+            for j in [j for j in caches if j < t + 1 - keep]:
+                del caches[j]
+    return torch.cat(out)
+
+
+def teacher_probabilities(teacher, frames: np.ndarray, mean, std, flip: bool) -> torch.Tensor:
+    """Stream probabilities, averaged with those of the mirrored video flipped back (``flip``)."""
+    probs = stream_probabilities(teacher, frames, mean, std).float()
+    if flip:
+        mirrored = stream_probabilities(teacher, np.ascontiguousarray(frames[:, :, ::-1]), mean, std)
+        probs = (probs + mirrored.float().flip(-1)) / 2
+    return probs
+
+
+def _gray(frames: np.ndarray) -> list[np.ndarray]:
+    h, w = frames.shape[1:3]
+    scale = min(1.0, FLOW_MAX_WIDTH / w)
+    size = (max(8, round(w * scale)), max(8, round(h * scale)))
+    return [cv2.resize(cv2.cvtColor(f, cv2.COLOR_RGB2GRAY), size, interpolation=cv2.INTER_AREA)
+            for f in frames]
+
+
+def flow_grid(gray_t: np.ndarray, gray_s: np.ndarray, out_hw: tuple[int, int]) -> torch.Tensor:
+    """A grid_sample grid (1, h, w, 2) that pulls frame s's maps onto frame t's pixels."""
+    flow = cv2.calcOpticalFlowFarneback(gray_t, gray_s, None, 0.5, 3, 15, 3, 5, 1.2, 0)  # t -> s
+    gh, gw = gray_t.shape
+    h, w = out_hw
+    flow = cv2.resize(flow, (w, h), interpolation=cv2.INTER_AREA)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    # pixel centres of the output grid in the flow image's coordinates, moved by the flow
+    sx = (xs + 0.5) * gw / w - 0.5 + flow[..., 0]
+    sy = (ys + 0.5) * gh / h - 0.5 + flow[..., 1]
+    grid = np.stack([(sx + 0.5) / gw * 2 - 1, (sy + 0.5) / gh * 2 - 1], axis=-1)
+    return torch.from_numpy(grid)[None]
+
+
+def temporal_ensemble(probs: torch.Tensor, frames: np.ndarray, radius: int, align: bool) -> torch.Tensor:
+    """Average each frame's (K, h, w) probabilities with its ±``radius`` neighbours in ONE video,
+    warped onto it by optical flow when ``align``; neighbours beyond the video are skipped."""
+    if radius <= 0:
+        return probs
+    n, _, h, w = probs.shape
+    gray = _gray(frames) if align else None
+    out = torch.empty_like(probs)
+    for t in range(n):
+        total = probs[t].clone()
+        count = 1
+        for s in range(max(0, t - radius), min(n, t + radius + 1)):
+            if s == t:
+                continue
+            if align:
+                grid = flow_grid(gray[t], gray[s], (h, w))
+                warped = F.grid_sample(probs[s:s + 1], grid, mode="bilinear", padding_mode="border",
+                                       align_corners=False)[0]
+            else:
+                warped = probs[s]
+            total += warped
+            count += 1
+        out[t] = total / count
+    return out
+
+
+def make_pseudo_labels(teacher, videos: list[np.ndarray], mean, std, *, radius: int, align: bool,
+                       flip: bool, threshold: float, progress=None) -> PseudoLabels:
+    """Pseudo-labels for every frame of every video (concatenated in order)."""
+    probs, labels, plain = [], [], []
+    for frames in videos:
+        p = teacher_probabilities(teacher, frames, mean, std, flip)
+        plain.append(p.argmax(1).to(torch.uint8))
+        p = temporal_ensemble(p, frames, radius, align)
+        conf, arg = p.max(1)
+        labels.append(torch.where(conf >= threshold, arg, torch.full_like(arg, IGNORE_INDEX)).to(torch.uint8))
+        probs.append(p.half())
+        if progress is not None:
+            progress(len(frames))
+    return PseudoLabels(torch.cat(probs), torch.cat(labels), torch.cat(plain))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -14,6 +16,7 @@ IGNORE_INDEX = 255
 DEFAULT_DYNAMIC_NAMES = (
     "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
     "animal", "dog", "cat", "vehicle",
+    "van", "minibike", "motorbike", "boat", "ship", "airplane",  # ADE20K's vehicles
 )
 
 
@@ -126,3 +129,20 @@ CITYSCAPES_PALETTE = np.array([
     [70, 130, 180], [220, 20, 60], [255, 0, 0], [0, 0, 142], [0, 0, 70], [0, 60, 100],
     [0, 80, 100], [0, 0, 230], [119, 11, 32]], dtype=np.uint8)
 CITYSCAPES = LabelSet.from_names(CITYSCAPES_NAMES, CITYSCAPES_PALETTE)
+
+
+def _ade20k() -> LabelSet:
+    data = json.loads((Path(__file__).resolve().parent / "assets" / "ade20k150.json").read_text())
+    names, palette = zip(*data["classes"])
+    return LabelSet.from_names(names, np.asarray(palette, dtype=np.uint8))
+
+
+ADE20K = _ade20k()
+# What a published SegFormer file without class names was trained on, by its class count.
+PUBLISHED_LABEL_SETS = {150: ADE20K, 19: CITYSCAPES}
+
+
+def published_label_set(num_classes: int) -> LabelSet | None:
+    """ADE20K-150 or Cityscapes-19 names and customary palette for that many classes, else None."""
+    labels = PUBLISHED_LABEL_SETS.get(num_classes)
+    return None if labels is None else LabelSet.from_dict(labels.to_dict())

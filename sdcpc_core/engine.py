@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sdcpc_core.checkpoints import DEFAULT_CHECKPOINT, CheckpointError, load_checkpoint
+from sdcpc_core.checkpoints import DEFAULT_CHECKPOINT, CheckpointError, load_checkpoint, resolve_checkpoint
 from sdcpc_core.classes import LabelSet
 from sdcpc_core.export import CHECKPOINT as EXPORT_CHECKPOINT
 from sdcpc_core.export import is_export_dir, read_export
@@ -154,7 +154,8 @@ class StreamingSegmenter:
         Unset ``input_size``, ``mean`` and ``std`` take the checkpoint's recorded values.
         """
         settings = (settings or StreamSettings()).replace(**overrides)
-        path = Path(path) if path else DEFAULT_CHECKPOINT
+        # a Hub id, a Hugging Face directory or a published .pth: converted once, then cached
+        path = resolve_checkpoint(path, progress=export_progress)
         if not path.exists() and path == DEFAULT_CHECKPOINT:
             raise CheckpointError(f"the embedded default model {path} is missing from this install; "
                                   "reinstall sdcpc or pass a checkpoint path")

@@ -26,12 +26,14 @@ import torch
 from torch import nn
 
 from sdcpc_core.checkpoints import CheckpointError, load_checkpoint
+from sdcpc_core.checkpoints.export_dir import CHECKPOINT, METADATA, is_export_dir
 from sdcpc_core.models.temporal import FrameCache
+
+__all__ = ["CHECKPOINT", "METADATA", "ExportError", "export_model", "export_module", "is_export_dir",
+           "read_export"]
 
 FORMAT = "sdcpc-export"
 VERSION = 2  # 2: encode outputs each frame's reference summary (basis, prototypes), no keys/values
-METADATA = "sdcpc_export.json"
-CHECKPOINT = "model.pt"
 GRAPHS = ("encode", "aggregate")
 OPSET = 18
 FEATURES = ("feature4", "feature8", "feature16", "feature32")  # encoder maps by stride
@@ -211,10 +213,6 @@ def unreadable_graph(source, runtime: str, error: Exception) -> ExportError:
     reason = lines[-1] if lines else type(error).__name__  # OpenVINO's last line says what failed
     return ExportError(f"{runtime} cannot load {source} ({reason.strip()}); re-export the model "
                        "(`sdcpc export CKPT -o DIR`)")
-
-
-def is_export_dir(path) -> bool:
-    return path is not None and Path(path).is_dir() and (Path(path) / METADATA).exists()
 
 
 def read_export(path) -> dict:

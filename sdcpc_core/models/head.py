@@ -36,14 +36,18 @@ class SegFormerHead(nn.Module):
 
     Split in two so temporal modules can add context to the fused feature before
     classification: ``fuse(features) -> (B, E, H/4, W/4)`` and ``classify(fused) -> logits``.
+
+    ``stage_relu`` is mmsegmentation 1.x's variant of the head: each stage's projection is a 1×1
+    conv + BN + ReLU (the BN folds into ``linear_ci`` when converting; the ReLU stays).
     """
 
     def __init__(self, in_channels=(32, 64, 160, 256), embed_dim: int = 256, num_classes: int = 19,
-                 dropout: float = 0.1):
+                 dropout: float = 0.1, stage_relu: bool = False):
         super().__init__()
         self.in_channels = tuple(in_channels)
         self.embed_dim = embed_dim
         self.num_classes = num_classes
+        self.stage_relu = stage_relu
         for i, c in enumerate(in_channels):
             setattr(self, f"linear_c{i + 1}", MLP(c, embed_dim))
         self.linear_fuse = ConvBNReLU(4 * embed_dim, embed_dim)
@@ -64,7 +68,11 @@ class SegFormerHead(nn.Module):
         for j, i in enumerate((4, 3, 2, 1)):  # published order of concatenation
             proj = getattr(self, f"linear_c{i}").proj
             w_i = fuse_weight[:, j * self.embed_dim:(j + 1) * self.embed_dim]  # (E, E)
-            x = F.conv2d(features[i - 1], (w_i @ proj.weight)[:, :, None, None], w_i @ proj.bias)
+            if self.stage_relu:  # the ReLU sits between the projection and the fuse: no folding
+                x = F.relu(F.conv2d(features[i - 1], proj.weight[:, :, None, None], proj.bias))
+                x = F.conv2d(x, w_i[:, :, None, None])  # (B, E, h_i, w_i)
+            else:
+                x = F.conv2d(features[i - 1], (w_i @ proj.weight)[:, :, None, None], w_i @ proj.bias)
             if x.shape[2:] != size:  # (B, E, h_i, w_i) -> (B, E, H/4, W/4)
                 x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
             out = x if out is None else out.add_(x)

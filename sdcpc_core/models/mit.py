@@ -7,7 +7,7 @@ Module and parameter names follow the published NVlabs SegFormer checkpoints
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -16,11 +16,37 @@ from torch import nn
 
 @dataclass(frozen=True)
 class MiTSpec:
+    """The shape of a MiT encoder. The published B0–B5 differ only in the first three fields; the
+    layer-norm epsilons differ between the published code bases (NVlabs: 1e-6 in blocks and stage
+    norms, 1e-5 in patch embeddings and attention reductions; Hugging Face: 1e-5 everywhere;
+    mmsegmentation: 1e-6 everywhere), so a converted model computes exactly what its source did."""
+
     embed_dims: tuple[int, int, int, int]
     num_heads: tuple[int, int, int, int]
     depths: tuple[int, int, int, int]
     mlp_ratios: tuple[int, int, int, int] = (4, 4, 4, 4)
     sr_ratios: tuple[int, int, int, int] = (8, 4, 2, 1)
+    patch_sizes: tuple[int, int, int, int] = (7, 3, 3, 3)
+    strides: tuple[int, int, int, int] = (4, 2, 2, 2)
+    norm_eps: float = 1e-6  # norm1 / norm2 of every block and the four stage norms
+    embed_norm_eps: float = 1e-5  # patch-embedding norms and the attention's reduction norm
+
+    def __post_init__(self):
+        for name in ("embed_dims", "num_heads", "depths", "mlp_ratios", "sr_ratios", "patch_sizes",
+                     "strides"):
+            value = tuple(int(v) for v in getattr(self, name))
+            if len(value) != 4 or min(value) < 1:
+                raise ValueError(f"MiT {name} must be 4 positive integers (one per stage), got {value}")
+            object.__setattr__(self, name, value)
+        bad = [f"{d} by {h}" for d, h in zip(self.embed_dims, self.num_heads) if d % h]
+        if bad:
+            raise ValueError(f"MiT hidden sizes must divide by their head counts: {', '.join(bad)}")
+        if not (self.norm_eps > 0 and self.embed_norm_eps > 0):
+            raise ValueError("MiT layer-norm epsilons must be > 0")
+
+    def to_dict(self) -> dict:
+        return {f.name: list(v) if isinstance(v, tuple) else v
+                for f in fields(self) for v in (getattr(self, f.name),)}
 
 
 MIT_SPECS = {
@@ -51,10 +77,10 @@ class DropPath(nn.Module):
 class OverlapPatchEmbed(nn.Module):
     """Strided overlapping conv + LayerNorm: (B, Cin, H, W) -> (B, N, C), H', W'."""
 
-    def __init__(self, patch_size: int, stride: int, in_chans: int, embed_dim: int):
+    def __init__(self, patch_size: int, stride: int, in_chans: int, embed_dim: int, eps: float = 1e-5):
         super().__init__()
         self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride, patch_size // 2)
-        self.norm = nn.LayerNorm(embed_dim)
+        self.norm = nn.LayerNorm(embed_dim, eps=eps)
 
     def forward(self, x):
         x = self.proj(x)  # (B, C, H', W')
@@ -66,7 +92,7 @@ class EfficientSelfAttention(nn.Module):
     """Multi-head self-attention with keys/values spatially reduced by ``sr_ratio``."""
 
     def __init__(self, dim: int, num_heads: int, sr_ratio: int, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0):
+                 proj_drop: float = 0.0, norm_eps: float = 1e-5):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
@@ -79,7 +105,7 @@ class EfficientSelfAttention(nn.Module):
         self.sr_ratio = sr_ratio
         if sr_ratio > 1:
             self.sr = nn.Conv2d(dim, dim, sr_ratio, sr_ratio)
-            self.norm = nn.LayerNorm(dim)
+            self.norm = nn.LayerNorm(dim, eps=norm_eps)
 
     def forward(self, x, h: int, w: int):
         b, n, c = x.shape  # (B, N, C)
@@ -121,12 +147,14 @@ class MixFFN(nn.Module):
 
 class Block(nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_ratio: int, sr_ratio: int,
-                 drop: float = 0.0, drop_path: float = 0.0):
+                 drop: float = 0.0, drop_path: float = 0.0, norm_eps: float = 1e-6,
+                 reduction_norm_eps: float = 1e-5):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = EfficientSelfAttention(dim, num_heads, sr_ratio, proj_drop=drop)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = EfficientSelfAttention(dim, num_heads, sr_ratio, proj_drop=drop,
+                                           norm_eps=reduction_norm_eps)
         self.drop_path = DropPath(drop_path)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = MixFFN(dim, dim * mlp_ratio, drop)
 
     def forward(self, x, h: int, w: int):
@@ -139,7 +167,9 @@ class MixVisionTransformer(nn.Module):
 
     def __init__(self, embed_dims=(32, 64, 160, 256), num_heads=(1, 2, 5, 8),
                  mlp_ratios=(4, 4, 4, 4), depths=(2, 2, 2, 2), sr_ratios=(8, 4, 2, 1),
-                 in_chans: int = 3, drop_rate: float = 0.0, drop_path_rate: float = 0.1):
+                 in_chans: int = 3, drop_rate: float = 0.0, drop_path_rate: float = 0.1,
+                 patch_sizes=(7, 3, 3, 3), strides=(4, 2, 2, 2), norm_eps: float = 1e-6,
+                 embed_norm_eps: float = 1e-5):
         super().__init__()
         self.embed_dims = tuple(embed_dims)
         self.depths = tuple(depths)
@@ -147,15 +177,20 @@ class MixVisionTransformer(nn.Module):
         chans = (in_chans,) + self.embed_dims[:-1]
         cursor = 0
         for i in range(4):
-            patch, stride = (7, 4) if i == 0 else (3, 2)
             setattr(self, f"patch_embed{i + 1}",
-                    OverlapPatchEmbed(patch, stride, chans[i], embed_dims[i]))
+                    OverlapPatchEmbed(patch_sizes[i], strides[i], chans[i], embed_dims[i], embed_norm_eps))
             setattr(self, f"block{i + 1}", nn.ModuleList(
                 Block(embed_dims[i], num_heads[i], mlp_ratios[i], sr_ratios[i], drop_rate,
-                      dpr[cursor + j]) for j in range(depths[i])))
-            setattr(self, f"norm{i + 1}", nn.LayerNorm(embed_dims[i], eps=1e-6))
+                      dpr[cursor + j], norm_eps, embed_norm_eps) for j in range(depths[i])))
+            setattr(self, f"norm{i + 1}", nn.LayerNorm(embed_dims[i], eps=norm_eps))
             cursor += depths[i]
         self.apply(self._init_weights)
+
+    @classmethod
+    def from_spec(cls, spec: MiTSpec, drop_path_rate: float = 0.1) -> MixVisionTransformer:
+        return cls(spec.embed_dims, spec.num_heads, spec.mlp_ratios, spec.depths, spec.sr_ratios,
+                   drop_path_rate=drop_path_rate, patch_sizes=spec.patch_sizes, strides=spec.strides,
+                   norm_eps=spec.norm_eps, embed_norm_eps=spec.embed_norm_eps)
 
     @classmethod
     def from_variant(cls, variant: str, drop_path_rate: float = 0.1) -> MixVisionTransformer:
@@ -163,8 +198,7 @@ class MixVisionTransformer(nn.Module):
             spec = MIT_SPECS[variant]
         except KeyError:
             raise ValueError(f"unknown MiT variant {variant!r}; choose one of {sorted(MIT_SPECS)}") from None
-        return cls(spec.embed_dims, spec.num_heads, spec.mlp_ratios, spec.depths, spec.sr_ratios,
-                   drop_path_rate=drop_path_rate)
+        return cls.from_spec(spec, drop_path_rate)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sdcpc_core.models.head import SegFormerHead
-from sdcpc_core.models.mit import MIT_SPECS, MixVisionTransformer
+from sdcpc_core.models.mit import MIT_SPECS, MiTSpec, MixVisionTransformer
 from sdcpc_core.models.temporal import DIFFERENCE_KINDS, DSSA, SSEA, FrameCache, difference_basis
 
 
@@ -17,7 +17,7 @@ from sdcpc_core.models.temporal import DIFFERENCE_KINDS, DSSA, SSEA, FrameCache,
 class SDCPCConfig:
     """Everything that shapes the network. ``temporal=False`` gives the per-frame SegFormer."""
 
-    variant: str = "b0"
+    variant: str = "b0"  # a MiT name (b0–b5), or a label for ``encoder``'s shape
     num_classes: int = 19
     embed_dim: int = 256  # C: width of SSEA / DSSA
     decoder_dim: int | None = None  # SegFormer head width; None: 256 for B0/B1, 768 for B2–B5
@@ -29,14 +29,20 @@ class SDCPCConfig:
     difference: str = "bhattacharyya"
     temporal: bool = True
     drop_path_rate: float = 0.1
+    # Any SegFormer-shaped encoder (read from a converted checkpoint's own description); None: the
+    # published shape named by ``variant``.
+    encoder: MiTSpec | None = None
+    head_stage_relu: bool = False  # mmsegmentation 1.x head: ReLU after each stage's projection
 
     def __post_init__(self):
         object.__setattr__(self, "reference_offsets", tuple(int(o) for o in self.reference_offsets))
         object.__setattr__(self, "pool_scales", tuple(int(s) for s in self.pool_scales))
+        if isinstance(self.encoder, dict):
+            object.__setattr__(self, "encoder", MiTSpec(**self.encoder))
         if self.decoder_dim is None:
             object.__setattr__(self, "decoder_dim", 256 if self.variant in ("b0", "b1") else 768)
         problems = []
-        if self.variant not in MIT_SPECS:
+        if self.encoder is None and self.variant not in MIT_SPECS:
             problems.append(f"variant {self.variant!r} is not one of {sorted(MIT_SPECS)}")
         if self.num_classes < 1:
             problems.append(f"num_classes must be >= 1, got {self.num_classes}")
@@ -58,10 +64,21 @@ class SDCPCConfig:
         if problems:
             raise ValueError("invalid SDCPCConfig: " + "; ".join(problems))
 
+    @property
+    def mit_spec(self) -> MiTSpec:
+        """The encoder's shape: ``encoder`` if given, else the published ``variant``'s."""
+        return self.encoder if self.encoder is not None else MIT_SPECS[self.variant]
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["reference_offsets"] = list(self.reference_offsets)
         d["pool_scales"] = list(self.pool_scales)
+        if self.encoder is None:  # files written before custom encoders existed stay identical
+            del d["encoder"]
+        else:
+            d["encoder"] = self.encoder.to_dict()
+        if not self.head_stage_relu:
+            del d["head_stage_relu"]
         return d
 
     @classmethod
@@ -79,8 +96,9 @@ class SegFormer(nn.Module):
     def __init__(self, config: SDCPCConfig):
         super().__init__()
         self.config = config
-        self.backbone = MixVisionTransformer.from_variant(config.variant, config.drop_path_rate)
-        self.decode_head = SegFormerHead(self.backbone.embed_dims, config.decoder_dim, config.num_classes)
+        self.backbone = MixVisionTransformer.from_spec(config.mit_spec, config.drop_path_rate)
+        self.decode_head = SegFormerHead(self.backbone.embed_dims, config.decoder_dim, config.num_classes,
+                                         stage_relu=config.head_stage_relu)
 
     @property
     def reference_offsets(self) -> tuple[int, ...]:

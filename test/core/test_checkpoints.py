@@ -140,7 +140,7 @@ def test_truncated_and_missing_files(tmp_path):
 
 def test_published_file_given_as_our_format_explains(tmp_path):
     path, _ = published_file(tmp_path, "b0")
-    with pytest.raises(CheckpointError, match="load_pretrained"):
+    with pytest.raises(CheckpointError, match="sdcpc convert SOURCE"):
         load_checkpoint(path)
 
 

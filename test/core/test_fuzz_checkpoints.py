@@ -153,7 +153,7 @@ MUTATIONS = {
     "unknown config field": (lambda o: o["config"].update(colour="red"), "broken metadata"),
     "no labels": (lambda o: o.pop("labels"), "broken metadata"),
     "other format version": (lambda o: o.update(version=2), "version 2 is not supported"),
-    "not our format": (lambda o: o.update(format="other"), "not an sdcpc checkpoint|load_pretrained"),
+    "not our format": (lambda o: o.update(format="other"), "not an sdcpc checkpoint"),
     "mean of two channels": (lambda o: o.update(mean=[1.0, 2.0]), "mean"),
     "std with a zero": (lambda o: o.update(std=[1.0, 0.0, 1.0]), "std"),
 }

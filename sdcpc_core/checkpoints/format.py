@@ -1,4 +1,4 @@
-"""Checkpoints: our format, and loaders for the published MiT / SegFormer files.
+"""Our checkpoint format: writing, reading and checking it.
 
 Our format is a dict saved with ``torch.save`` and read with ``weights_only=True`` (no pickled
 code runs on load)::
@@ -7,9 +7,8 @@ code runs on load)::
      "mean": [r, g, b], "std": [r, g, b], "training": {...}, "input_size": [H, W] | None,
      "state_dict": {...}}
 
-Published files: ImageNet ``mit_b*.pth`` (encoder keys without prefix, plus an unused ``head.*``
-classifier) and SegFormer ADE20K/Cityscapes checkpoints (``{"state_dict": ..., "meta": ...}`` with
-``backbone.`` / ``decode_head.`` prefixes and an unused ``decode_head.conv_seg``).
+Published files are read by one module per layout (``nvlabs``, ``huggingface``, ``mmseg``) and
+turned into this format by ``convert``.
 """
 
 from __future__ import annotations
@@ -17,21 +16,23 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import zipfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from sdcpc_core.classes import CITYSCAPES, LabelSet
+from sdcpc_core.checkpoints.export_dir import CHECKPOINT as EXPORT_CHECKPOINT
+from sdcpc_core.checkpoints.export_dir import is_export_dir
+from sdcpc_core.classes import LabelSet
 from sdcpc_core.models import MIT_SPECS, SDCPCConfig, build_model
 from sdcpc_core.settings import IMAGENET_MEAN, IMAGENET_STD
 
 FORMAT = "sdcpc"
 VERSION = 1
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_CHECKPOINT = ASSETS / "sdcpc_b0_synthetic.pt"
 BASELINE_CHECKPOINT = ASSETS / "segformer_b0_synthetic.pt"
-UNUSED_PUBLISHED_KEYS = ("decode_head.conv_seg.", "head.")
 
 
 class CheckpointError(ValueError):
@@ -67,12 +68,11 @@ def read_file(path) -> dict:
     """``torch.load(weights_only=True)`` with errors that say what is wrong with the file."""
     path = Path(path)
     if path.is_dir():  # an export directory stands for the checkpoint it carries
-        from sdcpc_core.export import CHECKPOINT, is_export_dir
-
-        if not (is_export_dir(path) and (path / CHECKPOINT).is_file()):
-            raise CheckpointError(f"{path} is a directory, not a checkpoint; pass a .pt/.pth file or "
-                                  f"a directory written by `sdcpc export` (with its {CHECKPOINT})")
-        path = path / CHECKPOINT
+        if not (is_export_dir(path) and (path / EXPORT_CHECKPOINT).is_file()):
+            raise CheckpointError(f"{path} is a directory, not a checkpoint; pass a .pt/.pth file, "
+                                  f"a directory written by `sdcpc export` (with its {EXPORT_CHECKPOINT}) "
+                                  "or a Hugging Face model directory (config.json + weights)")
+        path = path / EXPORT_CHECKPOINT
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass an existing .pt/.pth file "
                               "(or leave it empty for the embedded default model)")
@@ -81,6 +81,9 @@ def read_file(path) -> dict:
     if not (head.startswith(b"PK") or head[:1] == b"\x80"):  # torch zip archive or legacy pickle
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (neither a torch zip archive "
                               "nor a pickle); check the path, or re-download / re-export the file")
+    if head.startswith(b"PK") and not zipfile.is_zipfile(path):  # cut short: no central directory
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt zip "
+                              "archive); re-download or re-export the file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -161,8 +164,9 @@ def load_checkpoint(path, map_location="cpu") -> tuple[nn.Module, dict]:
     """Our checkpoint -> (model in eval mode, metadata with ``config``, ``labels`` (LabelSet), ...)."""
     obj = read_file(path)
     if obj.get("format") != FORMAT:
-        hint = ("it looks like a published MiT/SegFormer file: build a model and call "
-                "load_pretrained(model, path), or train/convert with `sdcpc train`"
+        hint = ("it looks like a published MiT/SegFormer file: convert it with "
+                "`sdcpc convert SOURCE -o OUT.pt` (or pass it where a checkpoint is taken: it is "
+                "converted once and cached)"
                 if "state_dict" in obj or detect_variant(obj) else "it is not an sdcpc checkpoint")
         raise CheckpointError(f"{path}: {hint}")
     if obj.get("version") != VERSION:
@@ -210,79 +214,6 @@ def check_finite(state: dict, source: str) -> None:
         shown = ", ".join(bad[:8]) + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
         raise CheckpointError(f"{source}: {len(bad)} weight tensor(s) hold NaN or inf values ({shown}); "
                               "the file is damaged or training diverged: use an earlier checkpoint")
-
-
-def load_pretrained(model: nn.Module, source, load_head: bool = True) -> dict:
-    """Load a published ImageNet ``mit_b*.pth`` (encoder) or SegFormer checkpoint (encoder + head).
-
-    Temporal modules of an SD-CPC model are left as built (``temporal_proj`` is zero), so the
-    model starts out computing what the published per-frame SegFormer computes.
-    Returns a summary: which parts were loaded and which published keys were ignored.
-    """
-    obj = read_file(source) if isinstance(source, (str, Path)) else dict(source)
-    state = obj.get("state_dict", obj)
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-    ignored = sorted(k for k in state if k.startswith(UNUSED_PUBLISHED_KEYS))
-    if any(k.startswith("backbone.") for k in state):
-        backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-        head = {k[len("decode_head."):]: v for k, v in state.items()
-                if k.startswith("decode_head.") and not k.startswith("decode_head.conv_seg.")}
-    elif detect_variant(state):
-        backbone = {k: v for k, v in state.items() if not k.startswith("head.")}
-        head = {}
-    else:
-        raise CheckpointError(f"{source}: neither a MiT encoder (patch_embed1.proj.weight …) nor a "
-                              "SegFormer checkpoint (backbone.* / decode_head.*); pass a mit_b*.pth "
-                              "or a SegFormer .pth file")
-    check_state_dict(model.backbone, backbone, "model's MiT encoder", str(source))
-    check_finite({**backbone, **(head if load_head else {})}, str(source))
-    model.backbone.load_state_dict(backbone)
-    loaded = ["backbone"]
-    if head and load_head:
-        check_state_dict(model.decode_head, head, "model's SegFormer head", str(source))
-        model.decode_head.load_state_dict(head)
-        loaded.append("decode_head")
-    return {"loaded": loaded, "ignored_keys": ignored, "variant": detect_variant(backbone)}
-
-
-def convert_checkpoint(source, output, *, temporal: bool = True, labels: LabelSet | None = None,
-                       half: bool = False, input_size=None, **config_overrides) -> Path:
-    """Any supported file -> our format (what the engine, node and evaluation load).
-
-    ``source`` may be a published SegFormer checkpoint (variant and class count read from it),
-    an ImageNet ``mit_b*.pth`` (give ``num_classes``; the head starts untrained) or one of ours
-    (re-exported, e.g. as fp16 or with a recorded ``input_size``).
-    """
-    obj = read_file(source)
-    if obj.get("format") == FORMAT:
-        model, meta = load_checkpoint(source)
-        return save_checkpoint(output, model, meta["config"], labels or meta["labels"], meta["mean"],
-                               meta["std"], meta.get("training"), half=half,
-                               input_size=input_size or meta.get("input_size"))
-    state = obj.get("state_dict", obj)
-    variant = detect_variant(state, "backbone.") or detect_variant(state)
-    if variant is None:
-        raise CheckpointError(f"{source}: no MiT encoder found (patch_embed1.proj.weight); pass a "
-                              "SegFormer .pth, a mit_b*.pth or an sdcpc checkpoint")
-    pred = state.get("decode_head.linear_pred.weight")
-    settings = {"variant": variant, "temporal": temporal}
-    if pred is not None:
-        settings["num_classes"] = pred.shape[0]
-        settings["decoder_dim"] = pred.shape[1]
-    settings.update(config_overrides)
-    if "num_classes" not in settings:
-        raise CheckpointError(f"{source} holds only an encoder: say how many classes the head has "
-                              "(num_classes / --num-classes)")
-    config = SDCPCConfig(**settings)
-    if labels is None:
-        labels = (LabelSet.from_dict(CITYSCAPES.to_dict()) if config.num_classes == 19 else
-                  LabelSet.from_names([f"class_{i:03d}" for i in range(config.num_classes)]))
-    model = build_model(config)
-    report = load_pretrained(model, source)
-    training = {"initialised_from": str(source), "loaded": report["loaded"],
-                "note": "converted, not trained by sdcpc"}
-    return save_checkpoint(output, model, config, labels, training=training, half=half,
-                           input_size=input_size)
 
 
 def save_tiny_checkpoint(path, labels: LabelSet | None = None, *, temporal: bool = True,

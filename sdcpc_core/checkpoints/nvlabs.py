@@ -1,0 +1,58 @@
+"""NVlabs SegFormer releases (``segformer.b*.….pth``) and ImageNet ``mit_b*.pth`` encoders.
+
+SegFormer files are ``{"state_dict": …, "meta": …}`` with ``backbone.`` / ``decode_head.``
+prefixes (an unused ``decode_head.conv_seg`` from mmseg 0.x's base class); the encoders are bare
+MiT keys plus an ImageNet ``head.*`` classifier. Our names are theirs, so reading is sorting.
+Class names: ``meta.CLASSES`` / ``meta.PALETTE`` where the file has them, else ADE20K-150 or
+Cityscapes-19 by class count.
+"""
+
+from __future__ import annotations
+
+from sdcpc_core.checkpoints.format import CheckpointError
+from sdcpc_core.checkpoints.published import Published, describe_encoder
+from sdcpc_core.classes import LabelSet, published_label_set
+
+UNUSED_KEYS = ("decode_head.conv_seg.", "head.", "auxiliary_head.")
+
+
+def is_nvlabs(state: dict) -> bool:
+    return "backbone.patch_embed1.proj.weight" in state or "patch_embed1.proj.weight" in state
+
+
+def read(obj: dict, source: str) -> Published:
+    state = obj.get("state_dict", obj)
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    notes = []
+    ignored = sorted(k for k in state if k.startswith(UNUSED_KEYS))
+    if ignored:
+        notes.append(f"ignored {len(ignored)} unused published tensors ({ignored[0]} …)")
+    if "backbone.patch_embed1.proj.weight" in state:
+        unknown = sorted(k for k in state if not k.startswith(("backbone.", "decode_head.", "auxiliary_head.")))
+        if unknown:
+            raise CheckpointError(f"{source}: {len(unknown)} tensors are neither backbone.* nor decode_head.* "
+                                  f"(e.g. {unknown[:3]}): not a published SegFormer file")
+        layout = "nvlabs"
+        encoder = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+        head = {k[len("decode_head."):]: v for k, v in state.items()
+                if k.startswith("decode_head.") and not k.startswith(UNUSED_KEYS)}
+    else:
+        layout = "imagenet"
+        encoder = {k: v for k, v in state.items() if not k.startswith(UNUSED_KEYS)}
+        head = {}
+    pub = Published(layout, source, encoder, head, describe_encoder(encoder, source), notes=notes,
+                    ignored=ignored)
+    pub.labels = _labels(obj.get("meta"), pub.num_classes)
+    return pub
+
+
+def _labels(meta, num_classes) -> LabelSet | None:
+    if num_classes is None:
+        return None
+    if isinstance(meta, dict):
+        names, palette = meta.get("CLASSES"), meta.get("PALETTE")
+        if isinstance(names, (list, tuple)) and len(names) == num_classes:
+            names = [str(n).strip() for n in names]
+            fits = isinstance(palette, (list, tuple)) and len(palette) == num_classes
+            return LabelSet.from_names(names, [list(p) for p in palette] if fits else None)
+    return published_label_set(num_classes)

@@ -57,7 +57,8 @@ def _engine(args):
     from sdcpc_core.engine import StreamingSegmenter
     from sdcpc_core.settings import settings_from_arguments
 
-    return StreamingSegmenter.from_checkpoint(args.checkpoint or None, settings_from_arguments(args))
+    return StreamingSegmenter.from_checkpoint(args.checkpoint or None, settings_from_arguments(args),
+                                              export_progress=_announce)
 
 
 def cmd_segment(args) -> int:
@@ -127,10 +128,14 @@ def _fmt(x) -> str:
     return "n/a" if x is None or x != x else f"{x:.3f}"
 
 
-def cmd_info(args) -> int:
-    from sdcpc_core.checkpoints import DEFAULT_CHECKPOINT, load_checkpoint
+def _announce(line: str) -> None:
+    print(f"sdcpc: {line}", file=sys.stderr, flush=True)
 
-    path = args.checkpoint or DEFAULT_CHECKPOINT
+
+def cmd_info(args) -> int:
+    from sdcpc_core.checkpoints import load_checkpoint, resolve_checkpoint
+
+    path = resolve_checkpoint(args.checkpoint, progress=_announce)
     model, meta = load_checkpoint(path)
     info = {"checkpoint": str(path), "config": meta["config"].to_dict(),
             "classes": list(meta["labels"].names),
@@ -142,9 +147,9 @@ def cmd_info(args) -> int:
 
 
 def cmd_palette(args) -> int:
-    from sdcpc_core.checkpoints import DEFAULT_CHECKPOINT, load_checkpoint
+    from sdcpc_core.checkpoints import load_checkpoint, resolve_checkpoint
 
-    _, meta = load_checkpoint(args.checkpoint or DEFAULT_CHECKPOINT)
+    _, meta = load_checkpoint(resolve_checkpoint(args.checkpoint, progress=_announce))
     text = meta["labels"].to_csv()
     if args.output:
         Path(args.output).write_text(text)
@@ -166,15 +171,28 @@ def cmd_convert(args) -> int:
     if labels is not None:
         overrides.setdefault("num_classes", labels.num_classes)
     out = convert_checkpoint(args.source, args.output, temporal=not args.per_frame, labels=labels,
-                             half=args.half, input_size=args.input_size, **overrides)
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+                             half=args.half, input_size=args.input_size, progress=_announce, **overrides)
+    from sdcpc_core.checkpoints import load_checkpoint
+
+    _, meta = load_checkpoint(out)
+    config, training = meta["config"], meta.get("training", {})
+    names = meta["labels"].names
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): {config.variant.upper()} "
+          f"{'SD-CPC (temporal modules at identity)' if config.temporal else 'per-frame SegFormer'}, "
+          f"{config.num_classes} classes ({', '.join(names[:4])}{', …' if len(names) > 4 else ''}) "
+          f"from a {training.get('layout', 'sdcpc')} source"
+          + (f", input {meta['input_size'][0]}x{meta['input_size'][1]}" if meta.get("input_size") else ""))
+    for note in training.get("conversion_notes", []):
+        print(f"  note: {note}")
     return 0
 
 
 def cmd_export(args) -> int:
+    from sdcpc_core.checkpoints import resolve_checkpoint
     from sdcpc_core.export import export_model, read_export
 
-    out = export_model(args.checkpoint or None, args.output, args.input_size, openvino=args.openvino,
+    checkpoint = resolve_checkpoint(args.checkpoint, progress=_announce) if args.checkpoint else None
+    out = export_model(checkpoint, args.output, args.input_size, openvino=args.openvino,
                        progress=lambda line: print(f"sdcpc export: {line}", file=sys.stderr, flush=True))
     meta = read_export(out)
     print(f"wrote {out}: encode.onnx, aggregate.onnx{' + OpenVINO IR' if args.openvino else ''} for "
@@ -197,8 +215,8 @@ ENGINE_OPTIONS = ("device", "precision", "backend", "channels_last", "input_size
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
     from sdcpc_core.settings import add_arguments
 
-    p.add_argument("--checkpoint", default="", help="sdcpc checkpoint or export directory "
-                   "(default: the embedded model)")
+    p.add_argument("--checkpoint", default="", help="sdcpc checkpoint, export directory, Hugging Face "
+                   "SegFormer directory or Hub id, or published .pth (default: the embedded model)")
     add_arguments(p, ENGINE_OPTIONS)
 
 
@@ -223,21 +241,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("info", help="print a checkpoint's config, classes and training summary")
-    p.add_argument("checkpoint", nargs="?", default="", help="default: the embedded model")
+    p.add_argument("checkpoint", nargs="?", default="", help="any checkpoint --checkpoint takes "
+                   "(default: the embedded model)")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("palette", help="export a checkpoint's class palette as CSV")
-    p.add_argument("checkpoint", nargs="?", default="", help="default: the embedded model")
+    p.add_argument("checkpoint", nargs="?", default="", help="any checkpoint --checkpoint takes "
+                   "(default: the embedded model)")
     p.add_argument("-o", "--output", help="CSV file (default: stdout)")
     p.set_defaults(func=cmd_palette)
 
-    p = sub.add_parser("convert", help="published SegFormer / mit_b*.pth / sdcpc file -> sdcpc checkpoint")
-    p.add_argument("source", help="SegFormer .pth, ImageNet mit_b*.pth, or an sdcpc checkpoint")
+    p = sub.add_parser("convert", help="any published SegFormer (Hugging Face Hub id or directory, NVlabs "
+                       "or mmsegmentation .pth, mit_b*.pth) -> sdcpc checkpoint")
+    p.add_argument("source", help="a Hub id (nvidia/segformer-b0-finetuned-ade-512-512), a Hugging Face "
+                   "directory or its model.safetensors / pytorch_model.bin, an NVlabs SegFormer .pth, an "
+                   "ImageNet mit_b*.pth, an mmsegmentation 1.x SegFormer .pth, or an sdcpc checkpoint")
     p.add_argument("-o", "--output", required=True, help="sdcpc checkpoint to write")
     p.add_argument("--per-frame", action="store_true", help="the SegFormer baseline instead of SD-CPC")
     p.add_argument("--num-classes", type=int, help="needed for an encoder-only mit_b*.pth")
-    p.add_argument("--class-names", help="text file, one class name per line (default: Cityscapes "
-                   "names for 19 classes, else class_000…)")
+    p.add_argument("--class-names", help="text file, one class name per line (default: the source's own "
+                   "names, else ADE20K for 150 classes and Cityscapes for 19, else class_000…)")
     p.add_argument("--reference-offsets", type=int, nargs="+", help="e.g. -9 -6 -3")
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
                    help="resolution the engine should use by default")

@@ -35,7 +35,8 @@ def _add_bag_options(p) -> None:
 def _add_eval_options(p) -> None:
     p.add_argument("bag", help="rosbag2 folder, or a .mcap / .db3 file")
     p.add_argument("--out", required=True, help="folder for report.json, report.md and the plots")
-    p.add_argument("--checkpoint", default=None, help="sdcpc checkpoint (default: the embedded model)")
+    p.add_argument("--checkpoint", default=None, help="sdcpc checkpoint, export directory, "
+                   "Hugging Face SegFormer directory or Hub id, or published .pth (default: the embedded model)")
     p.add_argument("--image-topic", default=bags.DEFAULT_IMAGE_TOPIC)
     p.add_argument("--label-topic", default=None,
                    help=f"ground-truth mono8 topic (default {bags.DEFAULT_LABEL_TOPIC} if present; '' = none)")
@@ -141,12 +142,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _resolve_checkpoints(args) -> None:
+    """A Hub id, a Hugging Face directory or a published .pth: converted once (cached), then a file."""
+    from sdcpc_core.checkpoints import resolve_checkpoint
+
+    def say(line):
+        print(f"sdcpc-eval: {line}", file=sys.stderr, flush=True)
+
+    for name in ("checkpoint", "baseline"):
+        if getattr(args, name, None):
+            setattr(args, name, str(resolve_checkpoint(getattr(args, name), progress=say)))
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "convert":
             return _convert(args)
         stream = settings_from_arguments(args)  # a refused value: the same message as the node's
+        _resolve_checkpoints(args)
         explicit = args.label_topic is not None
         label_topic = (args.label_topic if explicit else bags.DEFAULT_LABEL_TOPIC) or None
         common = {"checkpoint": args.checkpoint, "image_topic": args.image_topic,

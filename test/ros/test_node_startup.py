@@ -17,8 +17,10 @@ from sensor_msgs.msg import CompressedImage, Image
     ({"reference_offsets": "[3]"}, "reference_offsets", "negative"),
     ({"max_time_gap": "-1.0"}, "max_time_gap", "Min: 0.001, Max: 3600.0"),
     ({"input_transport": "theora"}, "input_transport", "raw, compressed"),
-    ({"checkpoint": "/nonexistent/model.pt"}, "checkpoint", "existing checkpoint file or export directory"),
-    ({"checkpoint": "/"}, "checkpoint", "directory without sdcpc_export.json"),
+    ({"checkpoint": "/nonexistent/model.pt"}, "checkpoint", "does not exist; pass an sdcpc checkpoint"),
+    ({"checkpoint": "/"}, "checkpoint", "neither an export directory"),
+    # a Hub id: tests run with HF_HUB_OFFLINE=1 and an empty Hugging Face cache (test/conftest.py)
+    ({"checkpoint": "nvidia/segformer-b9-nowhere"}, "checkpoint", "not in the Hugging Face cache"),
     ({"dynamic_classes": '["unicorn"]'}, "dynamic_classes", "known classes"),
 ])
 def test_bad_parameter_exits_non_zero_naming_it(params, name, words, tiny_checkpoint, tmp_path):

@@ -55,7 +55,7 @@ setup(
         # The PyPI ROS 2 (kilted) wheels. Do not install on a machine with ROS 2 from apt.
         "ros": [
             "ros-rclpy", "ros-sensor-msgs", "ros-std-msgs", "ros-std-srvs",
-            "ros-diagnostic-msgs", "ros-rmw-fastrtps-cpp",
+            "ros-diagnostic-msgs", "ros-rmw-fastrtps-cpp", "ros-lifecycle-msgs",
         ],
         "dev": ["pytest>=8", "pytest-timeout", "hypothesis>=6", "ruff", "mutmut>=3.8,<4"],
         # export and the onnxruntime / openvino backends (docs/deployment.md); on a GPU machine
@@ -69,6 +69,7 @@ setup(
         "console_scripts": [
             "sdcpc = sdcpc_core.cli:main",
             "sdcpc_node = sdcpc_ros.node:main",
+            "sdcpc_lifecycle_node = sdcpc_ros.lifecycle_node:main",
             "sdcpc-eval = sdcpc_ros.evaluation.cli:main",
             "sdcpc-param = sdcpc_ros.param_tool:main",
             "sdcpc-camera = sdcpc_ros.video_publisher:main",

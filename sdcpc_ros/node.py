@@ -4,16 +4,22 @@ The subscription callback only keeps the newest message; one worker thread conve
 publishes it (latest frame wins: a frame replaced before the worker took it is counted as dropped,
 and so is one that never reached the callback, seen as a gap in its publisher's sequence numbers).
 ``sdcpc_core.engine.StreamingSegmenter`` does all the model work, including the buffer resets.
+
+The work is split into the steps of a managed node's transitions (:class:`Segmentation`):
+configure (parameters, model, publishers), activate (worker, subscription), deactivate (stop
+taking frames), cleanup (free the model). ``sdcpc_node`` (:class:`SegmentationNode`) runs all of
+them at start-up; ``sdcpc_lifecycle_node`` (:mod:`sdcpc_ros.lifecycle_node`) on request.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import json
+import signal
 import sys
 import threading
 import time
 from collections import deque
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -43,8 +49,7 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from sdcpc_core import runtimes
-from sdcpc_core.export import METADATA as EXPORT_METADATA
-from sdcpc_core.export import is_export_dir
+from sdcpc_core.checkpoints.convert import checkpoint_problem
 from sdcpc_core.settings import SETTINGS, STREAM_MAX_TIME_GAP, Setting, SettingError
 from sdcpc_ros.conversions import (
     DEFAULT_MAX_PIXELS,
@@ -67,13 +72,9 @@ NODE_DEFAULTS = {"max_time_gap": STREAM_MAX_TIME_GAP}  # a camera stream has sta
 
 
 def _checkpoint_words(value):
-    if value and Path(value).is_dir() and not is_export_dir(value):
-        return (f"is a directory without {EXPORT_METADATA}: give a checkpoint file or a directory "
-                "written by `sdcpc export CKPT -o DIR`")
-    if value is None or (value and not (Path(value).is_file() or is_export_dir(value))):
-        return ("must be an existing checkpoint file or export directory (sdcpc export), or empty "
-                "for the embedded default model")
-    return None
+    if value is None:
+        return "must be a string"
+    return checkpoint_problem(value)  # judged without loading or downloading anything
 
 
 # The node's own parameters, described and checked like the engine's settings (sdcpc_core.settings).
@@ -96,7 +97,8 @@ NODE_SETTINGS: dict[str, Setting] = {s.name: s for s in (
             minimum=0.1, maximum=60.0),
 )}
 CHECKPOINT = Setting("checkpoint", "string", "",
-                     "sdcpc checkpoint file (.pt) or export directory (sdcpc export); empty = the "
+                     "sdcpc checkpoint file (.pt), export directory (sdcpc export), Hugging Face SegFormer "
+                     "directory or Hub id (converted once, cached), or published .pth; empty = the "
                      "embedded default model.",
                      check_extra=_checkpoint_words)
 # Every parameter, in the order users see them: the model, the stream settings, the node's own.
@@ -109,10 +111,11 @@ _ROS_TYPES = {"string": ParameterType.PARAMETER_STRING, "bool": ParameterType.PA
               "double_array": ParameterType.PARAMETER_DOUBLE_ARRAY}
 
 
-def descriptor(spec: Setting) -> ParameterDescriptor:
-    """The ROS parameter descriptor of a setting: type, description, range, read-only."""
+def descriptor(spec: Setting, read_only: bool | None = None) -> ParameterDescriptor:
+    """The ROS parameter descriptor of a setting: type, description, range, read-only (default:
+    a setting that does not change at run time)."""
     d = ParameterDescriptor(type=_ROS_TYPES[spec.kind], description=spec.help,
-                            read_only=not spec.runtime)
+                            read_only=not spec.runtime if read_only is None else read_only)
     if spec.minimum is not None and spec.maximum is not None:
         if spec.kind == "double":
             d.floating_point_range = [FloatingPointRange(from_value=float(spec.minimum),
@@ -151,26 +154,57 @@ def _stamp_seconds(header) -> float | None:
     return stamp if stamp > 0.0 else None
 
 
-class SegmentationNode(Node):
-    """Semantic segmentation of a camera stream with SD-CPC."""
+NODE_NAME = "sdcpc"
 
-    def __init__(self, **kwargs):
-        super().__init__("sdcpc", **kwargs)
-        p = self._declare_parameters()
+
+class Segmentation:
+    """The node's work, in the steps of a managed node's transitions; mixed into a ``Node``
+    (:class:`SegmentationNode`) or a ``LifecycleNode`` (``sdcpc_ros.lifecycle_node``).
+
+    configure: :meth:`_read_parameters` then :meth:`_configure`; activate: :meth:`_activate`;
+    deactivate: :meth:`_deactivate`; cleanup: :meth:`_cleanup`.
+    """
+
+    _seg = None  # the engine, from configure to cleanup
+    _worker = None  # the worker thread, from activate to deactivate
+    _subscription = None
+    _active = False
+    _pub: dict = {}
+    _pub_label_info = _pub_frame_info = _pub_diag = _reset_service = _diag_timer = None
+
+    # -- configure ----------------------------------------------------------------------------
+    def _read_parameters(self, read_only: bool | None = None) -> dict:
+        """Declare (the first time) every parameter from its Setting and validate its value;
+        name -> value (None: unset). Raises SettingError / rclpy's parameter exceptions."""
+        for name, spec in PARAMETERS.items():  # all declared first: a refused one can be fixed
+            if not self.has_parameter(name):
+                default = NODE_DEFAULTS.get(name, spec.default)
+                initial = Parameter.Type(_ROS_TYPES[spec.kind]) if default is None else default
+                self.declare_parameter(name, initial, descriptor(spec, read_only))
+        values = {name: self._parameter_value(name) for name in PARAMETERS}
+        for name, value in values.items():
+            validate_parameter(name, value)
+        return values
+
+    def _parameter_value(self, name: str):
+        try:
+            return self.get_parameter(name).value
+        except rclpy.exceptions.ParameterUninitializedException:  # declared by type, unset
+            return None
+
+    def _configure(self, p: dict, create_publisher) -> None:
+        """Load the model and create the outputs (publishers, ~/reset, the diagnostics timer)."""
         self._seg = self._build_engine(p)
         self._max_pixels = p["max_image_pixels"]
         self._enabled = {"color": p["publish_color"], "overlay": p["publish_overlay"],
                          "confidence": p["publish_confidence"]}
+        self._input = (p["input_transport"], p["reliable_qos"])
         self._init_counters(p["diagnostics_period"])
-        self._create_publishers()
-        self.create_service(Trigger, "~/reset", self._on_reset)
-        self.add_on_set_parameters_callback(self._on_set_parameters)
-        self.add_post_set_parameters_callback(self._after_set_parameters)
-        self.create_timer(p["diagnostics_period"], self._publish_diagnostics)
-        self._worker = threading.Thread(target=self._work, name="sdcpc_worker", daemon=True)
-        self._worker.start()
-        self._subscribe(p["input_transport"], p["reliable_qos"])
-        self._publish_label_info()
+        self._create_publishers(create_publisher)
+        self._reset_service = self.create_service(Trigger, "~/reset", self._on_reset)
+        self._diag_timer = self.create_timer(p["diagnostics_period"], self._publish_diagnostics)
+
+    def _announce(self) -> None:
         self.get_logger().info(
             f"segmenting {self._image_topic} on {self._seg.device} ({self._seg.backend}, "
             f"{self._seg.precision}), {self._seg.labels.num_classes} classes, "
@@ -181,16 +215,60 @@ class SegmentationNode(Node):
                 "this CPU (precision:=bf16 faster still where the CPU has AVX512-BF16 or AMX); "
                 "see 'On a slow CPU' in docs/node.md")
 
-    # -- start-up -----------------------------------------------------------------------------
-    def _declare_parameters(self) -> dict:
-        """Declare every parameter from its Setting and validate it; name -> value (None: unset)."""
-        values = {}
-        for name, spec in PARAMETERS.items():
-            default = NODE_DEFAULTS.get(name, spec.default)
-            initial = Parameter.Type(_ROS_TYPES[spec.kind]) if default is None else default
-            values[name] = self.declare_parameter(name, initial, descriptor(spec)).value
-            validate_parameter(name, values[name])
-        return values
+    # -- activate / deactivate ----------------------------------------------------------------
+    def _activate(self) -> None:
+        """Start the worker, then subscribe; the label metadata goes out (latched)."""
+        with self._cv:
+            self._stopping = False
+            self._last_sequence.clear()  # frames sent while inactive were not lost by the node
+        self._worker = threading.Thread(target=self._work, name="sdcpc_worker", daemon=True)
+        self._worker.start()
+        self._subscribe(*self._input)
+        self._active = True
+        self._publish_label_info()
+
+    def _deactivate(self) -> int:
+        """Stop taking frames: unsubscribe, let the worker finish the frame it is segmenting, and
+        count a frame still waiting as not taken. Returns how many frames were not taken."""
+        self._active = False
+        if self._subscription is not None:
+            self.destroy_subscription(self._subscription)
+            self._subscription = None
+        self._stop_worker()
+        with self._cv:
+            not_taken = int(self._pending is not None)
+            self._pending = None
+            self._not_taken += not_taken
+            self._dropped += not_taken
+        return not_taken
+
+    def _stop_worker(self, timeout: float = 10.0) -> None:
+        if self._worker is None:
+            return
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        self._worker.join(timeout=timeout)
+        if self._worker.is_alive():
+            self.get_logger().error(f"the worker did not stop within {timeout:.0f} s")
+        self._worker = None
+
+    # -- cleanup ------------------------------------------------------------------------------
+    def _cleanup(self, destroy_publisher) -> None:
+        """Free the model and destroy what configure created (also after a configure that
+        failed half-way)."""
+        for pub in (*self._pub.values(), self._pub_label_info, self._pub_frame_info):
+            if pub is not None:
+                destroy_publisher(pub)
+        for entity, destroy in ((self._pub_diag, self.destroy_publisher),
+                                (self._reset_service, self.destroy_service),
+                                (self._diag_timer, self.destroy_timer)):
+            if entity is not None:
+                destroy(entity)
+        self._pub = {}
+        self._pub_label_info = self._pub_frame_info = self._pub_diag = None
+        self._reset_service = self._diag_timer = None
+        self._seg = None
 
     def _build_engine(self, p: dict):
         # the engine is imported only once the parameters are known to be valid
@@ -219,11 +297,12 @@ class SegmentationNode(Node):
         raised or gave non-finite output), or is in flight (pending or being segmented).
         """
         self._cv = threading.Condition()
+        self._stopping = False
         self._pending = None  # (msg, perf_counter at receipt, engine input number)
         self._busy = False  # the worker is segmenting a frame
-        self._stopping = False
         self._received = self._dropped = self._rejected = self._failed = self._published = 0
         self._lost = 0  # part of _dropped: never reached the callback (queue overflow, transport)
+        self._not_taken = 0  # waiting for the worker when the node was deactivated
         self._last_sequence: dict[bytes, int] = {}  # publisher gid -> last publication sequence
         self._latencies = deque(maxlen=200)  # (node latency ms, inference ms)
         self._last_reset = ""
@@ -233,16 +312,17 @@ class SegmentationNode(Node):
         self._image_topic = ""  # resolved input topic, set with the subscription
         self._stall_s = max(2.0, 2 * diagnostics_period)  # input silent this long: WARN
 
-    def _create_publishers(self) -> None:
+    def _create_publishers(self, create_publisher) -> None:
         outputs = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
                              reliability=ReliabilityPolicy.RELIABLE)
         latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                              reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self._pub = {name: self.create_publisher(Image, f"~/{name}", outputs)
+        self._pub = {name: create_publisher(Image, f"~/{name}", outputs)
                      for name in ("labels", "color", "overlay", "confidence", "dynamic_mask")}
-        self._pub_label_info = self.create_publisher(LabelInfo or String, "~/label_info", latched)
-        self._pub_frame_info = self.create_publisher(FrameInfo or String, "~/frame_info", outputs)
+        self._pub_label_info = create_publisher(LabelInfo or String, "~/label_info", latched)
+        self._pub_frame_info = create_publisher(FrameInfo or String, "~/frame_info", outputs)
+        # diagnostics also while inactive (a plain publisher): "inactive" is worth reporting
         self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
     def _subscribe(self, transport: str, reliable: bool) -> None:
@@ -253,7 +333,8 @@ class SegmentationNode(Node):
             qos = qos_profile_sensor_data
         compressed = transport == "compressed"
         topic = "image/compressed" if compressed else "image"
-        self.create_subscription(CompressedImage if compressed else Image, topic, self._on_image, qos)
+        self._subscription = self.create_subscription(CompressedImage if compressed else Image,
+                                                      topic, self._on_image, qos)
         self._image_topic = self.resolve_topic_name(topic)
 
     # -- executor callbacks (cheap) ----------------------------------------------------------
@@ -302,6 +383,8 @@ class SegmentationNode(Node):
 
     def _on_set_parameters(self, params) -> SetParametersResult:
         """Validate a parameter change (no side effects: the post-set callback applies it)."""
+        if self._seg is None:  # unconfigured managed node: configure reads and checks them all
+            return SetParametersResult(successful=True)
         try:
             stream = {}
             for param in params:
@@ -317,6 +400,8 @@ class SegmentationNode(Node):
 
     def _after_set_parameters(self, params) -> None:
         """Apply a validated parameter change."""
+        if self._seg is None:
+            return
         stream = {p.name: p.value for p in params if p.name in SETTINGS}
         if stream:
             self._seg.update(**stream)
@@ -391,11 +476,13 @@ class SegmentationNode(Node):
 
     def accounting(self) -> dict:
         """The frame counts (one consistent snapshot): received = published + replaced + lost +
-        rejected + failed + in_flight."""
+        not_taken + rejected + failed + in_flight (not_taken: waiting when the node was
+        deactivated; part of the dropped frames)."""
         with self._cv:
             return {"received": self._received, "published": self._published,
-                    "replaced": self._dropped - self._lost, "lost": self._lost,
-                    "rejected": self._rejected, "failed": self._failed,
+                    "replaced": self._dropped - self._lost - self._not_taken, "lost": self._lost,
+                    "not_taken": self._not_taken, "rejected": self._rejected,
+                    "failed": self._failed,
                     "in_flight": int(self._pending is not None) + int(self._busy)}
 
     def _wanted(self, name: str) -> bool:
@@ -462,6 +549,7 @@ class SegmentationNode(Node):
             "published frames": str(counts["published"]),
             "dropped frames": str(counts["replaced"] + counts["lost"]),
             "dropped before the node (queue, transport)": str(counts["lost"]),
+            "not taken (deactivated)": str(counts["not_taken"]),
             "rejected frames": str(counts["rejected"]),
             "failed frames": str(counts["failed"]),
             "in flight": str(counts["in_flight"]),
@@ -484,6 +572,8 @@ class SegmentationNode(Node):
         elif new_rejected:
             status.level = DiagnosticStatus.WARN
             status.message = f"{new_rejected} input images refused in the last {period:.1f} s"
+        elif not self._active:
+            status.level, status.message = DiagnosticStatus.OK, "inactive: not taking frames"
         elif self._last_receipt is None or now - self._last_receipt > self._stall_s:
             status.level = DiagnosticStatus.WARN
             status.message = (f"no images on {self._image_topic} for {now - self._last_receipt:.1f} s"
@@ -495,16 +585,25 @@ class SegmentationNode(Node):
         self._pub_diag.publish(array)
 
     def destroy_node(self) -> None:
-        if hasattr(self, "_worker"):  # not when the constructor refused a parameter
-            with self._cv:
-                self._stopping = True
-                self._cv.notify()
-            self._worker.join(timeout=10.0)
+        self._stop_worker()
         super().destroy_node()
+
+
+class SegmentationNode(Segmentation, Node):
+    """Semantic segmentation of a camera stream with SD-CPC: configured and active from start-up."""
+
+    def __init__(self, **kwargs):
+        super().__init__(NODE_NAME, **kwargs)
+        self._configure(self._read_parameters(), self.create_publisher)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.add_post_set_parameters_callback(self._after_set_parameters)
+        self._activate()
+        self._announce()
 
 
 def main(args=None) -> int:
     """``sdcpc_node [--ros-args ...]``; exits 2 on a refused parameter."""
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: every stack
     transport_note = use_default_profile()  # before rclpy.init: Fast DDS reads it then
     rclpy.init(args=args)
     rclpy.logging.get_logger("sdcpc").info(transport_note)

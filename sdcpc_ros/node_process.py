@@ -1,9 +1,12 @@
 """``sdcpc_node`` as a child process on a private ROS domain, and a client node to talk to it.
 
-Used by the end-to-end tests (test/ros) and the soak benchmark (benchmarks/soak.py).
+Used by the end-to-end tests (test/ros) and the soak benchmark (benchmarks/soak.py). A node that
+does not answer in time has every thread's stack written to its log (faulthandler on SIGUSR1,
+registered by the node's ``main``), and the error raised here ends with that log.
 """
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -30,9 +33,11 @@ def node_env(domain_id: int) -> dict:
     return env
 
 
-def run_node(params: dict, domain_id: int, log_dir: Path, wait: bool = False):
-    """Start ``python -m sdcpc_ros.node --ros-args -p k:=v ...``; stdout+stderr go to a log file."""
-    args = [sys.executable, "-m", "sdcpc_ros.node", "--ros-args"]
+def run_node(params: dict, domain_id: int, log_dir: Path, wait: bool = False,
+             module: str = "sdcpc_ros.node"):
+    """Start ``python -m MODULE --ros-args -p k:=v ...`` (``sdcpc_ros.node``: ``sdcpc_node``;
+    ``sdcpc_ros.lifecycle_node``: ``sdcpc_lifecycle_node``); stdout+stderr go to a log file."""
+    args = [sys.executable, "-X", "faulthandler", "-m", module, "--ros-args"]
     for key, value in params.items():
         args += ["-p", f"{key}:={value}"]
     log = open(log_dir / f"node_{domain_id}_{time.monotonic_ns()}.log", "w+")  # noqa: SIM115
@@ -40,8 +45,21 @@ def run_node(params: dict, domain_id: int, log_dir: Path, wait: bool = False):
                             stderr=subprocess.STDOUT, text=True)
     proc.log = log
     if wait:
-        proc.wait(timeout=WAIT_S)
+        try:
+            proc.wait(timeout=WAIT_S)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"node still running after {WAIT_S:.0f} s; its stacks:\n"
+                                 + dump_stacks(proc)) from None
     return proc
+
+
+def dump_stacks(proc, settle: float = 2.0) -> str:
+    """Every thread's Python stack of a running node (SIGUSR1 -> faulthandler, into its log),
+    returned with the end of its log; the log alone once it has exited."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(settle)
+    return node_output(proc)[-12000:]
 
 
 def node_output(proc) -> str:
@@ -56,8 +74,11 @@ def stop_node(proc) -> None:
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
+            stacks = dump_stacks(proc)
             proc.kill()
             proc.wait()
+            print(f"node {proc.pid} did not stop on SIGINT within 20 s; killed. Its stacks:\n{stacks}",
+                  file=sys.stderr)
     proc.log.close()
 
 
@@ -78,7 +99,8 @@ class Client:
                 raise AssertionError(f"node exited ({proc.returncode}) while waiting for {what}:\n"
                                      + node_output(proc)[-3000:])
             if time.monotonic() > deadline:
-                raise AssertionError(f"gave up waiting for {what}")
+                stacks = f"; the node's stacks:\n{dump_stacks(proc)}" if proc is not None else ""
+                raise AssertionError(f"gave up waiting for {what}{stacks}")
             self.executor.spin_once(timeout_sec=0.05)
 
     def close(self):

@@ -51,3 +51,25 @@ def test_config_yaml_sets_exactly_the_declared_parameters_to_their_defaults():
     for name, spec in PARAMETERS.items():
         default = NODE_DEFAULTS.get(name, spec.default)
         assert params[name] == ([] if default is None else default), name
+
+
+def test_lifecycle_launch_starts_the_managed_node_under_a_nav2_lifecycle_manager():
+    path = REPO / "launch" / "sdcpc_lifecycle.launch.py"
+    args = declared_arguments(path)
+    assert set(args) == {"image_topic", "params_file", "autostart", "use_sim_time"}
+    assert all("description" in keywords(c) for c in args.values())
+    default = ast.unparse(keywords(args["params_file"])["default_value"])
+    assert "'sdcpc_lifecycle.yaml'" in default
+    source = path.read_text()
+    assert 'executable="sdcpc_lifecycle_node"' in source and 'name="sdcpc"' in source
+    assert 'package="nav2_lifecycle_manager"' in source and 'executable="lifecycle_manager"' in source
+    assert '("image", image_topic)' in source
+
+
+def test_lifecycle_config_manages_sdcpc_and_sets_the_node_parameters():
+    config = yaml.safe_load((REPO / "config" / "sdcpc_lifecycle.yaml").read_text())
+    manager = config["lifecycle_manager_perception"]["ros__parameters"]
+    assert manager["node_names"] == ["sdcpc"] and manager["autostart"] is True
+    assert manager["bond_timeout"] == 0.0  # the node creates no bond
+    plain = yaml.safe_load((REPO / "config" / "sdcpc.yaml").read_text())
+    assert config["sdcpc"] == plain["sdcpc"]  # the same parameters as sdcpc_node

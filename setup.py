@@ -50,6 +50,8 @@ setup(
         "rosbags>=0.10",
         "psutil>=5.9",
         "numba>=0.60",  # the fused CPU label kernel (sdcpc_core/ops/label_kernel.py)
+        "safetensors>=0.4",  # Hugging Face weight files (sdcpc_core/checkpoints/huggingface.py)
+        "huggingface_hub>=0.23",  # Hub ids: download into, or read from, its cache
     ],
     extras_require={
         # The PyPI ROS 2 (kilted) wheels. Do not install on a machine with ROS 2 from apt.
@@ -57,7 +59,9 @@ setup(
             "ros-rclpy", "ros-sensor-msgs", "ros-std-msgs", "ros-std-srvs",
             "ros-diagnostic-msgs", "ros-rmw-fastrtps-cpp", "ros-lifecycle-msgs",
         ],
-        "dev": ["pytest>=8", "pytest-timeout", "hypothesis>=6", "ruff", "mutmut>=3.8,<4"],
+        # transformers: the reference the Hugging Face conversion is tested against (never imported
+        # by sdcpc itself)
+        "dev": ["pytest>=8", "pytest-timeout", "hypothesis>=6", "ruff", "mutmut>=3.8,<4", "transformers>=4.40"],
         # export and the onnxruntime / openvino backends (docs/deployment.md); on a GPU machine
         # install onnxruntime-gpu instead of onnxruntime for the CUDA / TensorRT providers
         "deploy": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18", "openvino>=2024.0"],

@@ -30,10 +30,12 @@ latency over time) into ``--out``.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -449,6 +451,7 @@ def print_summary(report: dict, args, path: Path) -> None:
 
 
 def main(argv=None) -> int:
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: every stack
     args = parse_args(argv)
     warmup = args.warmup if args.warmup is not None else min(10.0, 0.2 * args.seconds)
     args.out.mkdir(parents=True, exist_ok=True)

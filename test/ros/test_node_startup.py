@@ -69,3 +69,50 @@ def test_compressed_input_best_effort_and_sim_time(tiny_checkpoint, tmp_path):
         client.close()
         stop_node(proc)
     assert proc.returncode == 0, node_output(proc)
+
+
+def test_hub_id_in_the_cache_starts_offline_and_says_so(tmp_path):
+    """`-p checkpoint:=owner/name` with the model in the Hugging Face cache and no network
+    (HF_HUB_OFFLINE=1, test/conftest.py): converted once, labelled with its id2label names."""
+    import sys
+    from pathlib import Path
+
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+    from sdcpc_ros.conversions import array_to_image
+    from sdcpc_ros.node import LabelInfo
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
+    from published_sources import TINY, hf_segformer, put_in_hub_cache
+
+    names = ["floor", "person", "car", "wall"]
+    hf_segformer(tmp_path / "hf", TINY, len(names), names)
+    put_in_hub_cache(tmp_path / "hf", "robotlab/segformer-tiny-node")
+    domain = domain_id_for("hub-id-" + __name__)
+    proc = run_node({"checkpoint": "robotlab/segformer-tiny-node", "input_size": "[64,64]"}, domain, tmp_path)
+    client = Client(domain)
+    try:
+        node = client.node
+        labels, info = [], []
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        node.create_subscription(Image, "/sdcpc/labels", labels.append, 10)
+        node.create_subscription(LabelInfo, "/sdcpc/label_info", info.append, latched)
+        pub = node.create_publisher(Image, "/image", qos_profile_sensor_data)
+        client.wait_for(lambda: info and pub.get_subscription_count(), "the node's label_info", proc=proc)
+        frame = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+
+        def send():
+            pub.publish(array_to_image(frame, "rgb8"))
+            return bool(labels)
+
+        client.wait_for(send, "labels from the converted Hub model", proc=proc)
+        assert [c.name for c in info[-1].classes] == names
+        assert [c.dynamic for c in info[-1].classes] == [False, True, True, False]
+    finally:
+        client.close()
+        stop_node(proc)
+    out = Path(proc.log.name).read_text()  # stop_node closed the handle
+    assert proc.returncode == 0, out
+    assert "robotlab/segformer-tiny-node: found in the Hugging Face cache" in out and "no network used" in out
+    assert "converted to" in out and "per-frame SegFormer" in out

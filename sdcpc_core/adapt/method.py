@@ -107,6 +107,12 @@ def student_from_teacher(teacher: nn.Module, config: SDCPCConfig) -> nn.Module:
     return student
 
 
+def same_encoder(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two models carry the same MiT encoder weights."""
+    sa, sb = a.backbone.state_dict(), b.backbone.state_dict()
+    return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k]) for k in sa)
+
+
 def encode_features(model: nn.Module, features) -> FrameCache:
     """``SDCPC.encode`` from encoder maps already computed (the frozen encoder's cache)."""
     static, static_logits = model.ssea(features)

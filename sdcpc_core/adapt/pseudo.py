@@ -125,14 +125,30 @@ def temporal_ensemble(probs: torch.Tensor, frames: np.ndarray, radius: int, alig
     return out
 
 
-def make_pseudo_labels(teacher, videos: list[np.ndarray], mean, std, *, radius: int, align: bool,
-                       flip: bool, threshold: float, progress=None) -> PseudoLabels:
-    """Pseudo-labels for every frame of every video (concatenated in order)."""
+def shared_encoder_probabilities(teacher, views, start: int, length: int) -> torch.Tensor:
+    """A per-frame teacher's probabilities from encoder maps already cached (the student's
+    encoder IS the teacher's when the student is built from it): one encoder pass serves both.
+    ``views``: [original] or [original, mirrored] lists of 4 maps; mirrored is flipped back."""
+    probs = []
+    with torch.no_grad():
+        for v, view in enumerate(views):
+            out = []
+            for i in range(start, start + length, 16):
+                maps = [m[i:min(i + 16, start + length)].float() for m in view]
+                out.append(teacher.decode_head(maps).float().softmax(1))
+            p = torch.cat(out)
+            probs.append(p.flip(-1) if v else p)
+    return sum(probs) / len(probs)
+
+
+def make_pseudo_labels(probs_per_video: list[torch.Tensor], videos: list[np.ndarray], *, radius: int,
+                       align: bool, threshold: float, progress=None) -> PseudoLabels:
+    """Pseudo-labels for every frame of every video (concatenated in order) from the teacher's
+    probabilities (``teacher_probabilities`` or ``shared_encoder_probabilities``)."""
     probs, labels, plain = [], [], []
-    for frames in videos:
-        p = teacher_probabilities(teacher, frames, mean, std, flip)
+    for p, frames in zip(probs_per_video, videos):
         plain.append(p.argmax(1).to(torch.uint8))
-        p = temporal_ensemble(p, frames, radius, align)
+        p = temporal_ensemble(p.float(), frames, radius, align)
         conf, arg = p.max(1)
         labels.append(torch.where(conf >= threshold, arg, torch.full_like(arg, IGNORE_INDEX)).to(torch.uint8))
         probs.append(p.half())

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from sdcpc_core.adapt import method
 from sdcpc_core.adapt.method import Recipe
-from sdcpc_core.adapt.pseudo import make_pseudo_labels
+from sdcpc_core.adapt.pseudo import make_pseudo_labels, shared_encoder_probabilities, teacher_probabilities
 from sdcpc_core.adapt.report import plot_history, source_measures, write_report
 from sdcpc_core.adapt.sources import first_frame_size, read_source
 from sdcpc_core.checkpoints import CheckpointError, load_checkpoint, read_file, save_checkpoint
@@ -96,8 +96,12 @@ def _previous_state(opts: AdaptOptions) -> dict | None:
     return training
 
 
-def run_adapt(opts: AdaptOptions) -> dict:
-    """Run one adaptation; returns the checkpoint's ``training`` metadata (with ``checkpoint``)."""
+def run_adapt(opts: AdaptOptions, prepared: dict | None = None) -> dict:
+    """Run one adaptation; returns the checkpoint's ``training`` metadata (with ``checkpoint``).
+
+    ``prepared``: a dict kept by the caller between runs on the same teacher and sources (the
+    benchmark's recipe search): the encoder cache and the pseudo-labels are reused from it.
+    """
     from sdcpc_core.train.trainer import init_distributed
 
     if (opts.minutes is None) == (opts.steps is None):
@@ -157,23 +161,53 @@ def run_adapt(opts: AdaptOptions) -> dict:
         f"{opts.teacher} ({'SD-CPC' if teacher_meta['config'].temporal else 'per-frame'}), student "
         f"SD-CPC-{config.variant.upper()} references {config.reference_offsets}")
 
-    # -- pseudo-labels and the frozen encoder's cache -----------------------------------------
+    # -- the frozen encoder's cache and the pseudo-labels ---------------------------------------
     r = opts.recipe
+    key = (str(opts.teacher), str(opts.student), tuple(map(str, opts.sources)), size, opts.every,
+           opts.max_frames, r.flip)
     t0 = time.perf_counter()
-    bar = tqdm(total=total, unit="frame", desc="pseudo-labels", disable=not (is_main and opts.progress),
-               dynamic_ncols=True)
-    pseudo = make_pseudo_labels(teacher, videos, teacher_mean, teacher_std, radius=r.radius,
-                                align=r.align, flip=r.flip, threshold=r.threshold, progress=bar.update)
-    bar.close()
-    pseudo_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    bar = tqdm(total=total, unit="frame", desc="encoder cache", disable=not (is_main and opts.progress),
-               dynamic_ncols=True)
-    views = method.cache_features(student, videos, mean, std, r.flip, progress=bar.update)
-    bar.close()
+    if prepared is not None and prepared.get("views_key") == key:
+        views, teacher_probs = prepared["views"], prepared["teacher_probs"]
+    else:
+        bar = tqdm(total=total, unit="frame", desc="encoder cache", disable=not (is_main and opts.progress),
+                   dynamic_ncols=True)
+        views = method.cache_features(student, videos, mean, std, r.flip, progress=bar.update)
+        bar.close()
+        starts = np.cumsum([0] + [len(v) for v in videos[:-1]]).tolist()
+        if (not teacher_meta["config"].temporal and (teacher_mean, teacher_std) == (mean, std)
+                and method.same_encoder(teacher, student)):
+            teacher_probs = [shared_encoder_probabilities(teacher, views, s, len(v))
+                             for s, v in zip(starts, videos)]
+        else:
+            bar = tqdm(total=total, unit="frame", desc="teacher", disable=not (is_main and opts.progress),
+                       dynamic_ncols=True)
+            teacher_probs = []
+            for frames in videos:
+                teacher_probs.append(teacher_probabilities(teacher, frames, teacher_mean, teacher_std, r.flip))
+                bar.update(len(frames))
+            bar.close()
+        if prepared is not None:
+            prepared.update(views_key=key, views=views, teacher_probs=teacher_probs)
     cache_s = time.perf_counter() - t0
-    log(f"pseudo-labels: {pseudo_s:.0f} s, coverage {100 * pseudo.coverage:.1f} % (threshold "
-        f"{r.threshold}); encoder cache: {method.cached_bytes(views) / 2**20:.0f} MiB in {cache_s:.0f} s")
+    t0 = time.perf_counter()
+    pkey = key + (r.radius, r.align, r.threshold)
+    if prepared is not None and prepared.get("pseudo_key") == pkey:
+        pseudo = prepared["pseudo"]
+    else:
+        bar = tqdm(total=total, unit="frame", desc="pseudo-labels", disable=not (is_main and opts.progress),
+                   dynamic_ncols=True)
+        pseudo = make_pseudo_labels(teacher_probs, videos, radius=r.radius, align=r.align,
+                                    threshold=r.threshold, progress=bar.update)
+        bar.close()
+        if prepared is not None:
+            prepared.update(pseudo_key=pkey, pseudo=pseudo)
+    pseudo_s = time.perf_counter() - t0
+    if pseudo.coverage < 0.05:
+        log(f"warning: the teacher reaches probability {r.threshold} on only {100 * pseudo.coverage:.1f} % "
+            "of the pixels: little to learn from; lower the threshold (--set threshold=0.5) or check "
+            "that the teacher fits this camera")
+    log(f"encoder cache and teacher: {method.cached_bytes(views) / 2**20:.0f} MiB in {cache_s:.0f} s; "
+        f"pseudo-labels: {pseudo_s:.0f} s, coverage {100 * pseudo.coverage:.1f} % (threshold {r.threshold})")
 
     # -- training ---------------------------------------------------------------------------
     optimizer = method.build_optimizer(student, r)
@@ -255,11 +289,12 @@ def run_adapt(opts: AdaptOptions) -> dict:
                      "labels": batch["labels"].to(device), "probs": batch["probs"].to(device)}
             method.set_train_mode(student, r)
             losses = method.compute_losses(step_module, batch, r, criterion)
-            if not math.isfinite(float(losses["loss"])):
+            if not math.isfinite(float(losses["loss"].detach())):
                 raise FloatingPointError(f"the loss is {float(losses['loss'])} at step {step}; nothing "
                                          f"of this step was kept (last checkpoint: {out})")
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
+            losses = {k: v.detach() for k, v in losses.items()}
             method.clip_grad(params, r.grad_clip)
             optimizer.step()
             step += 1

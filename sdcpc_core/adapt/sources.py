@@ -41,9 +41,10 @@ def is_bag(path: Path) -> bool:
 def _bag_frames(path: Path, topic: str | None):
     """Yield (H, W, 3) uint8 RGB frames of the bag's image topic in log-time order."""
     from rosbags.highlevel import AnyReader
+    from rosbags.typesys import Stores, get_typestore
 
-    try:
-        reader = AnyReader([path])
+    try:  # message definitions from the bag; the standard ones when it carries none
+        reader = AnyReader([path], default_typestore=get_typestore(Stores.ROS2_KILTED))
         reader.open()
     except Exception as exc:  # noqa: BLE001 - rosbags raises several types for damaged bags
         raise FrameSourceError(f"cannot open bag {path}: {type(exc).__name__}: {exc}") from None

@@ -1,0 +1,251 @@
+"""sdcpc adapt: the interface, its bad inputs, the pieces of the method, and a short end-to-end run
+with a tiny model (seconds)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from sdcpc_core.adapt import method, pseudo
+from sdcpc_core.adapt.method import Recipe
+from sdcpc_core.adapt.sources import read_source
+from sdcpc_core.checkpoints import load_checkpoint, save_tiny_checkpoint
+from sdcpc_core.classes import LabelSet
+from sdcpc_core.cli import main
+from sdcpc_core.data.synthetic import generate_video
+from sdcpc_core.frames import FrameSourceError
+
+SIZE = ["--input-size", "64", "64", "--set", "threshold=0"]  # a random tiny teacher is never sure
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("teacher") / "teacher.pt", temporal=False)
+
+
+def write_folder(folder, frames):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, f in enumerate(frames):
+        cv2.imwrite(str(folder / f"{i:04d}.png"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    frames, _ = generate_video(seed=3, length=8, height=64, width=64)
+    return write_folder(tmp_path_factory.mktemp("source") / "video", frames)
+
+
+def run(args, capsys=None):
+    code = main(["adapt", *map(str, args)])
+    return code, (capsys.readouterr() if capsys else None)
+
+
+# -- end to end -----------------------------------------------------------------------------------
+
+def test_adapt_end_to_end_writes_an_sdcpc_checkpoint_with_provenance_and_a_report(teacher, source, tmp_path,
+                                                                                  capsys):
+    out = tmp_path / "adapted.pt"
+    code, io = run([teacher, source, "-o", out, "--steps", "3", "--set", "batch_size=2",
+                    "--reference-offsets", "-2", "-1", *SIZE], capsys)
+    assert code == 0, io.err
+    model, meta = load_checkpoint(out)
+    assert meta["config"].temporal and meta["config"].reference_offsets == (-2, -1)
+    t = meta["training"]
+    assert t["method"] == "sdcpc adapt" and t["teacher"] == str(teacher) and t["steps"] == 3
+    assert t["frames"] == 8 and t["sources"][0]["path"] == str(source) and t["minutes"] > 0
+    assert 0 < t["pseudo_label_coverage"] <= 1 and len(t["history"]["loss"]) == 3
+    assert meta["input_size"] == [64, 64]
+    report = out.with_suffix(".md").read_text()
+    assert "label flicker" in report and "teacher" in report and "coverage" in report
+    assert out.with_name("adapted_loss.png").stat().st_size > 1000
+    # the encoder never learns: it is the teacher's, bit for bit
+    teacher_model, _ = load_checkpoint(teacher)
+    assert method.same_encoder(model, teacher_model)
+    assert not torch.equal(model.temporal_proj.weight, torch.zeros_like(model.temporal_proj.weight))
+    # the engine takes it as it is
+    from sdcpc_core.engine import StreamingSegmenter
+
+    engine = StreamingSegmenter.from_checkpoint(out)
+    assert engine.step(np.zeros((64, 64, 3), np.uint8)).labels.shape == (64, 64)
+
+
+def test_resume_continues_to_the_budget_and_refuses_other_inputs(teacher, source, tmp_path, capsys):
+    out = tmp_path / "a.pt"
+    common = ["-o", out, "--set", "batch_size=2", "--no-report", *SIZE]
+    assert run([teacher, source, *common, "--steps", "2"])[0] == 0
+    code, io = run([teacher, source, *common, "--steps", "2"], capsys)
+    assert code == 2 and "exists" in io.err and "--resume" in io.err
+    assert run([teacher, source, *common, "--steps", "4", "--resume"])[0] == 0
+    _, meta = load_checkpoint(out)
+    assert meta["training"]["steps"] == 4 and meta["training"]["history"]["step"] == [1, 2, 3, 4]
+    code, io = run([teacher, source, *common, "--steps", "6", "--resume", "--set", "threshold=0.5"], capsys)
+    assert code == 2 and "another recipe" in io.err
+    code, io = run([teacher, source, *common, "--steps", "4", "--resume"], capsys)
+    assert code == 2 and "already trained its budget" in io.err
+
+
+def test_ctrl_c_keeps_a_usable_checkpoint(teacher, source, tmp_path, monkeypatch, capsys):
+    real, calls = method.compute_losses, []
+
+    def interrupted_on_third(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(method, "compute_losses", interrupted_on_third)
+    out = tmp_path / "c.pt"
+    code, io = run([teacher, source, "-o", out, "--steps", "10", "--set", "batch_size=2", *SIZE], capsys)
+    assert code == 130 and "after 2 steps" in io.err and "--resume" in io.err
+    model, meta = load_checkpoint(out)
+    assert meta["training"]["steps"] == 2 and meta["training"]["interrupted"] is True
+    assert not out.with_suffix(".pt.tmp").exists()
+
+
+# -- bad inputs: one line each, nothing written -------------------------------------------------------
+
+def _refused(args, tmp_path, capsys, *words):
+    out = tmp_path / "never.pt"
+    code, io = run([*args, "-o", out, "--steps", "1", *SIZE], capsys)
+    assert code == 2, io.err
+    line = io.err.strip()
+    assert line.startswith("error: ") and "\n" not in line, line
+    for w in words:
+        assert w in line, line
+    assert not list(tmp_path.glob("never*")), "nothing may be written"
+    return line
+
+
+def test_empty_source_is_refused(teacher, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _refused([teacher, empty], tmp_path, capsys, str(empty), "no images")
+
+
+def test_unreadable_source_is_refused(teacher, tmp_path, capsys):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"not a video at all" * 10)
+    _refused([teacher, bad], tmp_path, capsys, str(bad))
+    _refused([teacher, tmp_path / "missing.mp4"], tmp_path, capsys, "does not exist")
+
+
+def test_mixed_frame_sizes_are_refused(teacher, tmp_path, capsys):
+    frames, _ = generate_video(seed=1, length=6, height=64, width=64)
+    folder = write_folder(tmp_path / "mixed", frames)
+    cv2.imwrite(str(folder / "0003.png"), np.zeros((48, 64, 3), np.uint8))
+    _refused([teacher, folder], tmp_path, capsys, "frame 3", "64x48", "64x64")
+
+
+def test_teacher_student_class_mismatch_is_refused(teacher, source, tmp_path, capsys):
+    other = save_tiny_checkpoint(tmp_path / "other_student.pt", LabelSet.from_names(["a", "b", "c"]))
+    line = _refused([teacher, source, "--student", other], tmp_path, capsys, "9 (road", "3 (a")
+    assert "--student" in line
+
+
+def test_source_too_short_for_the_reference_offsets_is_refused(teacher, tmp_path, capsys):
+    frames, _ = generate_video(seed=1, length=3, height=64, width=64)
+    folder = write_folder(tmp_path / "short", frames)
+    _refused([teacher, folder], tmp_path, capsys, "3 frame(s)", "(-3, -2, -1)", "at least 4")
+
+
+def test_bad_recipe_override_is_refused(teacher, source, tmp_path, capsys):
+    _refused([teacher, source, "--set", "radius=two"], tmp_path, capsys, "radius", "int")
+    _refused([teacher, source, "--set", "nonsense=1"], tmp_path, capsys, "KEY=VALUE")
+
+
+def test_help_names_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["adapt", "--help"])
+    text = capsys.readouterr().out
+    for option in ("--minutes", "--steps", "--student", "--image-topic", "--resume", "--set", "SOURCE"):
+        assert option in text
+
+
+# -- the pieces ---------------------------------------------------------------------------------------
+
+def test_cached_encoder_path_equals_the_models_encode():
+    from sdcpc_core.models import SDCPCConfig, build_model
+
+    model = build_model(SDCPCConfig(num_classes=5, embed_dim=16, decoder_dim=16, reference_offsets=(-1,),
+                                    window=3)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        direct = model.encode(x)
+        cached = method.encode_features(model, model.backbone(x))
+    for a, b in zip(direct, cached):
+        if isinstance(a, tuple):
+            assert all(torch.equal(u, v) for u, v in zip(a, b))
+        elif a is not None:
+            assert torch.allclose(a, b)
+
+
+def test_student_built_from_a_per_frame_teacher_computes_the_teacher(teacher):
+    t_model, meta = load_checkpoint(teacher)
+    config = method.student_config(meta["config"], (-2, -1), 16)
+    student = method.student_from_teacher(t_model, config).eval()
+    x = torch.randn(3, 3, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(student(x)["logits"], t_model(x)["logits"], atol=1e-5)
+
+
+def test_temporal_ensemble_with_flow_follows_a_moving_scene():
+    rng = np.random.default_rng(0)
+    smooth = cv2.resize(rng.standard_normal((8, 16)).astype(np.float32), (128, 64), interpolation=cv2.INTER_CUBIC)
+    detail = cv2.GaussianBlur(rng.standard_normal((64, 128)).astype(np.float32), (0, 0), 1.0)
+    gray = np.clip(128 + 50 * smooth + 25 * detail, 0, 255).astype(np.uint8)
+    texture = np.repeat(gray[..., None], 3, axis=2)
+    frames = np.stack([texture[:, 4 * t: 4 * t + 64] for t in range(9)])  # pans 4 px (one cell) a frame
+    k = 3
+    truth = np.digitize(smooth, np.quantile(smooth, [1 / 3, 2 / 3]))  # 3 classes, large regions
+    cells = np.stack([cv2.resize(truth[:, 4 * t: 4 * t + 64].astype(np.uint8), (16, 16),
+                                 interpolation=cv2.INTER_NEAREST) for t in range(9)])
+    probs = torch.nn.functional.one_hot(torch.from_numpy(cells).long(), k).permute(0, 3, 1, 2).float()
+    aligned = pseudo.temporal_ensemble(probs, frames, 2, align=True)
+    plain = pseudo.temporal_ensemble(probs, frames, 2, align=False)
+    inner = slice(2, 7), slice(None), slice(2, 14), slice(2, 14)  # away from the borders
+    err_aligned = (aligned - probs)[inner].abs().mean()
+    err_plain = (plain - probs)[inner].abs().mean()
+    assert err_plain > 0.05 and err_aligned < 0.5 * err_plain
+    assert torch.equal(pseudo.temporal_ensemble(probs, frames, 0, align=True), probs)
+
+
+def test_recipe_overrides_are_typed():
+    r = Recipe().with_overrides(["radius=5", "align=false", "threshold=0.5", "target=soft"])
+    assert (r.radius, r.align, r.threshold, r.target) == (5, False, 0.5, "soft")
+    with pytest.raises(ValueError, match="threshold"):
+        Recipe().with_overrides(["threshold=1.5"])
+
+
+def _write_bag(path, frames, encoding):
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    store = get_typestore(Stores.ROS2_KILTED)
+    types = store.types
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        conn = writer.add_connection("/cam/image", "sensor_msgs/msg/Image", typestore=store)
+        writer.add_connection("/other", "std_msgs/msg/String", typestore=store)
+        for i, f in enumerate(frames):
+            data = f if encoding == "rgb8" else f[..., ::-1]
+            data = np.ascontiguousarray(data)
+            header = types["std_msgs/msg/Header"](
+                stamp=types["builtin_interfaces/msg/Time"](sec=1 + i, nanosec=0), frame_id="cam")
+            msg = types["sensor_msgs/msg/Image"](header=header, height=f.shape[0], width=f.shape[1],
+                                                 encoding=encoding, is_bigendian=0, step=f.shape[1] * 3,
+                                                 data=data.reshape(-1))
+            writer.write(conn, (1 + i) * 10**9, store.serialize_cdr(msg, "sensor_msgs/msg/Image"))
+
+
+@pytest.mark.parametrize("encoding", ["rgb8", "bgr8"])
+def test_bag_source_reads_the_image_topic_in_order(tmp_path, encoding):
+    frames, _ = generate_video(seed=2, length=5, height=32, width=48)
+    bag = tmp_path / "bag"
+    _write_bag(bag, frames, encoding)
+    src = read_source(bag, (32, 48))
+    assert np.array_equal(src.frames, frames)
+    assert read_source(bag, (32, 48), image_topic="/cam/image", every=2).frames.shape[0] == 3
+    with pytest.raises(FrameSourceError, match="no image topic '/nope'"):
+        read_source(bag, (32, 48), image_topic="/nope")

@@ -35,7 +35,9 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("device", default_value="auto",
                               description="Torch device for the node: auto, cpu, cuda, cuda:N"),
         DeclareLaunchArgument("checkpoint", default_value="",
-                              description="sdcpc checkpoint (.pt) or export directory; empty = embedded default"),
+                              description="sdcpc checkpoint (.pt), export directory, Hugging Face SegFormer "
+                                          "directory or Hub id (e.g. nvidia/segformer-b0-finetuned-ade-512-512), or "
+                                          "published .pth; empty = embedded default"),
         Node(
             condition=LaunchConfigurationEquals("driver", "v4l2_camera"),
             package="v4l2_camera", executable="v4l2_camera_node", name="camera",

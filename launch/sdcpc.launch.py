@@ -25,7 +25,9 @@ def generate_launch_description() -> LaunchDescription:
             default_value=PathJoinSubstitution([FindPackageShare("sdcpc_ros"), "config", "sdcpc.yaml"]),
             description="Node parameters (YAML)"),
         DeclareLaunchArgument("checkpoint", default_value="",
-                              description="sdcpc checkpoint (.pt) or export directory; empty = embedded default"),
+                              description="sdcpc checkpoint (.pt), export directory, Hugging Face SegFormer "
+                                          "directory or Hub id (e.g. nvidia/segformer-b0-finetuned-ade-512-512), or "
+                                          "published .pth; empty = embedded default"),
         DeclareLaunchArgument("device", default_value="auto",
                               description="auto, cpu, cuda or cuda:N"),
         DeclareLaunchArgument("use_sim_time", default_value="false",

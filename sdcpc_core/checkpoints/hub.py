@@ -49,8 +49,8 @@ def download(repo_id: str, progress: Callable[[str], None] | None = None) -> Pat
     how = (f"on a machine with network run `hf download {repo_id} --local-dir DIR` (or "
            f"huggingface_hub.snapshot_download('{repo_id}')), copy DIR here and pass DIR instead")
     if constants.HF_HUB_OFFLINE:
-        raise CheckpointError(f"{repo_id} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
-                              f"HF_HUB_OFFLINE is set: {how}")
+        raise CheckpointError(f"{repo_id} is no local path and not in the Hugging Face cache "
+                              f"({constants.HF_HUB_CACHE}), and HF_HUB_OFFLINE is set: {how}")
     say(f"{repo_id}: downloading from the Hugging Face Hub into {constants.HF_HUB_CACHE} "
         f"(huggingface_hub {huggingface_hub.__version__})")
     try:
@@ -58,8 +58,9 @@ def download(repo_id: str, progress: Callable[[str], None] | None = None) -> Pat
         if not any(path.glob("*.safetensors")):  # older repositories: pickled weights only
             path = Path(snapshot_download(repo_id, allow_patterns=PICKLED))
     except (RepositoryNotFoundError, RevisionNotFoundError):
-        raise CheckpointError(f"{repo_id} does not exist on the Hugging Face Hub (or is private): check "
-                              "the id, e.g. nvidia/segformer-b0-finetuned-ade-512-512 (docs/models.md)") from None
+        raise CheckpointError(f"{repo_id} is no local path and does not exist on the Hugging Face Hub (or "
+                              "is private): check the path or the id, e.g. "
+                              "nvidia/segformer-b0-finetuned-ade-512-512 (docs/models.md)") from None
     except GatedRepoError:
         raise CheckpointError(f"{repo_id} is gated on the Hugging Face Hub: accept its terms and log in "
                               "(`hf auth login`), or download it elsewhere and pass the directory") from None

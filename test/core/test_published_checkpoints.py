@@ -231,3 +231,31 @@ def test_bad_sources_get_one_clear_line_and_leave_nothing_in_the_cache(tmp_path,
     assert {p for p in after - before if not p.name.endswith(".lock")} == set()  # nothing half-written
     assert cli.main(["convert", str(source), "-o", str(tmp_path / "out.pt")]) == 2
     assert not (tmp_path / "out.pt").exists()
+
+
+@pytest.mark.parametrize("failure, words", [
+    ("missing repository", "does not exist on the Hugging Face Hub"),
+    ("no network", "cannot download .* on a machine with network run `hf download"),
+])
+def test_hub_failures_online_are_one_clear_line(monkeypatch, failure, words):
+    """What the Hub answers when online, mapped to our errors (the calls are huggingface_hub's own
+    exceptions; CI has no network to provoke them for real)."""
+    import httpx2
+    import huggingface_hub
+    from huggingface_hub import constants
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
+
+    def snapshot_download(repo_id, allow_patterns=None, local_files_only=False):
+        if local_files_only:
+            raise LocalEntryNotFoundError("not in the cache")
+        if failure == "missing repository":
+            request = httpx2.Request("GET", f"https://huggingface.co/api/models/{repo_id}")
+            raise RepositoryNotFoundError("404 Client Error", response=httpx2.Response(404, request=request))
+        raise LocalEntryNotFoundError("An error happened while trying to locate the files on the Hub "
+                                      "and we cannot find the requested files in the local cache.")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with pytest.raises(CheckpointError, match=words) as info:
+        resolve_checkpoint("nvidia/segformer-b7-imaginary")
+    assert "\n" not in str(info.value)

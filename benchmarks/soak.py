@@ -53,9 +53,9 @@ BACKLOG_TREND_LIMIT = 10.0
 
 def buffer_bound(checkpoint: str) -> int:
     """Most frames the engine may cache: -min(reference_offsets) of the checkpoint."""
-    from sdcpc_core.checkpoints import DEFAULT_CHECKPOINT, read_file
+    from sdcpc_core.checkpoints import read_file, resolve_checkpoint
 
-    offsets = read_file(checkpoint or DEFAULT_CHECKPOINT)["config"]["reference_offsets"]
+    offsets = read_file(resolve_checkpoint(checkpoint))["config"]["reference_offsets"]
     return -min(offsets)
 
 

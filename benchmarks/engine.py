@@ -9,7 +9,11 @@ timing is interleaved: every engine and the yardstick take a few frames in turn,
 round, and each row's median is over the same stretch of time as every other row's.
 
     python benchmarks/engine.py [--size 480] [--frames 30] [--threads 2] [--no-embedded]
+    python benchmarks/engine.py --table     # engine step vs input size and reference count
 
+The first line printed is the CPU (``cpu:``, its model and instruction sets from /proc/cpuinfo):
+every figure is this CPU's. int8 rows run the graphs quantised by ``sdcpc_core.quantize``
+(calibrated on synthetic frames: for speed; the embedded model's agreement is printed).
 Exports (one per model, in a temporary folder) take a minute or two each before timing starts.
 """
 
@@ -30,12 +34,36 @@ from sdcpc_core.data.synthetic import generate_video
 from sdcpc_core.engine import StreamingSegmenter
 from sdcpc_core.export import export_module
 from sdcpc_core.models import SDCPCConfig, build_model
+from sdcpc_core.quantize import SYNTHETIC, quantize_export
 from sdcpc_core.runtimes import installed
 from sdcpc_core.settings import IMAGENET_MEAN, IMAGENET_STD
 
 YARDSTICK = "yardstick"
 BLOCK = 3  # frames per row and round of the interleaved timing (the first one not timed)
-PRECISIONS = {"torch": ("fp32", "bf16"), "onnxruntime": ("fp32",), "openvino": ("fp32", "bf16")}
+PRECISIONS = {"torch": ("fp32", "bf16"), "onnxruntime": ("fp32", "int8"), "openvino": ("fp32", "bf16", "int8")}
+CALIBRATION_FRAMES = 16  # synthetic frames per int8 calibration (speed rows; CI tests use 48)
+TABLE_SIZES = ((480, 480), (512, 1024), (720, 1280))
+TABLE_REFERENCES = {3: (-9, -6, -3), 5: (-15, -12, -9, -6, -3)}
+# /proc/cpuinfo flags -> the names the docs use
+ISA = (("AVX2", ("avx2",)), ("AVX-512", ("avx512f",)), ("VNNI", ("avx512_vnni", "avx_vnni")),
+       ("AVX512-BF16", ("avx512_bf16",)), ("AMX", ("amx_tile", "amx_int8", "amx_bf16")))
+
+
+def cpu_line() -> str:
+    """``cpu: MODEL, N logical CPUs; AVX2 yes, AVX-512 yes, VNNI yes, AVX512-BF16 no, AMX no``."""
+    model, flags, count = "unknown", set(), 0
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "model name":
+                model, count = value.strip(), count + 1
+            elif key == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        return "cpu: unknown (no /proc/cpuinfo)"
+    isa = ", ".join(f"{name} {'yes' if any(f in flags for f in names) else 'no'}" for name, names in ISA)
+    return f"cpu: {model}, {count} logical CPUs; {isa}"
 
 
 def openvino_has(precision: str) -> bool:
@@ -53,6 +81,8 @@ def combinations():
                 continue
             if backend == "torch" and p == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
                 continue  # emulated bf16 on a CPU without it is many times slower than fp32
+            if p == "int8" and backend == "openvino" and not installed("nncf"):
+                continue
             yield backend, p
 
 
@@ -141,16 +171,69 @@ def arithmetic(model: torch.nn.Module, size: int) -> tuple[float, float]:
     return counter.get_total_flops() / 2e9, fine_flops / 2e9
 
 
+def export(model, meta, size, out: Path, int8_runtimes, name: str) -> Path:
+    """Export ``model`` to ``out`` (and its int8 graphs for ``int8_runtimes``), saying how long."""
+    t = time.perf_counter()
+    export_dir = export_module(model, meta, size, out)
+    print(f"exported {name} in {time.perf_counter() - t:.0f} s")
+    if int8_runtimes:
+        t = time.perf_counter()
+        quantize_export(export_dir, SYNTHETIC, runtimes=tuple(int8_runtimes), frames=CALIBRATION_FRAMES,
+                        model=model)
+        print(f"quantised {name} to int8 ({', '.join(int8_runtimes)}) in {time.perf_counter() - t:.0f} s")
+    return export_dir
+
+
+def table(args) -> None:
+    """Engine step of SD-CPC-B0 (random weights, 150 classes) against input size and reference
+    count, on torch fp32 and the fastest graph rows; interleaved within each size."""
+    combos = [(b, q) for b, q in combinations() if (b, q) in
+              {("torch", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8")}]
+    labels = LabelSet.from_names([f"class_{i}" for i in range(150)])
+    meta = {"labels": labels, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+    results = {}
+    for size in TABLE_SIZES:
+        frames = list(generate_video(3, args.frames, *size)[0])
+        runs = {}
+        with tempfile.TemporaryDirectory(prefix="sdcpc_bench_") as tmp:
+            for count, offsets in TABLE_REFERENCES.items():
+                torch.manual_seed(0)
+                model = build_model(SDCPCConfig(variant="b0", num_classes=150, reference_offsets=offsets)).eval()
+                name = f"{size[0]}x{size[1]}, {count} refs"
+                export_dir = export(model, meta, size, Path(tmp) / f"r{count}",
+                                    [b for b, q in combos if q == "int8"], name)
+                for backend, precision in combos:
+                    runs[size, count, backend, precision] = Stepper(StreamingSegmenter(
+                        model, meta["labels"], device="cpu", backend=backend, precision=precision,
+                        input_size=size, export_dir=None if backend == "torch" else export_dir))
+            print(f"timing {size[0]}x{size[1]}: {len(runs)} rows interleaved")
+            results.update(interleaved(runs, frames)[0])
+    print()
+    print("| input | references | " + " | ".join(f"{b} {q} ms/step" for b, q in combos) + " |")
+    print("|---|---|" + "---|" * len(combos))
+    for size in TABLE_SIZES:
+        for count in TABLE_REFERENCES:
+            cells = " | ".join(f"{results[size, count, b, q]:.0f}" for b, q in combos)
+            print(f"| {size[0]}×{size[1]} | {count} | {cells} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, default=480)
     p.add_argument("--frames", type=int, default=30)
     p.add_argument("--threads", type=int, default=2, help="CPU threads of every backend")
     p.add_argument("--no-embedded", action="store_true", help="skip the embedded models")
+    p.add_argument("--table", action="store_true", help="only the table of step vs input size "
+                   f"({', '.join(f'{h}x{w}' for h, w in TABLE_SIZES)}) and reference count (3, 5)")
     args = p.parse_args()
     if args.frames < BLOCK:
         p.error(f"--frames must be at least {BLOCK} (one round of the interleaved timing)")
     torch.set_num_threads(args.threads)
+    print(cpu_line())
+    print("(figures are this CPU's, timed while other work may share it: compare rows of one run)")
+    if args.table:
+        table(args)
+        return
     size = (args.size, args.size)
     frames = list(generate_video(3, args.frames, args.size, args.size)[0])
     combos = list(combinations())
@@ -162,9 +245,8 @@ def main() -> None:
             gmac[name] = arithmetic(model, args.size)
             export_dir = None
             if any(b != "torch" for b, _ in combos):
-                t = time.perf_counter()
-                export_dir = export_module(model, meta, size, Path(tmp) / name.replace(" ", "_"))
-                print(f"exported {name} in {time.perf_counter() - t:.0f} s")
+                export_dir = export(model, meta, size, Path(tmp) / name.replace(" ", "_"),
+                                    [b for b, q in combos if q == "int8"], name)
             for backend, precision in combos:
                 runs[name, backend, precision] = Stepper(StreamingSegmenter(
                     model, meta["labels"], device="cpu", backend=backend, precision=precision,
@@ -211,8 +293,17 @@ def main() -> None:
               f"{ms['SD-CPC-B0 embedded', backend, precision] / ms['SegFormer-B0 embedded', backend, precision]:.2f}x")
     print(f"step vs yardstick (SD-CPC-B0 step, fastest backend / SegFormer-B0 network, torch fp32): "
           f"{sd[fastest] / yard:.2f}x")
-    print(f"temporal overhead (SD-CPC-B0 / SegFormer-B0 step, fastest backend): {sd[fastest] / seg:.2f}x")
+    overhead = sd[fastest] / seg
+    if "SD-CPC-B0" in gmac and "SegFormer-B0" in gmac:
+        ratio = gmac["SD-CPC-B0"][0] / gmac["SegFormer-B0"][0]
+        print(f"temporal overhead (SD-CPC-B0 / SegFormer-B0 step, fastest backend): {overhead:.2f}x against "
+              f"the arithmetic ratio {ratio:.2f}x: {'within' if overhead <= ratio else 'ABOVE'} it")
     print(f"label agreement (fastest backend vs torch fp32): {100 * agree:.2f}%")
+    for b, q in combos:  # every int8 row against torch fp32, on the trained network where timed
+        name = "SD-CPC-B0 embedded" if ("SD-CPC-B0 embedded", b, q) in labels else "SD-CPC-B0"
+        if q == "int8":
+            a = np.mean([np.mean(x == y) for x, y in zip(labels[name, b, q], labels[name, "torch", "fp32"])])
+            print(f"int8 label agreement, {name}, {b} vs torch fp32: {100 * a:.2f}%")
     print(f"speedup (SD-CPC-B0 step, fastest backend vs torch fp32): "
           f"{sd['SD-CPC-B0', 'torch', 'fp32'] / sd[fastest]:.2f}x")
 

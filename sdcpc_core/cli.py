@@ -192,14 +192,61 @@ def cmd_export(args) -> int:
     from sdcpc_core.export import export_model, read_export
 
     checkpoint = resolve_checkpoint(args.checkpoint, progress=_announce) if args.checkpoint else None
-    out = export_model(checkpoint, args.output, args.input_size, openvino=args.openvino,
-                       progress=lambda line: print(f"sdcpc export: {line}", file=sys.stderr, flush=True))
+    calibration = _int8_calibration(args, checkpoint)  # refused before anything is exported
+    progress = lambda line: print(f"sdcpc export: {line}", file=sys.stderr, flush=True)  # noqa: E731
+    out = export_model(checkpoint, args.output, args.input_size, openvino=args.openvino, progress=progress)
+    int8 = ""
+    if args.int8:
+        from sdcpc_core.quantize import quantize_export
+
+        runtimes = _int8_runtimes()
+        quantize_export(out, calibration, runtimes=runtimes, frames=args.calibration_frames, progress=progress)
+        int8 = f" + int8 graphs for {', '.join(runtimes)}"
     meta = read_export(out)
-    print(f"wrote {out}: encode.onnx, aggregate.onnx{' + OpenVINO IR' if args.openvino else ''} for "
+    print(f"wrote {out}: encode.onnx, aggregate.onnx{' + OpenVINO IR' if args.openvino else ''}{int8} for "
           f"{meta['config'].variant.upper()} {'SD-CPC' if meta['config'].temporal else 'SegFormer'}, "
           f"input {meta['input_size'][0]}x{meta['input_size'][1]}, {meta['num_references']} references; "
-          f"run it with --checkpoint {out} --backend onnxruntime|openvino")
+          f"run it with --checkpoint {out} --backend onnxruntime|openvino"
+          f"{' --precision int8' if args.int8 else ''}")
     return 0
+
+
+def _int8_runtimes() -> tuple[str, ...]:
+    """The runtimes installed here that int8 graphs are made for (OpenVINO needs NNCF too)."""
+    import importlib.util
+
+    from sdcpc_core.quantize import RUNTIMES
+
+    found = tuple(r for r in RUNTIMES if importlib.util.find_spec(r) is not None
+                  and (r != "openvino" or importlib.util.find_spec("nncf") is not None))
+    if not found:
+        raise ValueError("--int8 needs OpenVINO with NNCF, or ONNX Runtime: pip install 'sdcpc[deploy]'")
+    return found
+
+
+def _int8_calibration(args, checkpoint):
+    """The calibration source of ``sdcpc export --int8`` (checked), or None without --int8."""
+    from sdcpc_core.exports import is_embedded
+    from sdcpc_core.quantize import SYNTHETIC
+
+    if not args.int8:
+        if args.calibration:
+            raise ValueError("--calibration is for --int8 (sdcpc export CKPT -o DIR --int8 --calibration SOURCE)")
+        return None
+    _int8_runtimes()
+    if args.calibration is None:
+        from sdcpc_core.checkpoints import DEFAULT_CHECKPOINT
+
+        if not is_embedded(checkpoint or DEFAULT_CHECKPOINT):
+            raise ValueError("--int8 needs --calibration SOURCE: a video or an image folder of the scenes "
+                             "the model will see (a bag: sdcpc-eval convert it to a video first, or "
+                             "pass its frames to sdcpc_core.quantize.quantize_export)")
+        return SYNTHETIC
+    if args.calibration != SYNTHETIC:
+        from sdcpc_core.frames import open_frames
+
+        open_frames(args.calibration)  # a missing or unreadable source: its FrameSourceError now
+    return args.calibration
 
 
 def cmd_train(args) -> int:
@@ -213,11 +260,11 @@ ENGINE_OPTIONS = ("device", "precision", "backend", "channels_last", "input_size
 
 
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
-    from sdcpc_core.settings import add_arguments
+    from sdcpc_core.settings import TOOL_DEFAULTS, add_arguments
 
     p.add_argument("--checkpoint", default="", help="sdcpc checkpoint, export directory, Hugging Face "
                    "SegFormer directory or Hub id, or published .pth (default: the embedded model)")
-    add_arguments(p, ENGINE_OPTIONS)
+    add_arguments(p, ENGINE_OPTIONS, TOOL_DEFAULTS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -273,6 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
                    help="the graphs' fixed input size (default: the checkpoint's training size)")
     p.add_argument("--openvino", action="store_true", help="also write OpenVINO IR (.xml/.bin)")
+    p.add_argument("--int8", action="store_true", help="also write int8 graphs (NNCF for OpenVINO, "
+                   "static quantisation for ONNX Runtime), run with --precision int8")
+    p.add_argument("--calibration", metavar="SOURCE", help="int8 calibration frames: a video, an image "
+                   "folder, or 'synthetic' (the embedded models' world; their default)")
+    p.add_argument("--calibration-frames", type=int, default=48, metavar="N",
+                   help="frames streamed for calibration (default: 48)")
     p.set_defaults(func=cmd_export)
 
     from sdcpc_core.train import add_train_arguments

@@ -115,7 +115,7 @@ class StreamingSegmenter:
     """
 
     def __init__(self, model: torch.nn.Module, labels: LabelSet, settings: StreamSettings | None = None,
-                 export_dir=None, export_progress=None, **overrides):
+                 export_dir=None, export_progress=None, source=None, **overrides):
         settings = (settings or StreamSettings()).replace(**overrides)
         self._checkpoint_labels = labels
         self.labels = self._labels_for(settings.dynamic_classes)
@@ -128,8 +128,11 @@ class StreamingSegmenter:
         mean, std = settings.mean or IMAGENET_MEAN, settings.std or IMAGENET_STD
         self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        # an on-the-fly export records mean/std; export_progress(str) hears of it, stage by stage
-        self.runner = self._build_runner(export_dir, labels, export_progress)
+        # an on-the-fly export records mean/std; export_progress(str) hears of it, stage by stage.
+        # ``source`` (the model's checkpoint file) keys the export cache; without it an on-the-fly
+        # export is made afresh. runtime_note: which backend and precision run, and why.
+        self.runtime_note = ""
+        self.runner = self._build_runner(export_dir, labels, export_progress, source)
         if self.device.type == "cpu":
             warm_up()  # the label kernel: ~0.2 s from its disk cache, here rather than at frame 1
         self._lock = threading.Lock()  # the model and the buffer
@@ -174,36 +177,34 @@ class StreamingSegmenter:
         settings = settings.replace(
             input_size=settings.input_size or (tuple(meta["input_size"]) if meta.get("input_size") else None),
             mean=settings.mean or tuple(meta["mean"]), std=settings.std or tuple(meta["std"]))
-        return cls(model, meta["labels"], settings, export_dir=export_dir, export_progress=export_progress)
+        return cls(model, meta["labels"], settings, export_dir=export_dir, export_progress=export_progress,
+                   source=None if export_dir is not None else path)
 
-    def _build_runner(self, export_dir, labels, progress=None):
+    def _build_runner(self, export_dir, labels, progress=None, source=None):
         """The backend that runs ``encode`` and ``aggregate`` (sdcpc_core.runtimes). A backend other
-        than torch runs an export directory's graphs; given none, the model is exported first
-        (``progress(str)`` hears of it)."""
+        than torch runs an export directory's graphs; given none, the model's export is taken from
+        the export cache (``sdcpc_core.exports``), made there first if absent (``progress(str)``
+        hears of it). Sets ``runtime_note``."""
         from sdcpc_core import runtimes
+        from sdcpc_core.export import read_export
 
-        backend = runtimes.resolve_backend(self.settings.backend, self.device)
+        backend, why = runtimes.choose_backend(self.settings.backend, self.device, self.precision,
+                                               fixed_size=export_dir is not None or self.input_size is not None)
         if backend == "torch":
+            self.runtime_note = f"backend torch, precision {self.precision} ({why}; the exact reference path)"
             return runtimes.TorchRunner(self.model, self.device, self.precision)
-        from sdcpc_core.export import export_module, read_export
-
         cls = runtimes.OnnxRuntimeRunner if backend == "onnxruntime" else runtimes.OpenVINORunner
         cls.check(self.device, self.precision)  # a refused setting costs no export
         if export_dir is None:
-            import tempfile
+            from sdcpc_core.exports import cached_export
 
-            size = self.input_size
-            if size is None:
-                raise SettingError("input_size", None, f"backend {backend} runs fixed-size graphs: set "
-                                   "input_size, or export the model first (sdcpc export)")
-            meta = {"labels": labels, "mean": self._mean.flatten().tolist(),
-                    "std": self._std.flatten().tolist()}
-            if progress is not None:
-                progress(f"backend {backend}: exporting the model's graphs first (tens of seconds on a "
-                         "small CPU; `sdcpc export CKPT -o DIR` does it once, and DIR loads as a checkpoint)")
-            export_dir = export_module(self.model.float().cpu(), meta, size,
-                                       tempfile.mkdtemp(prefix="sdcpc_export_"), progress=progress)
+            export_dir, where = cached_export(self.model, labels, self.input_size, backend, self.precision,
+                                              self._mean.flatten().tolist(), self._std.flatten().tolist(),
+                                              source=source, progress=progress)
             self.model.to(self.device)
+        else:
+            where = f"export directory {export_dir}"
+        self.runtime_note = f"backend {backend}, precision {self.precision} ({why}; {where})"
         export_dir = Path(export_dir)
         meta = read_export(export_dir)
         if self.input_size is not None and tuple(self.input_size) != tuple(meta["input_size"]):

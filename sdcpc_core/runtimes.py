@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from sdcpc_core.export import (
+    ExportError,
     aggregate_input_names,
     aggregate_inputs,
     cache_names,
@@ -26,7 +27,8 @@ from sdcpc_core.export import (
 )
 from sdcpc_core.settings import BACKENDS, SettingError
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # torch autocast
+GRAPH_BACKENDS = ("openvino", "onnxruntime")  # what runs int8 (sdcpc_core.quantize)
 
 
 def installed(backend: str) -> bool:
@@ -34,24 +36,38 @@ def installed(backend: str) -> bool:
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """``auto`` -> the fastest installed backend for the device (measured in benchmarks/engine.py):
-    OpenVINO on CPU, ONNX Runtime with a GPU execution provider on CUDA, else torch (ONNX Runtime
-    on a CPU ran SD-CPC-B0 slower than eager torch in every run of the benchmark)."""
+    """``auto`` -> the fastest installed backend for the device (``choose_backend``)."""
+    return choose_backend(backend, device)[0]
+
+
+def choose_backend(backend: str, device: torch.device, precision: str = "fp32",
+                   fixed_size: bool = True) -> tuple[str, str]:
+    """(backend, why): ``auto`` -> the fastest installed backend for the device, measured in
+    benchmarks/engine.py: OpenVINO on CPU, ONNX Runtime with a GPU execution provider on CUDA,
+    else torch (ONNX Runtime on a CPU ran SD-CPC-B0 slower than eager torch in every run).
+    The graph backends need a fixed input size (``fixed_size``); int8 needs a graph backend."""
     if backend not in BACKENDS:
         raise SettingError("backend", backend, "allowed: " + ", ".join(BACKENDS))
     if backend != "auto":
         if not installed(backend):
             raise SettingError("backend", backend, f"not installed here; `pip install {backend}` "
                                "(scripts/setup.sh installs it) or use backend torch")
-        return backend
+        return backend, f"backend {backend} was asked for"
+    if not fixed_size:
+        return "torch", ("auto: the exported graphs take one fixed input size and none is known "
+                         "(set input_size for OpenVINO)")
     if device.type == "cpu":
-        return "openvino" if installed("openvino") else "torch"
+        if installed("openvino"):
+            return "openvino", "auto: OpenVINO is installed, the fastest CPU backend measured"
+        if precision == "int8" and installed("onnxruntime"):
+            return "onnxruntime", "auto: int8 runs on ONNX Runtime here (OpenVINO is not installed)"
+        return "torch", "auto: OpenVINO is not installed (pip install openvino)"
     if installed("onnxruntime"):
         import onnxruntime as ort
 
         if {"TensorrtExecutionProvider", "CUDAExecutionProvider"} & set(ort.get_available_providers()):
-            return "onnxruntime"
-    return "torch"
+            return "onnxruntime", "auto: ONNX Runtime has a GPU execution provider"
+    return "torch", "auto: no ONNX Runtime GPU execution provider here"
 
 
 class TorchRunner:
@@ -59,7 +75,14 @@ class TorchRunner:
 
     name = "torch"
 
+    @staticmethod
+    def check(device: torch.device, precision: str) -> None:
+        if precision == "int8":
+            raise SettingError("precision", precision, "backend torch runs fp32, bf16 or fp16 (the "
+                               "reference); int8 runs on backend openvino, onnxruntime or auto")
+
     def __init__(self, model, device: torch.device, precision: str = "fp32"):
+        self.check(device, precision)
         self.model, self.device, self.precision = model, device, precision
 
     def _autocast(self):
@@ -88,6 +111,19 @@ class _GraphRunner:
     def _run(self, graph: str, feeds: dict) -> list[np.ndarray]:
         raise NotImplementedError
 
+    def _graph_file(self, graph: str, fp32_file: str, precision: str):
+        """The file ``graph`` is read from: its int8 version for precision int8 (an ExportError
+        saying how to make it when the directory has none)."""
+        if precision != "int8":
+            return self.dir / fp32_file
+        from sdcpc_core.quantize import has_int8, int8_files
+
+        if not has_int8(self.dir, self.name):
+            raise ExportError(f"{self.dir} has no int8 graphs for {self.name}; add them with `sdcpc "
+                              f"export CKPT -o DIR --int8 --calibration SOURCE` (a video, an image "
+                              "folder, or synthetic for the embedded model)")
+        return self.dir / int8_files(self.name)[graph]
+
     def encode(self, image):
         out = self._run("encode", {"image": _numpy(image)})
         return tensors_to_cache([torch.from_numpy(np.asarray(o)).to(self.device) for o in out], self.temporal)
@@ -110,7 +146,8 @@ class OnnxRuntimeRunner(_GraphRunner):
     """ONNX Runtime: CPU, or the CUDA / TensorRT execution providers on a GPU.
 
     ``precision`` fp32 everywhere; fp16 only with TensorRT (its ``trt_fp16_enable``): ONNX Runtime
-    runs fp32 graphs, it has no bf16/fp16 autocast of its own on CPU or CUDA.
+    runs fp32 graphs, it has no bf16/fp16 autocast of its own on CPU or CUDA. int8 (CPU): the
+    directory's statically quantised graphs (``sdcpc_core.quantize``).
     """
 
     name = "onnxruntime"
@@ -127,9 +164,12 @@ class OnnxRuntimeRunner(_GraphRunner):
                                "execution provider; install onnxruntime-gpu (docs/deployment.md) "
                                "or use device cpu")
         has_trt = gpu and "TensorrtExecutionProvider" in available
-        if precision != "fp32" and not (precision == "fp16" and has_trt):
-            raise SettingError("precision", precision, "backend onnxruntime runs fp32 (fp16 with the "
-                               "TensorRT execution provider); use backend openvino or torch for "
+        if precision == "int8" and gpu:
+            raise SettingError("precision", precision, "int8 on backend onnxruntime is checked on the "
+                               "CPU execution provider only; use device cpu, or fp16 with TensorRT")
+        if precision not in ("fp32", "int8") and not (precision == "fp16" and has_trt):
+            raise SettingError("precision", precision, "backend onnxruntime runs fp32 or int8 (fp16 with "
+                               "the TensorRT execution provider); use backend openvino or torch for "
                                f"{precision}")
 
     def __init__(self, export_dir, meta, device: torch.device, precision: str = "fp32",
@@ -155,11 +195,11 @@ class OnnxRuntimeRunner(_GraphRunner):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.sessions = {}
         for g in ("encode", "aggregate"):
+            source = self._graph_file(g, f"{g}.onnx", precision)
             try:
-                self.sessions[g] = ort.InferenceSession(str(export_dir / f"{g}.onnx"), options,
-                                                        providers=providers)
+                self.sessions[g] = ort.InferenceSession(str(source), options, providers=providers)
             except Exception as e:  # ONNX Runtime raises its own Fail / InvalidGraph / RuntimeException
-                raise unreadable_graph(export_dir / f"{g}.onnx", "ONNX Runtime", e) from None
+                raise unreadable_graph(source, "ONNX Runtime", e) from None
         self.providers = self.sessions["encode"].get_providers()
 
     def _run(self, graph, feeds):
@@ -169,11 +209,13 @@ class OnnxRuntimeRunner(_GraphRunner):
 class OpenVINORunner(_GraphRunner):
     """OpenVINO on its CPU device (IR files when exported with them, else the ONNX graphs).
 
-    ``precision`` is the inference precision hint: fp32, bf16 (CPUs with AVX512_BF16/AMX), fp16.
+    ``precision`` is the inference precision hint: fp32, bf16 (CPUs with AVX512_BF16/AMX), fp16;
+    int8 runs the directory's NNCF-quantised IR (``sdcpc_core.quantize``), what it keeps in
+    floating point in fp32.
     """
 
     name = "openvino"
-    HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+    HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
 
     @staticmethod
     def check(device: torch.device, precision: str) -> None:
@@ -196,12 +238,12 @@ class OpenVINORunner(_GraphRunner):
         self.check(device, precision)
         core = ov.Core()
         config = {"INFERENCE_PRECISION_HINT": self.HINTS[precision], "PERFORMANCE_HINT": "LATENCY",
-                  "EXECUTION_MODE_HINT": "ACCURACY" if precision == "fp32" else "PERFORMANCE",
+                  "EXECUTION_MODE_HINT": "PERFORMANCE" if precision in ("bf16", "fp16") else "ACCURACY",
                   "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
         self.models = {}
         for g in ("encode", "aggregate"):
             xml = export_dir / f"{g}.xml"
-            source = xml if xml.is_file() else export_dir / f"{g}.onnx"
+            source = self._graph_file(g, xml.name if xml.is_file() else f"{g}.onnx", precision)
             try:
                 self.models[g] = core.compile_model(str(source), "CPU", config)
             except RuntimeError as e:  # a truncated IR (.xml or .bin), or one from another version

@@ -24,9 +24,13 @@ IMAGENET_STD = (58.395, 57.12, 57.375)
 MIN_SIDE = 32  # stride 4 then spatial reduction 8 in MiT stage 1: smaller inputs cannot be encoded
 MAX_SIDE = 8192
 MAX_OFFSET = 1000  # references at most this many frames back
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # int8: quantised graphs (sdcpc_core.quantize)
 STREAM_MAX_TIME_GAP = 0.5  # default of the node and sdcpc-eval: a camera's stamps, 0.5 s = a cut
 BACKENDS = ("torch", "onnxruntime", "openvino", "auto")  # sdcpc_core.runtimes; auto: fastest installed
+# What the node, `sdcpc segment`/`demo` and `sdcpc-eval` run with unless told otherwise: the fastest
+# installed backend, its export cached (sdcpc_core.exports). The library's StreamSettings keep
+# torch, the exact reference path.
+TOOL_DEFAULTS = {"backend": "auto"}
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
@@ -167,12 +171,14 @@ def _names_words(value):
 SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("device", "string", "auto", "Torch device: auto, cpu, cuda or cuda:N.",
             check_extra=_device_words),
-    Setting("precision", "string", "fp32", "Inference precision (autocast for fp16/bf16).",
+    Setting("precision", "string", "fp32",
+            "Inference precision: autocast for fp16/bf16; int8 runs the export's quantised graphs "
+            "(backend openvino or onnxruntime; sdcpc export --int8).",
             choices=PRECISIONS),
     Setting("backend", "string", "torch",
-            "Inference runtime: torch (eager), onnxruntime, openvino, or auto (the fastest installed); "
-            "the others run the graphs of an export directory (sdcpc export), exporting a checkpoint "
-            "first if given one.", choices=BACKENDS),
+            "Inference runtime: torch (eager, the exact reference), onnxruntime, openvino, or auto (the "
+            "fastest installed: OpenVINO on a CPU); the graph backends run an export directory (sdcpc "
+            "export), or export a checkpoint once into the cache.", choices=BACKENDS),
     Setting("channels_last", "bool", False, "Run the network with channels_last memory format."),
     Setting("input_size", "integer_array", None,
             f"[height, width] the network sees (each in [{MIN_SIDE}, {MAX_SIDE}]); unset = the "

@@ -48,9 +48,8 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
-from sdcpc_core import runtimes
 from sdcpc_core.checkpoints.convert import checkpoint_problem
-from sdcpc_core.settings import SETTINGS, STREAM_MAX_TIME_GAP, Setting, SettingError
+from sdcpc_core.settings import SETTINGS, STREAM_MAX_TIME_GAP, TOOL_DEFAULTS, Setting, SettingError
 from sdcpc_ros.conversions import (
     DEFAULT_MAX_PIXELS,
     ImageConversionError,
@@ -68,7 +67,8 @@ except ImportError:
 TRANSPORTS = ("raw", "compressed")
 THROTTLE_S = 5.0
 SHM_SEGMENT_BYTES = 512 * 1024  # Fast DDS's default shared-memory segment (docs/transport.md)
-NODE_DEFAULTS = {"max_time_gap": STREAM_MAX_TIME_GAP}  # a camera stream has stamps
+# a camera stream has stamps; the fastest installed backend, its export cached
+NODE_DEFAULTS = {"max_time_gap": STREAM_MAX_TIME_GAP, **TOOL_DEFAULTS}
 
 
 def _checkpoint_words(value):
@@ -209,11 +209,7 @@ class Segmentation:
             f"segmenting {self._image_topic} on {self._seg.device} ({self._seg.backend}, "
             f"{self._seg.precision}), {self._seg.labels.num_classes} classes, "
             f"custom messages: {'sdcpc_interfaces' if LabelInfo else 'no (std_msgs/String JSON)'}")
-        if self._seg.backend == "torch" and self._seg.device.type == "cpu" and runtimes.installed("openvino"):
-            self.get_logger().info(
-                "OpenVINO is installed: backend:=openvino runs the network about 1.5–2× as fast on "
-                "this CPU (precision:=bf16 faster still where the CPU has AVX512-BF16 or AMX); "
-                "see 'On a slow CPU' in docs/node.md")
+        self.get_logger().info(self._seg.runtime_note)  # which backend and precision, and why
 
     # -- activate / deactivate ----------------------------------------------------------------
     def _activate(self) -> None:

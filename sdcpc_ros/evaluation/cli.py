@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sdcpc_core.settings import add_arguments, settings_from_arguments
+from sdcpc_core.settings import TOOL_DEFAULTS, add_arguments, settings_from_arguments
 from sdcpc_ros import bags
 from sdcpc_ros.bags import BagError
 from sdcpc_ros.evaluation.live import evaluate_live
@@ -122,13 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("offline", help="replay every frame through the engine and score it")
     _add_eval_options(p)
     p.add_argument("--baseline", default=None, help="per-frame baseline checkpoint, scored side by side")
-    add_arguments(p, ("precision", "backend"))
+    add_arguments(p, ("precision", "backend"), TOOL_DEFAULTS)
     p.add_argument("--predict-gt", action="store_true",
                    help="score the label topic against itself (checks the bag and scoring: expect 1.0)")
 
     p = sub.add_parser("live", help="play the bag to sdcpc_node and score what it publishes")
     _add_eval_options(p)
-    add_arguments(p, ("precision", "backend"))  # of the node started here (not with --connect)
+    add_arguments(p, ("precision", "backend"), TOOL_DEFAULTS)  # of the node started here (not with --connect)
     p.add_argument("--rate", type=float, default=1.0, help="playback speed factor (default 1)")
     p.add_argument("--connect", action="store_true", help="use a running node instead of starting one")
     p.add_argument("--node-name", default="sdcpc")

@@ -63,8 +63,9 @@ setup(
         # by sdcpc itself)
         "dev": ["pytest>=8", "pytest-timeout", "hypothesis>=6", "ruff", "mutmut>=3.8,<4", "transformers>=4.40"],
         # export and the onnxruntime / openvino backends (docs/deployment.md); on a GPU machine
-        # install onnxruntime-gpu instead of onnxruntime for the CUDA / TensorRT providers
-        "deploy": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18", "openvino>=2024.0"],
+        # install onnxruntime-gpu instead of onnxruntime for the CUDA / TensorRT providers;
+        # nncf: int8 quantisation for OpenVINO (sdcpc export --int8, precision int8)
+        "deploy": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18", "openvino>=2024.0", "nncf>=2.14"],
     },
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -18,7 +18,7 @@ from sdcpc_core.adapt.method import Recipe
 from sdcpc_core.adapt.pseudo import make_pseudo_labels, shared_encoder_probabilities, teacher_probabilities
 from sdcpc_core.adapt.report import plot_history, source_measures, write_report
 from sdcpc_core.adapt.sources import first_frame_size, read_source
-from sdcpc_core.checkpoints import CheckpointError, load_checkpoint, read_file, save_checkpoint
+from sdcpc_core.checkpoints import CheckpointError, load_checkpoint, read_file, resolve_checkpoint, save_checkpoint
 from sdcpc_core.frames import FrameSourceError
 
 SAVE_EVERY_S = 120.0  # a checkpoint at least this often while training (a crash loses less)
@@ -120,10 +120,11 @@ def run_adapt(opts: AdaptOptions, prepared: dict | None = None) -> dict:
     log = _log if is_main else (lambda msg: None)
 
     # -- models -----------------------------------------------------------------------------
-    teacher, teacher_meta = load_checkpoint(opts.teacher)
+    # a Hub id, a Hugging Face directory or a published .pth works too (converted once, cached)
+    teacher, teacher_meta = load_checkpoint(resolve_checkpoint(opts.teacher))
     student_meta = None
     if opts.student:
-        student, student_meta = load_checkpoint(opts.student)
+        student, student_meta = load_checkpoint(resolve_checkpoint(opts.student))
         _check_classes(teacher_meta, student_meta, opts.teacher, opts.student)
         if not student_meta["config"].temporal:
             raise AdaptError(f"the student {opts.student} is a per-frame model; give an SD-CPC "

@@ -475,7 +475,7 @@ def main(argv=None) -> int:
     stream = Stream(args, client, obs, proc, warmup)
     try:
         stream.wait_for_node()
-        threading.Thread(target=client.executor.spin, daemon=True).start()
+        client.spin_in_background()  # stopped and joined by client.close()
         stream.run()
         stream.drain()
         alive = proc.poll() is None

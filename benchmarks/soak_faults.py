@@ -405,7 +405,7 @@ def main(argv=None) -> int:
     try:
         run.wait_for_node()
         print("node up; starting the camera", flush=True)
-        threading.Thread(target=run.client.executor.spin, daemon=True).start()
+        run.client.spin_in_background()  # stopped and joined by client.close()
         run.start_camera()
         finished = run.run()
     finally:

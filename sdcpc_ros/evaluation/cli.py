@@ -139,7 +139,44 @@ def build_parser() -> argparse.ArgumentParser:
                    help="longest wait between two frames in seconds (shortens video gaps; default 1)")
     p.add_argument("--drain-timeout", type=float, default=10.0)
     p.add_argument("--startup-timeout", type=float, default=120.0)
+
+    p = sub.add_parser("quantize", help="add int8 graphs to an export directory, calibrated on a bag's images")
+    p.add_argument("bag", help="rosbag2 folder, or a .mcap / .db3 file")
+    p.add_argument("export", help="export directory (sdcpc export CKPT -o DIR) to add the int8 graphs to")
+    p.add_argument("--image-topic", default=bags.DEFAULT_IMAGE_TOPIC)
+    p.add_argument("--frames", type=int, default=48, help="images streamed for calibration (default 48)")
     return parser
+
+
+def _quantize(args) -> int:
+    """``sdcpc-eval quantize BAG DIR``: the bag's images (log-time order) calibrate DIR's int8 graphs."""
+    from sdcpc_core.quantize import RUNTIMES, quantize_export
+    from sdcpc_ros.evaluation.pairing import paired_frames
+
+    def say(line):
+        print(f"sdcpc-eval quantize: {line}", file=sys.stderr, flush=True)
+
+    problems: list[str] = []
+    with bags.BagReader(args.bag) as bag:
+        if args.image_topic not in bag.topics:
+            raise BagError(f"bag {args.bag} has no topic {args.image_topic}; its topics: "
+                           f"{', '.join(sorted(bag.topics)) or 'none'} (choose with --image-topic)")
+        frames = (pair.image for pair in paired_frames(bag, args.image_topic, None, problems)
+                  if pair.image is not None)
+        runtimes = tuple(r for r in RUNTIMES if _installed(r))
+        quantize_export(args.export, frames, runtimes=runtimes, frames=args.frames, progress=say)
+    for problem in problems:
+        say(problem)
+    print(f"wrote int8 graphs for {', '.join(runtimes)} into {args.export}; run it with --checkpoint "
+          f"{args.export} --precision int8")
+    return 0
+
+
+def _installed(runtime: str) -> bool:
+    import importlib.util
+
+    needs = (runtime, "nncf") if runtime == "openvino" else (runtime,)
+    return all(importlib.util.find_spec(n) is not None for n in needs)
 
 
 def _resolve_checkpoints(args) -> None:
@@ -159,6 +196,8 @@ def main(argv=None) -> int:
     try:
         if args.command == "convert":
             return _convert(args)
+        if args.command == "quantize":
+            return _quantize(args)
         stream = settings_from_arguments(args)  # a refused value: the same message as the node's
         _resolve_checkpoints(args)
         explicit = args.label_topic is not None

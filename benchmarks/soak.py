@@ -256,6 +256,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="the camera-driver QoS (sensor data, best effort) on both sides instead "
                          "of reliable; the node's defaults")
     ap.add_argument("--max-time-gap", type=float, default=1.0, help="the node's max_time_gap (s)")
+    ap.add_argument("--backend", default=None, help="the node's backend (default: the node's, auto)")
+    ap.add_argument("--precision", default=None, help="the node's precision (default: the node's, fp32)")
     return ap.parse_args(argv)
 
 
@@ -267,6 +269,9 @@ def node_params(args, checkpoint: str) -> dict:
         params["checkpoint"] = checkpoint
     if args.input_size:
         params["input_size"] = f"[{args.input_size[0]},{args.input_size[1]}]"
+    for name in ("backend", "precision"):
+        if getattr(args, name, None):
+            params[name] = getattr(args, name)
     return params
 
 
@@ -469,12 +474,15 @@ def main(argv=None) -> int:
     if args.tiny_checkpoint:
         checkpoint = str(save_tiny_checkpoint(args.out / "tiny_random.pt"))
     domain = args.domain if args.domain is not None else domain_id_for("soak")
+    started = time.perf_counter()
     proc = run_node(node_params(args, checkpoint), domain, args.out)
     client = Client(domain)
     obs = Observer(client, FrameInfo or String)
     stream = Stream(args, client, obs, proc, warmup)
     try:
         stream.wait_for_node()
+        startup_s = time.perf_counter() - started  # process start -> its topics are up
+        print(f"node started in {startup_s:.1f} s")
         client.spin_in_background()  # stopped and joined by client.close()
         stream.run()
         stream.drain()
@@ -496,7 +504,8 @@ def main(argv=None) -> int:
         "machine": {"cpus": os.cpu_count(), "load_average_at_end": os.getloadavg(),
                     "platform": platform.platform(), "python": platform.python_version(),
                     "gpu": shutil.which("nvidia-smi") is not None},
-        "summary": summary, "criteria": criteria, "passed": passed, "samples": stream.samples,
+        "summary": {**summary, "startup_s": round(startup_s, 2)}, "criteria": criteria, "passed": passed,
+        "samples": stream.samples,
         "latency_samples": [(round(t, 3), round(ms, 2)) for t, ms in obs.latency],
     }
     (args.out / "soak.json").write_text(json.dumps(report, indent=1))

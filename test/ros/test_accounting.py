@@ -63,8 +63,9 @@ def nan_on_calls(model, calls):
 
 
 def test_every_published_frame_is_accounted_for_with_induced_loss(tiny_checkpoint):
+    # backend torch: the test patches the torch model (the default, auto, is OpenVINO on a CPU)
     with node_in_process("accounting", checkpoint=str(tiny_checkpoint), device="cpu",
-                         input_size=[64, 64]) as node:
+                         input_size=[64, 64], backend="torch") as node:
         nan_on_calls(node._seg.model, {1})
         labels = []
         node._pub["labels"].publish = labels.append
@@ -95,7 +96,7 @@ def test_every_published_frame_is_accounted_for_with_induced_loss(tiny_checkpoin
 def test_non_finite_output_is_a_failed_frame_and_the_next_frame_is_tried_again(tiny_checkpoint,
                                                                                capfd):
     with node_in_process("non_finite", checkpoint=str(tiny_checkpoint), device="cpu",
-                         input_size=[64, 64], diagnostics_period=0.5) as node:
+                         input_size=[64, 64], diagnostics_period=0.5, backend="torch") as node:
         nan_on_calls(node._seg.model, {1})
         labels, diags = [], []
         node._pub["labels"].publish = labels.append

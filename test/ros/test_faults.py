@@ -251,7 +251,8 @@ def in_process_node(tiny_checkpoint, name: str, oom_on_call: int):
     rclpy.init(context=context, domain_id=domain_id_for(name))
     node = SegmentationNode(context=context, parameter_overrides=[
         Parameter("checkpoint", value=str(tiny_checkpoint)), Parameter("device", value="cpu"),
-        Parameter("input_size", value=[64, 64])])
+        Parameter("input_size", value=[64, 64]),
+        Parameter("backend", value="torch")])  # the torch model is patched; the default is auto
     try:
         _oom_on_call(node._seg.model, {oom_on_call}, torch.OutOfMemoryError("CUDA out of memory (test)"))
         yield node

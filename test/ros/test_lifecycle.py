@@ -163,3 +163,16 @@ def _spin_for(client, seconds: float) -> None:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         client.executor.spin_once(timeout_sec=0.05)
+
+
+def test_console_script_sdcpc_lifecycle_node_is_declared_and_importable():
+    """``ros2 run sdcpc_ros sdcpc_lifecycle_node`` / the pip console script: setup.py names
+    ``sdcpc_ros.lifecycle_node:main`` (the tests run the same module with ``python -m``)."""
+    import importlib
+    import re
+
+    from ros_harness import REPO
+
+    entry = re.search(r'"sdcpc_lifecycle_node = ([\w.]+):(\w+)"', (REPO / "setup.py").read_text())
+    assert entry, "setup.py lost the sdcpc_lifecycle_node console script"
+    assert callable(getattr(importlib.import_module(entry[1]), entry[2]))

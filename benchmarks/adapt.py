@@ -38,6 +38,7 @@ from sdcpc_core.engine import StreamingSegmenter
 from sdcpc_core.metrics import VideoMetrics
 
 SIZE = (144, 192)
+THREADS = None  # --threads
 
 
 def write_sources(folder: Path, videos: int, length: int, seed: int) -> list[Path]:
@@ -84,7 +85,8 @@ def adapt(sources, out: Path, minutes: float, recipe: Recipe, prepared: dict, re
     if out.exists():
         out.unlink()
     opts = AdaptOptions(teacher=str(BASELINE_CHECKPOINT), sources=[str(s) for s in sources],
-                        output=str(out), minutes=minutes, recipe=recipe, input_size=SIZE, report=report)
+                        output=str(out), minutes=minutes, recipe=recipe, input_size=SIZE, report=report,
+                        threads=THREADS)
     return run_adapt(opts, prepared=prepared)
 
 
@@ -104,9 +106,15 @@ def main(argv=None) -> int:
     p.add_argument("--search", type=float, default=None, metavar="MINUTES",
                    help="rank the default recipe and each --set variant, MINUTES each, on the dev seeds")
     p.add_argument("--workdir", default=None, help="keep sources and checkpoints here (default: a temp dir)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: on this shared 2-core VM, 2 threads spin against other "
+                   "engineers' work and ran a training step 10x slower, 8 s against 0.7 s)")
     p.add_argument("--json", default=None, help="also write every figure to this JSON file")
     args = p.parse_args(argv)
 
+    global THREADS
+    THREADS = args.threads
+    torch.set_num_threads(args.threads)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="sdcpc_adapt_bench_"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"CPU threads {torch.get_num_threads()}; work dir {work}", flush=True)

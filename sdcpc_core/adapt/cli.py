@@ -37,6 +37,8 @@ def add_adapt_arguments(p: argparse.ArgumentParser) -> None:
                    "up to the budget")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu); under torchrun "
                    "each process trains on its share of batches (DDP)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's "
+                   "choice; on a CPU shared with other busy processes, 1 can be several times faster)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-report", action="store_true", help="skip OUT.md / OUT_loss.png")
 
@@ -52,7 +54,7 @@ def cmd_adapt(args) -> int:
                         input_size=tuple(args.input_size) if args.input_size else None,
                         every=args.every, max_frames=args.max_frames,
                         reference_offsets=tuple(args.reference_offsets), embed_dim=args.embed_dim,
-                        recipe=recipe, resume=args.resume, seed=args.seed, device=args.device,
+                        recipe=recipe, resume=args.resume, seed=args.seed, device=args.device, threads=args.threads,
                         report=not args.no_report)
     try:
         meta = run_adapt(opts)

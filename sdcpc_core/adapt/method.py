@@ -1,7 +1,7 @@
 """Self-training of SD-CPC's temporal modules on unlabelled video (``sdcpc adapt``).
 
-The teacher labels the source offline (``pseudo.py``: flip views, past AND future frames aligned
-by optical flow, a confidence threshold). The student is causal: it is an ordinary SD-CPC that
+The teacher labels the source offline (``pseudo.py``: flip views, past AND future frames
+averaged, a confidence threshold). The student is causal: it is an ordinary SD-CPC that
 sees only the current frame and its references (the past), as in the node. Its MiT encoder is
 frozen, so every frame (and its mirror image) is encoded ONCE and the features are cached; a
 training step then runs only SSEA, DSSA and the SegFormer head, which is what makes minutes on
@@ -32,9 +32,10 @@ class Recipe:
     """What ``sdcpc adapt`` does; the defaults are the measured best (docs/adapt.md)."""
 
     radius: int = 3            # pseudo-labels average frames t-radius … t+radius (offline)
-    align: bool = True         # … warped onto frame t by optical flow
+    align: bool = False        # … warped onto frame t by optical flow (lost: docs/adapt.md)
     flip: bool = True          # teacher on the mirrored video too; student trains on both views
-    threshold: float = 0.7     # ensemble probability below this: ignored
+    threshold: float = 0.7     # ensemble probability below this: ignored …
+    balance: float = 0.0       # … except each class's most confident share ``balance`` (CBST)
     target: str = "hard"       # hard: CE on the pseudo-label; soft: CE on the ensembled probabilities
     train_head: bool = True    # the SegFormer head learns too (at head_lr); the encoder never does
     temporal_lr: float = 1e-3  # SSEA, DSSA, temporal projection (new modules)
@@ -53,6 +54,8 @@ class Recipe:
             problems.append(f"radius must be >= 0, got {self.radius}")
         if not 0.0 <= self.threshold < 1.0:
             problems.append(f"threshold must be in [0, 1), got {self.threshold}")
+        if not 0.0 <= self.balance <= 1.0:
+            problems.append(f"balance must be in [0, 1], got {self.balance}")
         if self.target not in ("hard", "soft"):
             problems.append(f"target must be hard or soft, got {self.target!r}")
         if self.batch_size < 1:

@@ -3,8 +3,9 @@
 1. The teacher runs on every frame as a stream (an SD-CPC teacher with its own references), and
    on the mirrored video; the mirrored probabilities are flipped back and averaged (``flip``).
 2. Temporal ensembling: frame t's probabilities are averaged with those of frames t-r … t+r
-   (past AND future), each warped onto frame t by dense optical flow (OpenCV Farnebäck) so that
-   the camera's and the objects' motion does not smear the labels (``align``).
+   (past AND future); with ``align`` each is first warped onto frame t by dense optical flow
+   (OpenCV Farnebäck). On the synthetic world, where motion is about a pixel a frame and the
+   frames are noisy, the plain average gave the better labels (docs/adapt.md), so it is the default.
 3. The label is the ensemble's argmax where its probability reaches ``threshold``, else ignored.
 
 Everything is at the network's output grid (stride 4), where the student's losses are computed.
@@ -142,16 +143,32 @@ def shared_encoder_probabilities(teacher, views, start: int, length: int) -> tor
 
 
 def make_pseudo_labels(probs_per_video: list[torch.Tensor], videos: list[np.ndarray], *, radius: int,
-                       align: bool, threshold: float, progress=None) -> PseudoLabels:
+                       align: bool, threshold: float, balance: float = 0.0, progress=None) -> PseudoLabels:
     """Pseudo-labels for every frame of every video (concatenated in order) from the teacher's
     probabilities (``teacher_probabilities`` or ``shared_encoder_probabilities``)."""
-    probs, labels, plain = [], [], []
+    probs, plain = [], []
     for p, frames in zip(probs_per_video, videos):
         plain.append(p.argmax(1).to(torch.uint8))
-        p = temporal_ensemble(p.float(), frames, radius, align)
-        conf, arg = p.max(1)
-        labels.append(torch.where(conf >= threshold, arg, torch.full_like(arg, IGNORE_INDEX)).to(torch.uint8))
-        probs.append(p.half())
+        probs.append(temporal_ensemble(p.float(), frames, radius, align).half())
         if progress is not None:
             progress(len(frames))
-    return PseudoLabels(torch.cat(probs), torch.cat(labels), torch.cat(plain))
+    probs = torch.cat(probs)
+    conf, arg = probs.float().max(1)
+    keep = conf >= class_thresholds(conf, arg, probs.shape[1], threshold, balance)[arg]
+    labels = torch.where(keep, arg, torch.full_like(arg, IGNORE_INDEX)).to(torch.uint8)
+    return PseudoLabels(probs, labels, torch.cat(plain))
+
+
+def class_thresholds(conf: torch.Tensor, arg: torch.Tensor, k: int, threshold: float,
+                     balance: float) -> torch.Tensor:
+    """(K,) confidence thresholds. ``balance`` > 0 (class-balanced self-training, as CBST): a class
+    keeps at least its ``balance`` most confident share of its pixels even below ``threshold``,
+    so that rare, hard classes (on which the teacher is rarely sure) are not all ignored."""
+    out = torch.full((k,), float(threshold))
+    if balance > 0:
+        for c in range(k):
+            values = conf[arg == c]
+            if values.numel():
+                q = torch.quantile(values.float()[:: max(1, values.numel() // 100_000)], 1.0 - balance)
+                out[c] = min(float(threshold), float(q))
+    return out

@@ -50,6 +50,7 @@ class AdaptOptions:
     resume: bool = False
     seed: int = 0
     device: str = "cpu"
+    threads: int | None = None  # torch CPU threads (None: torch's default)
     report: bool = True
     progress: bool = True
 
@@ -115,6 +116,10 @@ def run_adapt(opts: AdaptOptions, prepared: dict | None = None) -> dict:
         raise AdaptError(f"output {out} must be a .pt file (the adapted checkpoint; the report goes beside it)")
     if out.exists() and not opts.resume:
         raise AdaptError(f"{out} exists; choose another -o, delete it, or continue it with --resume")
+    if opts.threads is not None:
+        if opts.threads < 1:
+            raise AdaptError("--threads must be >= 1")
+        torch.set_num_threads(opts.threads)
     rank, world, device = init_distributed(opts.device)
     is_main = rank == 0
     log = _log if is_main else (lambda msg: None)
@@ -191,14 +196,14 @@ def run_adapt(opts: AdaptOptions, prepared: dict | None = None) -> dict:
             prepared.update(views_key=key, views=views, teacher_probs=teacher_probs)
     cache_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    pkey = key + (r.radius, r.align, r.threshold)
+    pkey = key + (r.radius, r.align, r.threshold, r.balance)
     if prepared is not None and prepared.get("pseudo_key") == pkey:
         pseudo = prepared["pseudo"]
     else:
         bar = tqdm(total=total, unit="frame", desc="pseudo-labels", disable=not (is_main and opts.progress),
                    dynamic_ncols=True)
         pseudo = make_pseudo_labels(teacher_probs, videos, radius=r.radius, align=r.align,
-                                    threshold=r.threshold, progress=bar.update)
+                                    threshold=r.threshold, balance=r.balance, progress=bar.update)
         bar.close()
         if prepared is not None:
             prepared.update(pseudo_key=pkey, pseudo=pseudo)

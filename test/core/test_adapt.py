@@ -249,3 +249,14 @@ def test_bag_source_reads_the_image_topic_in_order(tmp_path, encoding):
     assert read_source(bag, (32, 48), image_topic="/cam/image", every=2).frames.shape[0] == 3
     with pytest.raises(FrameSourceError, match="no image topic '/nope'"):
         read_source(bag, (32, 48), image_topic="/nope")
+
+
+def test_class_balanced_thresholds_keep_the_most_confident_share_of_a_rare_class():
+    conf = torch.cat([torch.full((900,), 0.95), torch.linspace(0.3, 0.6, 100)])
+    arg = torch.cat([torch.zeros(900, dtype=torch.long), torch.ones(100, dtype=torch.long)])
+    plain = pseudo.class_thresholds(conf, arg, 3, 0.7, 0.0)
+    assert plain.tolist() == pytest.approx([0.7, 0.7, 0.7])
+    balanced = pseudo.class_thresholds(conf, arg, 3, 0.7, 0.2)
+    kept = conf >= balanced[arg]
+    assert kept[:900].all() and 18 <= int(kept[900:].sum()) <= 22  # the top 20 % of class 1
+    assert balanced[2] == pytest.approx(0.7)  # a class never predicted keeps the plain threshold

@@ -5,7 +5,8 @@ The encoder is the same network under other names and packing: q, k and v in one
 everywhere. The head differs in arithmetic: each stage's projection is a 1×1 conv + BN + ReLU
 (NVlabs: a plain linear), and the four maps are concatenated c1…c4 (NVlabs: c4…c1). The BN folds
 into the projection exactly; the ReLU is kept (``head_stage_relu``); the concatenation order is a
-permutation of the fuse conv's input channels. Class names and palette: ``meta.dataset_meta``.
+permutation of the fuse conv's input channels. Class names and palette: ``meta.dataset_meta``
+(mmseg 0.x files, which the 1.x model zoo still links: ``meta.CLASSES`` / ``meta.PALETTE``).
 Checked against mmsegmentation 1.2.2 itself (``scripts/mmseg_reference.py``).
 """
 
@@ -16,8 +17,7 @@ import re
 import torch
 
 from sdcpc_core.checkpoints.format import CheckpointError
-from sdcpc_core.checkpoints.published import Published, describe_encoder
-from sdcpc_core.classes import LabelSet, published_label_set
+from sdcpc_core.checkpoints.published import Published, describe_encoder, labels_from_meta
 
 MMSEG_LAYER_NORM_EPS = 1e-6
 BN_EPS = 1e-5  # mmseg's SyncBN / BN default
@@ -50,7 +50,8 @@ def read(obj: dict, source: str) -> Published:
     encoder = _encoder({k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}, source)
     heads = _num_heads(obj.get("meta"))
     if heads is None:
-        notes.append("head counts not in the file's config: the published (1, 2, 5, 8) assumed")
+        notes.append("head counts not in the file's config: inferred from the stage widths (one head in "
+                     "stage 1, as every published MiT)")
     spec = describe_encoder(encoder, source, heads, norm_eps=MMSEG_LAYER_NORM_EPS,
                             embed_norm_eps=MMSEG_LAYER_NORM_EPS)
     head = _head({k[len("decode_head."):]: v for k, v in state.items() if k.startswith("decode_head.")}, source)
@@ -60,7 +61,7 @@ def read(obj: dict, source: str) -> Published:
         raise CheckpointError(f"{source}: {len(unknown)} tensors are not SegFormer weights (e.g. {unknown[:3]})")
     pub = Published("mmsegmentation", source, encoder, head, spec, head_stage_relu=bool(head), notes=notes,
                     ignored=ignored)
-    pub.labels = _labels(obj.get("meta"), pub.num_classes)
+    pub.labels = labels_from_meta(obj.get("meta"), pub.num_classes)
     return pub
 
 
@@ -130,15 +131,3 @@ def _num_heads(meta) -> tuple[int, ...] | None:
     m = re.search(r"num_heads\s*=\s*\[([\d,\s]+)\]", cfg)
     return tuple(int(h) for h in m.group(1).split(",") if h.strip()) if m else None
 
-
-def _labels(meta, num_classes) -> LabelSet | None:
-    if num_classes is None:
-        return None
-    dataset = meta.get("dataset_meta") if isinstance(meta, dict) else None
-    if isinstance(dataset, dict):
-        names, palette = dataset.get("classes"), dataset.get("palette")
-        if isinstance(names, (list, tuple)) and len(names) == num_classes:
-            fits = isinstance(palette, (list, tuple)) and len(palette) == num_classes
-            return LabelSet.from_names([str(n).strip() for n in names],
-                                       [list(p) for p in palette] if fits else None)
-    return published_label_set(num_classes)

@@ -4,14 +4,13 @@ SegFormer files are ``{"state_dict": …, "meta": …}`` with ``backbone.`` / ``
 prefixes (an unused ``decode_head.conv_seg`` from mmseg 0.x's base class); the encoders are bare
 MiT keys plus an ImageNet ``head.*`` classifier. Our names are theirs, so reading is sorting.
 Class names: ``meta.CLASSES`` / ``meta.PALETTE`` where the file has them, else ADE20K-150 or
-Cityscapes-19 by class count.
+Cityscapes-19 by class count (``published.labels_from_meta``).
 """
 
 from __future__ import annotations
 
 from sdcpc_core.checkpoints.format import CheckpointError
-from sdcpc_core.checkpoints.published import Published, describe_encoder
-from sdcpc_core.classes import LabelSet, published_label_set
+from sdcpc_core.checkpoints.published import Published, describe_encoder, labels_from_meta
 
 UNUSED_KEYS = ("decode_head.conv_seg.", "head.", "auxiliary_head.")
 
@@ -42,17 +41,6 @@ def read(obj: dict, source: str) -> Published:
         head = {}
     pub = Published(layout, source, encoder, head, describe_encoder(encoder, source), notes=notes,
                     ignored=ignored)
-    pub.labels = _labels(obj.get("meta"), pub.num_classes)
+    pub.labels = labels_from_meta(obj.get("meta"), pub.num_classes)
     return pub
 
-
-def _labels(meta, num_classes) -> LabelSet | None:
-    if num_classes is None:
-        return None
-    if isinstance(meta, dict):
-        names, palette = meta.get("CLASSES"), meta.get("PALETTE")
-        if isinstance(names, (list, tuple)) and len(names) == num_classes:
-            names = [str(n).strip() for n in names]
-            fits = isinstance(palette, (list, tuple)) and len(palette) == num_classes
-            return LabelSet.from_names(names, [list(p) for p in palette] if fits else None)
-    return published_label_set(num_classes)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from sdcpc_core.checkpoints.format import CheckpointError
-from sdcpc_core.classes import LabelSet
+from sdcpc_core.classes import LabelSet, published_label_set
 from sdcpc_core.models.mit import MIT_SPECS, MiTSpec
 
 PUBLISHED_HEADS = (1, 2, 5, 8)  # every published MiT (B0–B5) has these head counts
@@ -61,12 +61,21 @@ def variant_name(spec: MiTSpec) -> str:
     return "custom"
 
 
+def inferred_heads(widths) -> tuple[int, ...]:
+    """Head counts the weights do not record: MiT's rule, stage width = one head's width × heads
+    with one head in stage 1 (mmseg builds widths this way; all published B0–B5 follow it)."""
+    if all(w % widths[0] == 0 for w in widths):
+        return tuple(w // widths[0] for w in widths)
+    return PUBLISHED_HEADS
+
+
 def describe_encoder(state: dict, source: str, num_heads=None, strides=(4, 2, 2, 2),
                      norm_eps: float = 1e-6, embed_norm_eps: float = 1e-5) -> MiTSpec:
     """The shape of a MiT encoder read off its NVlabs-named weights.
 
     Widths, depths, patch sizes, MLP and reduction ratios are in the tensors; head counts and
-    strides are not: they come from the source's description, else the published values.
+    strides are not: they come from the source's description, else MiT's rules (``inferred_heads``,
+    strides 4, 2, 2, 2).
     """
     dims, depths, patches, mlp, sr = [], [], [], [], []
     for i in range(1, 5):
@@ -87,9 +96,26 @@ def describe_encoder(state: dict, source: str, num_heads=None, strides=(4, 2, 2,
         mlp.append(int(fc1.shape[0]) // dims[-1])
         reduction = state.get(f"block{i}.0.attn.sr.weight")
         sr.append(1 if reduction is None else int(reduction.shape[-1]))
-    heads = tuple(num_heads) if num_heads else PUBLISHED_HEADS
+    heads = tuple(num_heads) if num_heads else inferred_heads(dims)
     try:
         return MiTSpec(tuple(dims), heads, tuple(depths), tuple(mlp), tuple(sr), tuple(patches),
                        tuple(strides), norm_eps, embed_norm_eps)
     except ValueError as e:
         raise CheckpointError(f"{source}: {e}; the source's description does not fit its weights") from None
+
+
+def labels_from_meta(meta, num_classes: int | None) -> LabelSet | None:
+    """Class names (and palette) a ``.pth`` file's ``meta`` carries: ``dataset_meta`` (mmseg 1.x,
+    mmengine) or ``CLASSES`` / ``PALETTE`` (NVlabs, mmseg 0.x); else ADE20K-150 / Cityscapes-19 by
+    class count; None for an encoder or an unknown count."""
+    if num_classes is None:
+        return None
+    if isinstance(meta, dict):
+        dataset = meta.get("dataset_meta") if isinstance(meta.get("dataset_meta"), dict) else {}
+        names = dataset.get("classes", meta.get("CLASSES"))
+        palette = dataset.get("palette", meta.get("PALETTE"))
+        if isinstance(names, (list, tuple)) and len(names) == num_classes:
+            fits = isinstance(palette, (list, tuple)) and len(palette) == num_classes
+            return LabelSet.from_names([str(n).strip() for n in names],
+                                       [list(p) for p in palette] if fits else None)
+    return published_label_set(num_classes)

@@ -259,3 +259,14 @@ def test_hub_failures_online_are_one_clear_line(monkeypatch, failure, words):
     with pytest.raises(CheckpointError, match=words) as info:
         resolve_checkpoint("nvidia/segformer-b7-imaginary")
     assert "\n" not in str(info.value)
+
+
+def test_mmseg_0x_meta_classes_and_palette(tmp_path):
+    """The 1.x model zoo still links mmseg 0.x files: class names in meta.CLASSES / meta.PALETTE."""
+    obj = torch.load(DATA / "mmseg_segformer_tiny.pth", weights_only=True)
+    obj["meta"] = {"CLASSES": ["a", "b", "c", "d", "e"], "PALETTE": [[i, i, i] for i in range(5)]}
+    torch.save(obj, tmp_path / "mm0x.pth")
+    _, meta = load_checkpoint(convert_checkpoint(tmp_path / "mm0x.pth", tmp_path / "ours.pt"))
+    assert meta["labels"].names == tuple("abcde") and meta["labels"].palette[3].tolist() == [3, 3, 3]
+    assert meta["config"].encoder.num_heads == (1, 2, 4, 8)  # no cfg in meta: from the widths
+    assert any("head counts not in the file" in n for n in meta["training"]["conversion_notes"])

@@ -100,6 +100,9 @@ def _check_segformer(config: dict, source: str) -> None:
     if act != "gelu":
         raise CheckpointError(f"{source}: hidden_act {act!r} is not supported (published SegFormers use "
                               "'gelu'); this is not a published SegFormer shape")
+    if config.get("num_channels", 3) != 3:
+        raise CheckpointError(f"{source}: the model takes {config.get('num_channels')}-channel images; sdcpc "
+                              "segments RGB camera images (3 channels)")
     if config.get("num_encoder_blocks", 4) != 4:
         raise CheckpointError(f"{source}: {config.get('num_encoder_blocks')} encoder stages; sdcpc's MiT "
                               "has 4 (as every published SegFormer)")

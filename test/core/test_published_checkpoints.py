@@ -270,3 +270,17 @@ def test_mmseg_0x_meta_classes_and_palette(tmp_path):
     assert meta["labels"].names == tuple("abcde") and meta["labels"].palette[3].tolist() == [3, 3, 3]
     assert meta["config"].encoder.num_heads == (1, 2, 4, 8)  # no cfg in meta: from the widths
     assert any("head counts not in the file" in n for n in meta["training"]["conversion_notes"])
+
+
+def test_converted_sd_cpc_with_references_still_equals_the_source(tmp_path):
+    """Mid-stream, with real references in the buffer, a converted SD-CPC (temporal modules at
+    identity) computes the published per-frame logits."""
+    reference = hf_segformer(tmp_path / "hf", TINY, 6)
+    model, meta = load_checkpoint(convert_checkpoint(tmp_path / "hf", tmp_path / "ours.pt",
+                                                     reference_offsets=(-3, -2, -1)))
+    frames = torch.randn(4, 1, 3, 64, 80)
+    with torch.no_grad():
+        caches = [model.encode(f) for f in frames]
+        got = model.forward_cached(caches[-1], caches[:-1])["logits"]
+    assert meta["config"].reference_offsets == (-3, -2, -1)
+    assert relative_error(got, hf_logits(reference, frames[-1])) <= TOLERANCE

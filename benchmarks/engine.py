@@ -171,14 +171,14 @@ def arithmetic(model: torch.nn.Module, size: int) -> tuple[float, float]:
     return counter.get_total_flops() / 2e9, fine_flops / 2e9
 
 
-def export(model, meta, size, out: Path, int8_runtimes, name: str) -> Path:
+def export(model, meta, size, out: Path, int8_runtimes, name: str, calibration_frames=CALIBRATION_FRAMES) -> Path:
     """Export ``model`` to ``out`` (and its int8 graphs for ``int8_runtimes``), saying how long."""
     t = time.perf_counter()
     export_dir = export_module(model, meta, size, out)
     print(f"exported {name} in {time.perf_counter() - t:.0f} s")
     if int8_runtimes:
         t = time.perf_counter()
-        quantize_export(export_dir, SYNTHETIC, runtimes=tuple(int8_runtimes), frames=CALIBRATION_FRAMES,
+        quantize_export(export_dir, SYNTHETIC, runtimes=tuple(int8_runtimes), frames=calibration_frames,
                         model=model)
         print(f"quantised {name} to int8 ({', '.join(int8_runtimes)}) in {time.perf_counter() - t:.0f} s")
     return export_dir
@@ -201,7 +201,7 @@ def table(args) -> None:
                 model = build_model(SDCPCConfig(variant="b0", num_classes=150, reference_offsets=offsets)).eval()
                 name = f"{size[0]}x{size[1]}, {count} refs"
                 export_dir = export(model, meta, size, Path(tmp) / f"r{count}",
-                                    [b for b, q in combos if q == "int8"], name)
+                                    [b for b, q in combos if q == "int8"], name, args.calibration_frames)
                 for backend, precision in combos:
                     runs[size, count, backend, precision] = Stepper(StreamingSegmenter(
                         model, meta["labels"], device="cpu", backend=backend, precision=precision,
@@ -223,6 +223,8 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=30)
     p.add_argument("--threads", type=int, default=2, help="CPU threads of every backend")
     p.add_argument("--no-embedded", action="store_true", help="skip the embedded models")
+    p.add_argument("--calibration-frames", type=int, default=CALIBRATION_FRAMES,
+                   help=f"synthetic frames per int8 calibration of --table (default {CALIBRATION_FRAMES})")
     p.add_argument("--table", action="store_true", help="only the table of step vs input size "
                    f"({', '.join(f'{h}x{w}' for h, w in TABLE_SIZES)}) and reference count (3, 5)")
     args = p.parse_args()

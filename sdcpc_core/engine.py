@@ -202,11 +202,12 @@ class StreamingSegmenter:
                                               self._mean.flatten().tolist(), self._std.flatten().tolist(),
                                               source=source, progress=progress)
             self.model.to(self.device)
+            meta = read_export(export_dir, check_graphs=False)  # checked when it was written
         else:
             where = f"export directory {export_dir}"
+            meta = read_export(export_dir)
         self.runtime_note = f"backend {backend}, precision {self.precision} ({why}; {where})"
         export_dir = Path(export_dir)
-        meta = read_export(export_dir)
         if self.input_size is not None and tuple(self.input_size) != tuple(meta["input_size"]):
             raise SettingError("input_size", self.input_size, f"the export {export_dir} takes "
                                f"{meta['input_size']} only; unset it or re-export with --input-size")

@@ -215,8 +215,10 @@ def unreadable_graph(source, runtime: str, error: Exception) -> ExportError:
                        "(`sdcpc export CKPT -o DIR`)")
 
 
-def read_export(path) -> dict:
-    """Metadata of an export directory, checked against its files and graphs; clear errors."""
+def read_export(path, check_graphs: bool = True) -> dict:
+    """Metadata of an export directory, checked against its files and graphs; clear errors.
+    ``check_graphs=False`` skips reading the graphs' declared inputs and outputs (the export cache's
+    own entries, checked when they were written: a start-up saves importing onnx and parsing them)."""
     from sdcpc_core.classes import LabelSet
     from sdcpc_core.models import SDCPCConfig
 
@@ -246,7 +248,8 @@ def read_export(path) -> dict:
     if meta["labels"].num_classes != meta["config"].num_classes:
         raise ExportError(f"{meta_file}: {meta['labels'].num_classes} classes but the config has "
                           f"{meta['config'].num_classes}; re-export the model")
-    _check_graphs(path, meta)
+    if check_graphs:
+        _check_graphs(path, meta)
     return meta
 
 

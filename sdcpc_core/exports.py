@@ -79,7 +79,7 @@ def cached_export(model, labels, input_size, backend: str, precision: str, mean,
     exported here (no input size; int8 for a checkpoint that has no calibration frames).
     """
     from sdcpc_core.cache import build_once
-    from sdcpc_core.export import export_module
+    from sdcpc_core.export import export_module, read_export
 
     if input_size is None:
         raise SettingError("input_size", None, f"backend {backend} runs fixed-size graphs: set "
@@ -110,7 +110,12 @@ def cached_export(model, labels, input_size, backend: str, precision: str, mean,
         build(directory)
         return directory, f"exported now to {directory}, not cached (no checkpoint file)"
     key = export_key(source, backend, precision, input_size, mean, std)
-    directory, built = build_once("exports", key, build)
+
+    def build_checked(directory: Path) -> None:
+        build(directory)
+        read_export(directory)  # its graphs against its metadata, once, before it enters the cache
+
+    directory, built = build_once("exports", key, build_checked)
     if built:
         return directory, f"exported now in {time.perf_counter() - started:.0f} s, cached in {directory}"
     return directory, f"cached export {directory}"

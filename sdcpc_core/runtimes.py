@@ -237,6 +237,11 @@ class OpenVINORunner(_GraphRunner):
         super().__init__(export_dir, meta, device)
         self.check(device, precision)
         core = ov.Core()
+        from sdcpc_core.cache import cache_root
+
+        # compiled graphs are cached too (OpenVINO keys them by graph and config): a second start
+        # loads them instead of compiling
+        core.set_property({"CACHE_DIR": str(cache_root() / "openvino")})
         config = {"INFERENCE_PRECISION_HINT": self.HINTS[precision], "PERFORMANCE_HINT": "LATENCY",
                   "EXECUTION_MODE_HINT": "PERFORMANCE" if precision in ("bf16", "fp16") else "ACCURACY",
                   "INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}

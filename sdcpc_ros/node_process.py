@@ -6,10 +6,12 @@ registered by the node's ``main``), and the error raised here ends with that log
 """
 
 import faulthandler
+import fcntl
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zlib
@@ -23,9 +25,52 @@ REPO = Path(__file__).resolve().parents[1]  # the folder that holds sdcpc_ros (a
 WAIT_S = 90.0
 
 
+DOMAINS = range(1, 101)
+MAX_CLAIMS = 8  # domains one process holds at once (tests using different names run in turn)
+_claims: dict[str, tuple[int, object]] = {}  # name -> (domain, its lock file, None once released)
+
+
 def domain_id_for(name: str) -> int:
-    """A ROS domain per test module and test run, so parallel runs do not hear each other."""
-    return 1 + (zlib.crc32(name.encode()) + os.getpid()) % 100
+    """A ROS domain of its own for ``name`` in this process, that no other run of these tools on
+    this host is using: each domain is claimed with an exclusive lock on
+    ``$TMPDIR/sdcpc-ros-domain-N.lock``, held until this process exits (or, past MAX_CLAIMS names,
+    until it is the longest unused claim). A hash of the name and the pid only picks where the
+    search starts: by the hash alone, two runs met on one domain about once in a hundred (seen: a
+    soak test's node answering another run's camera, 2026-12-07)."""
+    if name in _claims:
+        domain, lock = _claims.pop(name)
+        _claims[name] = (domain, lock if lock is not None else _try_lock(domain))
+        return domain
+    start = (zlib.crc32(name.encode()) + os.getpid()) % len(DOMAINS)
+    for k in range(len(DOMAINS)):
+        domain = DOMAINS[(start + k) % len(DOMAINS)]
+        if any(d == domain for d, _ in _claims.values()):
+            continue
+        lock = _try_lock(domain)
+        if lock is not None:
+            _claims[name] = (domain, lock)
+            _release_oldest()
+            return domain
+    raise RuntimeError(f"every ROS domain {DOMAINS[0]}-{DOMAINS[-1]} is claimed by another sdcpc "
+                       f"run on this host (locks in {tempfile.gettempdir()})")
+
+
+def _try_lock(domain: int):
+    lock = open(Path(tempfile.gettempdir()) / f"sdcpc-ros-domain-{domain}.lock", "a")  # noqa: SIM115
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        return None
+    return lock
+
+
+def _release_oldest() -> None:
+    held = [name for name, (_, lock) in _claims.items() if lock is not None]
+    for name in held[:max(0, len(held) - MAX_CLAIMS)]:
+        domain, lock = _claims[name]
+        lock.close()
+        _claims[name] = (domain, None)
 
 
 def node_env(domain_id: int) -> dict:

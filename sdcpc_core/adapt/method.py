@@ -34,7 +34,7 @@ class Recipe:
     radius: int = 3            # pseudo-labels average frames t-radius … t+radius (offline)
     align: bool = False        # … warped onto frame t by optical flow (lost: docs/adapt.md)
     flip: bool = True          # teacher on the mirrored video too; student trains on both views
-    threshold: float = 0.7     # ensemble probability below this: ignored …
+    threshold: float = 0.0     # ensemble probability below this: ignored (0: every pixel) …
     balance: float = 0.0       # … except each class's most confident share ``balance`` (CBST)
     target: str = "hard"       # hard: CE on the pseudo-label; soft: CE on the ensembled probabilities
     train_head: bool = True    # the SegFormer head learns too (at head_lr); the encoder never does

@@ -307,10 +307,9 @@ def run_adapt(opts: AdaptOptions, prepared: dict | None = None) -> dict:
             history["step"].append(step)
             history["loss"].append(round(float(losses["loss"]), 5))
             history["coverage"].append(round(float(losses["coverage"]), 4))
-            bar.n = min(total_units, int(clock.elapsed) if budget_s else step)
             bar.set_postfix(step=step, loss=f"{float(losses['loss']):.3f}",
                             cov=f"{float(losses['coverage']):.2f}", refresh=False)
-            bar.refresh()
+            bar.update(min(total_units, int(clock.elapsed) if budget_s else step) - bar.n)  # redraws at most 10/s
             if time.perf_counter() - last_save > SAVE_EVERY_S:
                 save()
                 last_save = time.perf_counter()

@@ -72,10 +72,14 @@ def openvino_has(precision: str) -> bool:
     return precision == "fp32" or precision.upper() in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
-def combinations():
+def combinations(backends=None):
+    """(backend, precision) rows: every installed backend x supported precision (``backends``: only
+    these, and torch fp32, the reference every agreement line compares with)."""
     for backend, precisions in PRECISIONS.items():
-        if not installed(backend):
+        if not installed(backend) or (backends and backend not in backends and backend != "torch"):
             continue
+        if backends and backend == "torch" and "torch" not in backends:
+            precisions = ("fp32",)
         for p in precisions:
             if backend == "openvino" and not openvino_has(p):
                 continue
@@ -187,8 +191,10 @@ def export(model, meta, size, out: Path, int8_runtimes, name: str, calibration_f
 def table(args) -> None:
     """Engine step of SD-CPC-B0 (random weights, 150 classes) against input size and reference
     count, on torch fp32 and the fastest graph rows; interleaved within each size."""
-    combos = [(b, q) for b, q in combinations() if (b, q) in
-              {("torch", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8")}]
+    wanted = {("torch", "fp32"), ("openvino", "fp32"), ("openvino", "bf16")} | (
+        set() if args.no_int8 else {("openvino", "int8")})
+    combos = [(b, q) for b, q in combinations() if (b, q) in wanted]
+    header = "| input | references | " + " | ".join(f"{b} {q} ms/step" for b, q in combos) + " |"
     labels = LabelSet.from_names([f"class_{i}" for i in range(150)])
     meta = {"labels": labels, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
     results = {}
@@ -208,8 +214,11 @@ def table(args) -> None:
                         input_size=size, export_dir=None if backend == "torch" else export_dir))
             print(f"timing {size[0]}x{size[1]}: {len(runs)} rows interleaved")
             results.update(interleaved(runs, frames)[0])
+        for count in TABLE_REFERENCES:  # each size's rows as soon as they are measured
+            cells = " | ".join(f"{results[size, count, b, q]:.0f}" for b, q in combos)
+            print(f"{header}\n| {size[0]}×{size[1]} | {count} | {cells} |", flush=True)
     print()
-    print("| input | references | " + " | ".join(f"{b} {q} ms/step" for b, q in combos) + " |")
+    print(header)
     print("|---|---|" + "---|" * len(combos))
     for size in TABLE_SIZES:
         for count in TABLE_REFERENCES:
@@ -225,6 +234,9 @@ def main() -> None:
     p.add_argument("--no-embedded", action="store_true", help="skip the embedded models")
     p.add_argument("--calibration-frames", type=int, default=CALIBRATION_FRAMES,
                    help=f"synthetic frames per int8 calibration of --table (default {CALIBRATION_FRAMES})")
+    p.add_argument("--backends", nargs="+", choices=list(PRECISIONS), default=None,
+                   help="only these backends (torch fp32 is always timed: the reference)")
+    p.add_argument("--no-int8", action="store_true", help="--table without the int8 column (no quantisation)")
     p.add_argument("--table", action="store_true", help="only the table of step vs input size "
                    f"({', '.join(f'{h}x{w}' for h, w in TABLE_SIZES)}) and reference count (3, 5)")
     args = p.parse_args()
@@ -238,7 +250,7 @@ def main() -> None:
         return
     size = (args.size, args.size)
     frames = list(generate_video(3, args.frames, args.size, args.size)[0])
-    combos = list(combinations())
+    combos = list(combinations(args.backends))
     print(f"{args.size}x{args.size}, {args.frames} frames, {args.threads} threads; backends: "
           + ", ".join(f"{b} {q}" for b, q in combos))
     runs, gmac = {}, {}

@@ -32,7 +32,7 @@ def stream_labels_flicker(model, labels, frames_per_video, mean, std) -> tuple[f
     return flicker.compute(), out
 
 
-def source_measures(teacher, student, labels, videos, mean, std, max_frames: int = 300) -> dict:
+def source_measures(teacher, student, labels, videos, mean, std, max_frames: int = 50) -> dict:
     """Teacher and student flicker and their agreement on (at most ``max_frames`` of) each source."""
     clipped = [v[:max_frames] for v in videos]
     t_flicker, t_labels = stream_labels_flicker(teacher, labels, clipped, mean, std)

@@ -339,7 +339,7 @@ def report_files(out: Path, meta: dict, teacher, student, labels, videos, teache
     student.eval()
     if tuple(teacher_mean) == tuple(mean) and tuple(teacher_std) == tuple(std):
         measures = source_measures(teacher, student, labels, videos, mean, std,
-                                   max_frames=max(50, 400 // len(videos)))
+                                   max_frames=max(25, 200 // len(videos)))
     else:
         measures = None
     plot = plot_history(meta["history"], out.with_name(out.stem + "_loss.png"))

@@ -56,7 +56,7 @@ def plot_history(history: dict, path: Path) -> Path:
     ax2 = ax.twinx()
     ax2.plot(steps, history.get("coverage", []), color="tab:orange", lw=1, alpha=0.7)
     ax2.set_ylabel("pseudo-label coverage", color="tab:orange")
-    ax2.set_ylim(0, 1)
+    ax2.set_ylim(0, 1.05)
     ax.set_title("sdcpc adapt: training loss and pseudo-label coverage per step")
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")

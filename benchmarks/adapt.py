@@ -105,6 +105,7 @@ def main(argv=None) -> int:
                    "--search, the recipe of the target run)")
     p.add_argument("--search", type=float, default=None, metavar="MINUTES",
                    help="rank the default recipe and each --set variant, MINUTES each, on the dev seeds")
+    p.add_argument("--skip-default", action="store_true", help="--search: only the --set variants")
     p.add_argument("--workdir", default=None, help="keep sources and checkpoints here (default: a temp dir)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: on this shared 2-core VM, 2 threads spin against other "
@@ -127,7 +128,7 @@ def main(argv=None) -> int:
         teacher = score(BASELINE_CHECKPOINT, dev)
         print(line("teacher (dev)", teacher), flush=True)
         rows = []
-        for variant in [""] + args.variants:
+        for variant in ([] if args.skip_default else [""]) + args.variants:
             recipe = Recipe().with_overrides([x for x in variant.split(",") if x])
             meta = adapt(sources, work / "search.pt", args.search, recipe, prepared, report=False)
             s = score(work / "search.pt", dev)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from sdcpc_core.adapt.method import Recipe
 
@@ -58,10 +59,9 @@ def cmd_adapt(args) -> int:
                         report=not args.no_report)
     try:
         meta = run_adapt(opts)
-    except AdaptInterrupted as e:
-        from sdcpc_core.cli import Interrupted
-
-        raise Interrupted(str(e)) from None
+    except AdaptInterrupted as e:  # as sdcpc_core.cli reports its Interrupted (exit code 130)
+        print(f"sdcpc adapt: interrupted (Ctrl-C) {e}", file=sys.stderr)
+        return 130
     print(f"wrote {meta['checkpoint']} ({meta['steps']} steps, {meta['minutes']:.1f} min, pseudo-label "
           f"coverage {100 * meta['pseudo_label_coverage']:.1f} %)")
     return 0

@@ -62,6 +62,13 @@ def cmd_adapt(args) -> int:
     except AdaptInterrupted as e:  # as sdcpc_core.cli reports its Interrupted (exit code 130)
         print(f"sdcpc adapt: interrupted (Ctrl-C) {e}", file=sys.stderr)
         return 130
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():  # under torchrun
+            dist.destroy_process_group()
+    if meta["rank"] != 0:
+        return 0
     print(f"wrote {meta['checkpoint']} ({meta['steps']} steps, {meta['minutes']:.1f} min, pseudo-label "
           f"coverage {100 * meta['pseudo_label_coverage']:.1f} %)")
     return 0

@@ -329,7 +329,7 @@ def run_adapt(opts: AdaptOptions, prepared: dict | None = None) -> dict:
         report_files(out, meta, teacher, student, labels, videos, teacher_mean, teacher_std, mean, std)
     if interrupted:
         raise AdaptInterrupted(f"after {step} steps; {out} holds them (continue with --resume)")
-    meta["checkpoint"] = str(out)
+    meta["checkpoint"], meta["rank"] = str(out), rank
     return meta
 
 

@@ -260,3 +260,22 @@ def test_class_balanced_thresholds_keep_the_most_confident_share_of_a_rare_class
     kept = conf >= balanced[arg]
     assert kept[:900].all() and 18 <= int(kept[900:].sum()) <= 22  # the top 20 % of class 1
     assert balanced[2] == pytest.approx(0.7)  # a class never predicted keeps the plain threshold
+
+
+def test_adapt_under_torchrun_two_cpu_processes(teacher, source, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        torchrun = shutil.which("torchrun")
+    out = tmp_path / "ddp.pt"
+    done = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "sdcpc_core.cli", "adapt", str(teacher),
+                           str(source), "-o", str(out), "--steps", "3", "--no-report", "--threads", "1",
+                           "--set", "batch_size=2", *SIZE], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("wrote ") == 1  # rank 0 alone reports and writes
+    _, meta = load_checkpoint(out)
+    assert meta["training"]["world_size"] == 2 and meta["training"]["steps"] == 3

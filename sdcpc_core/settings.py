@@ -5,7 +5,7 @@ each setting (type, default, range, description, whether it may change while str
 node builds its parameter descriptors from it, ``sdcpc`` and ``sdcpc-eval`` build their options from
 it, and a bad value is refused everywhere with the same ``SettingError`` message::
 
-    setting 'precision' = 'fp64' is refused: allowed: fp32, fp16, bf16
+    setting 'precision' = 'fp64' is refused: allowed: fp32, fp16, bf16, int8
 
 Also here, because inference needs them and must not import the dataset readers: the ImageNet
 normalisation and the reference-frame rule (``reference_indices``).

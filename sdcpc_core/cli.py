@@ -57,8 +57,10 @@ def _engine(args):
     from sdcpc_core.engine import StreamingSegmenter
     from sdcpc_core.settings import settings_from_arguments
 
-    return StreamingSegmenter.from_checkpoint(args.checkpoint or None, settings_from_arguments(args),
-                                              export_progress=_announce)
+    engine = StreamingSegmenter.from_checkpoint(args.checkpoint or None, settings_from_arguments(args),
+                                                export_progress=_announce)
+    _announce(engine.runtime_note)  # which backend and precision run, and why
+    return engine
 
 
 def cmd_segment(args) -> int:

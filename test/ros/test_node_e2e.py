@@ -21,6 +21,7 @@ from sensor_msgs.msg import Image
 from std_srvs.srv import Trigger
 
 from sdcpc_core.engine import StreamingSegmenter
+from sdcpc_core.settings import TOOL_DEFAULTS
 from sdcpc_ros.conversions import array_to_image
 from sdcpc_ros.node import FrameInfo, LabelInfo
 
@@ -157,8 +158,10 @@ def test_label_info_is_latched_and_describes_the_checkpoint(setup):
 def test_outputs_match_the_engine_frame_by_frame(setup, tiny_checkpoint):
     proc, client, pub, got = setup
     reset(client, proc)
+    # the node's defaults (TOOL_DEFAULTS: the fastest installed backend, from the same export cache)
     engine = StreamingSegmenter.from_checkpoint(tiny_checkpoint, device="cpu", input_size=(64, 64),
-                                                max_time_gap=0.5, dynamic_classes=["person", "car"])
+                                                max_time_gap=0.5, dynamic_classes=["person", "car"],
+                                                **TOOL_DEFAULTS)
     for name in got:
         got[name].clear()
     frames = synthetic_video(5)

@@ -37,8 +37,11 @@ class Stream:
         self.proc, self.client = proc, client
         node = client.node
         self.labels, self.infos, self.diags = [], [], []
-        self.labels_sub = node.create_subscription(Image, "/sdcpc/labels", self.labels.append,
-                                                   RELIABLE)
+        # as deep as the burst, like frame_info: the test counts every label (on the default
+        # backend, auto = OpenVINO, the node answers more than 100 of them during the burst)
+        self.labels_sub = node.create_subscription(
+            Image, "/sdcpc/labels", self.labels.append,
+            QoSProfile(depth=BURST, reliability=ReliabilityPolicy.RELIABLE))
         node.create_subscription(FrameInfo or String, "/sdcpc/frame_info", self.infos.append,
                                  QoSProfile(depth=BURST, reliability=ReliabilityPolicy.RELIABLE))
         node.create_subscription(DiagnosticArray, "/diagnostics", self.diags.append, 10)

@@ -136,13 +136,15 @@ def main(argv=None) -> int:
             print(line(f"{variant or 'default'}", s) + f"  ({meta['steps']} steps, coverage "
                   f"{meta['pseudo_label_coverage']:.2f}; dmIoU {s['miou'] - teacher['miou']:+.3f} "
                   f"dmVC8 {s['mvc8'] - teacher['mvc8']:+.3f})", flush=True)
+            print("  per-class IoU (teacher -> this): " + ", ".join(
+                f"{a:.3f}->{b:.3f}" for a, b in zip(teacher["per_class_iou"], s["per_class_iou"])), flush=True)
         print("\nranked by mVC8 gain + mIoU gain (dev):")
         for name, s, steps, _cov in sorted(rows, key=lambda r: -(r[1]["mvc8"] + r[1]["miou"])):
             print(f"  {name:<40} dmIoU {s['miou'] - teacher['miou']:+.3f}  dmVC8 {s['mvc8'] - teacher['mvc8']:+.3f}"
                   f"  flicker {s['flicker']:.3f}  steps {steps}")
         results["search"] = {"teacher": teacher, "rows": [
             {"recipe": n, "miou": s["miou"], "mvc8": s["mvc8"], "flicker": s["flicker"], "steps": st,
-             "coverage": c} for n, s, st, c in rows]}
+             "coverage": c, "per_class_iou": s["per_class_iou"]} for n, s, st, c in rows]}
     else:
         recipe = Recipe().with_overrides([x for v in args.variants for x in v.split(",") if x])
         out = work / "adapted.pt"

@@ -36,7 +36,11 @@ class Recipe:
     flip: bool = True          # teacher on the mirrored video too; student trains on both views
     threshold: float = 0.0     # ensemble probability below this: ignored (0: every pixel) …
     balance: float = 0.0       # … except each class's most confident share ``balance`` (CBST)
+    disagree: str = "ensemble"  # where the ensemble's class is not the frame's own: ensemble,
+    #                            centre, ignore, or dynamic (the frame's own if a dynamic class)
     target: str = "hard"       # hard: CE on the pseudo-label; soft: CE on the ensembled probabilities
+    class_weight: float = 0.0  # CE class weights frequency ** -class_weight (0: unweighted)
+    distil_weight: float = 0.0  # + this x soft CE toward the teacher's own (flip-averaged) frame probabilities
     train_head: bool = True    # the SegFormer head learns too (at head_lr); the encoder never does
     temporal_lr: float = 1e-3  # SSEA, DSSA, temporal projection (new modules)
     head_lr: float = 1e-4
@@ -56,6 +60,10 @@ class Recipe:
             problems.append(f"threshold must be in [0, 1), got {self.threshold}")
         if not 0.0 <= self.balance <= 1.0:
             problems.append(f"balance must be in [0, 1], got {self.balance}")
+        if self.disagree not in ("ensemble", "centre", "ignore", "dynamic"):
+            problems.append(f"disagree must be ensemble, centre, ignore or dynamic, got {self.disagree!r}")
+        if self.class_weight < 0 or self.distil_weight < 0:
+            problems.append("class_weight and distil_weight must be >= 0")
         if self.target not in ("hard", "soft"):
             problems.append(f"target must be hard or soft, got {self.target!r}")
         if self.batch_size < 1:
@@ -175,11 +183,11 @@ def soft_cross_entropy(logits: torch.Tensor, probs: torch.Tensor, mask: torch.Te
     return (per_pixel * mask).sum() / mask.sum().clamp_min(1.0)
 
 
-def hard_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def hard_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     logits = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
     if bool((labels == IGNORE_INDEX).all()):
         return logits.sum() * 0.0
-    return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+    return F.cross_entropy(logits, labels, weight=weight, ignore_index=IGNORE_INDEX)
 
 
 # -- batches -----------------------------------------------------------------------------------
@@ -223,8 +231,13 @@ class BatchSampler:
         mirrored = flips_t.bool()
         labels[mirrored] = labels[mirrored].flip(-1)
         probs[mirrored] = probs[mirrored].flip(-1)
-        return {"target": gather(targets), "references": [gather(ids) for ids in refs],
-                "labels": labels, "probs": probs}
+        batch = {"target": gather(targets), "references": [gather(ids) for ids in refs],
+                 "labels": labels, "probs": probs}
+        if self.recipe.distil_weight > 0:
+            centre = self.pseudo.centre_probs[targets_t].float()
+            centre[mirrored] = centre[mirrored].flip(-1)
+            batch["centre_probs"] = centre
+        return batch
 
 
 def lr_factor(progress: float, step: int, warmup: int) -> float:
@@ -258,7 +271,9 @@ def make_criterion(config: SDCPCConfig, recipe: Recipe) -> MCPContrastiveLoss | 
                               ignore_index=IGNORE_INDEX)
 
 
-def compute_losses(step_module: nn.Module, batch: dict, recipe: Recipe, criterion) -> dict:
+def compute_losses(step_module: nn.Module, batch: dict, recipe: Recipe, criterion,
+                   class_weight: torch.Tensor | None = None) -> dict:
+    """The step's losses; ``class_weight`` (K,) weighs the hard cross-entropies (``class_weight``)."""
     out = step_module(batch["target"], batch["references"])
     labels = batch["labels"]
     mask = (labels != IGNORE_INDEX).float()
@@ -266,10 +281,14 @@ def compute_losses(step_module: nn.Module, batch: dict, recipe: Recipe, criterio
         ce = soft_cross_entropy(out["logits"], batch["probs"], mask)
         static = soft_cross_entropy(out["static_logits"], batch["probs"], mask)
     else:
-        ce = hard_cross_entropy(out["logits"], labels)
-        static = hard_cross_entropy(out["static_logits"], labels)
+        ce = hard_cross_entropy(out["logits"], labels, class_weight)
+        static = hard_cross_entropy(out["static_logits"], labels, class_weight)
     losses = {"ce": ce, "static": static}
     total = ce + recipe.static_weight * static
+    if recipe.distil_weight > 0:
+        everywhere = torch.ones_like(mask)
+        losses["distil"] = soft_cross_entropy(out["logits"], batch["centre_probs"], everywhere)
+        total = total + recipe.distil_weight * losses["distil"]
     if criterion is not None:
         losses["mcp"] = criterion(out["embedding"].float(), labels)
         total = total + recipe.mcp_weight * losses["mcp"]

@@ -6,7 +6,11 @@
    (past AND future); with ``align`` each is first warped onto frame t by dense optical flow
    (OpenCV Farnebäck). On the synthetic world, where motion is about a pixel a frame and the
    frames are noisy, the plain average gave the better labels (docs/adapt.md), so it is the default.
-3. The label is the ensemble's argmax where its probability reaches ``threshold``, else ignored.
+3. Where the ensemble's argmax differs from the centre frame's own (mirror-averaged) argmax,
+   ``disagree`` decides: ``ensemble`` (its label), ``centre`` (the frame's own), ``ignore``, or
+   ``dynamic`` (the frame's own where that is a dynamic class: a small moving object that the
+   unaligned average smears into the background; the ensemble's elsewhere).
+4. The label is the ensemble's argmax where its probability reaches ``threshold``, else ignored.
 
 Everything is at the network's output grid (stride 4), where the student's losses are computed.
 """
@@ -34,6 +38,7 @@ class PseudoLabels:
     probs: torch.Tensor
     labels: torch.Tensor
     teacher_labels: torch.Tensor  # (N, h, w) the plain per-frame teacher's argmax (no ensembling)
+    centre_probs: torch.Tensor | None = None  # (N, K, h, w) fp16 the frame's own (flip-averaged) probabilities
 
     @property
     def coverage(self) -> float:
@@ -142,10 +147,18 @@ def shared_encoder_probabilities(teacher, views, start: int, length: int) -> tor
     return sum(probs) / len(probs)
 
 
+DISAGREE_MODES = ("ensemble", "centre", "ignore", "dynamic")
+
+
 def make_pseudo_labels(probs_per_video: list[torch.Tensor], videos: list[np.ndarray], *, radius: int,
-                       align: bool, threshold: float, balance: float = 0.0, progress=None) -> PseudoLabels:
+                       align: bool, threshold: float, balance: float = 0.0, disagree: str = "ensemble",
+                       dynamic: tuple[int, ...] = (), progress=None) -> PseudoLabels:
     """Pseudo-labels for every frame of every video (concatenated in order) from the teacher's
-    probabilities (``teacher_probabilities`` or ``shared_encoder_probabilities``)."""
+    probabilities (``teacher_probabilities`` or ``shared_encoder_probabilities``). ``disagree``:
+    what a pixel gets where the ensemble's class is not the frame's own (module docstring);
+    ``dynamic``: the class ids ``disagree="dynamic"`` protects."""
+    if disagree not in DISAGREE_MODES:
+        raise ValueError(f"disagree must be one of {DISAGREE_MODES}, got {disagree!r}")
     probs, plain = [], []
     for p, frames in zip(probs_per_video, videos):
         plain.append(p.argmax(1).to(torch.uint8))
@@ -153,10 +166,35 @@ def make_pseudo_labels(probs_per_video: list[torch.Tensor], videos: list[np.ndar
         if progress is not None:
             progress(len(frames))
     probs = torch.cat(probs)
+    centre_probs = torch.cat([p.half() for p in probs_per_video])
+    centre = torch.cat(plain).long()
     conf, arg = probs.float().max(1)
     keep = conf >= class_thresholds(conf, arg, probs.shape[1], threshold, balance)[arg]
-    labels = torch.where(keep, arg, torch.full_like(arg, IGNORE_INDEX)).to(torch.uint8)
-    return PseudoLabels(probs, labels, torch.cat(plain))
+    labels = torch.where(keep, arg, torch.full_like(arg, IGNORE_INDEX))
+    differ = arg != centre
+    if disagree == "centre":
+        labels = torch.where(differ, centre, labels)
+    elif disagree == "ignore":
+        labels = torch.where(differ, torch.full_like(labels, IGNORE_INDEX), labels)
+    elif disagree == "dynamic" and dynamic:
+        protect = differ & torch.isin(centre, torch.as_tensor(dynamic, dtype=centre.dtype))
+        labels = torch.where(protect, centre, labels)
+    return PseudoLabels(probs, labels.to(torch.uint8), centre.to(torch.uint8), centre_probs)
+
+
+def class_weights(labels: torch.Tensor, k: int, power: float) -> torch.Tensor:
+    """(K,) cross-entropy weights ``frequency ** -power`` of the pseudo-labels' classes, normalised
+    so that the pixel-weighted mean is 1 (``power`` 0: all ones); a class never seen gets the
+    largest weight of those seen."""
+    counts = torch.bincount(labels[labels != IGNORE_INDEX].long().flatten(), minlength=k)[:k].double()
+    if power <= 0 or counts.sum() == 0:
+        return torch.ones(k)
+    seen = counts > 0
+    w = torch.zeros(k, dtype=torch.float64)
+    w[seen] = (counts[seen] / counts.sum()) ** -power
+    w[~seen] = w[seen].max()
+    w = w / ((w * counts).sum() / counts.sum())
+    return w.float()
 
 
 def class_thresholds(conf: torch.Tensor, arg: torch.Tensor, k: int, threshold: float,

@@ -15,7 +15,12 @@ from tqdm import tqdm
 
 from sdcpc_core.adapt import method
 from sdcpc_core.adapt.method import Recipe
-from sdcpc_core.adapt.pseudo import make_pseudo_labels, shared_encoder_probabilities, teacher_probabilities
+from sdcpc_core.adapt.pseudo import (
+    class_weights,
+    make_pseudo_labels,
+    shared_encoder_probabilities,
+    teacher_probabilities,
+)
 from sdcpc_core.adapt.report import plot_history, source_measures, write_report
 from sdcpc_core.adapt.sources import first_frame_size, read_source
 from sdcpc_core.checkpoints import CheckpointError, load_checkpoint, read_file, resolve_checkpoint, save_checkpoint
@@ -196,14 +201,15 @@ def run_adapt(opts: AdaptOptions, prepared: dict | None = None) -> dict:
             prepared.update(views_key=key, views=views, teacher_probs=teacher_probs)
     cache_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    pkey = key + (r.radius, r.align, r.threshold, r.balance)
+    pkey = key + (r.radius, r.align, r.threshold, r.balance, r.disagree)
     if prepared is not None and prepared.get("pseudo_key") == pkey:
         pseudo = prepared["pseudo"]
     else:
         bar = tqdm(total=total, unit="frame", desc="pseudo-labels", disable=not (is_main and opts.progress),
                    dynamic_ncols=True)
         pseudo = make_pseudo_labels(teacher_probs, videos, radius=r.radius, align=r.align,
-                                    threshold=r.threshold, balance=r.balance, progress=bar.update)
+                                    threshold=r.threshold, balance=r.balance, disagree=r.disagree,
+                                    dynamic=tuple(labels.dynamic), progress=bar.update)
         bar.close()
         if prepared is not None:
             prepared.update(pseudo_key=pkey, pseudo=pseudo)
@@ -218,6 +224,8 @@ def run_adapt(opts: AdaptOptions, prepared: dict | None = None) -> dict:
     # -- training ---------------------------------------------------------------------------
     optimizer = method.build_optimizer(student, r)
     criterion = method.make_criterion(config, r)
+    weight = (class_weights(pseudo.labels, config.num_classes, r.class_weight).to(device)
+              if r.class_weight > 0 else None)
     history = {"step": [], "loss": [], "coverage": []}
     step, elapsed = 0, 0.0
     if previous is not None:
@@ -292,9 +300,9 @@ def run_adapt(opts: AdaptOptions, prepared: dict | None = None) -> dict:
             batch = sampler.draw()
             batch = {"target": [m.to(device) for m in batch["target"]],
                      "references": [[m.to(device) for m in ref] for ref in batch["references"]],
-                     "labels": batch["labels"].to(device), "probs": batch["probs"].to(device)}
+                     **{k: batch[k].to(device) for k in ("labels", "probs", "centre_probs") if k in batch}}
             method.set_train_mode(student, r)
-            losses = method.compute_losses(step_module, batch, r, criterion)
+            losses = method.compute_losses(step_module, batch, r, criterion, weight)
             if not math.isfinite(float(losses["loss"].detach())):
                 raise FloatingPointError(f"the loss is {float(losses['loss'])} at step {step}; nothing "
                                          f"of this step was kept (last checkpoint: {out})")

@@ -217,6 +217,8 @@ def test_recipe_overrides_are_typed():
     assert (r.radius, r.align, r.threshold, r.target) == (5, False, 0.5, "soft")
     with pytest.raises(ValueError, match="threshold"):
         Recipe().with_overrides(["threshold=1.5"])
+    with pytest.raises(ValueError, match="disagree"):
+        Recipe().with_overrides(["disagree=sometimes"])
 
 
 def _write_bag(path, frames, encoding):
@@ -260,6 +262,53 @@ def test_class_balanced_thresholds_keep_the_most_confident_share_of_a_rare_class
     kept = conf >= balanced[arg]
     assert kept[:900].all() and 18 <= int(kept[900:].sum()) <= 22  # the top 20 % of class 1
     assert balanced[2] == pytest.approx(0.7)  # a class never predicted keeps the plain threshold
+
+
+def _moving_person_probs():
+    """3 classes on 1x8 pixels, 5 frames: background 0 everywhere, a 'person' (class 2) one pixel
+    wide moving a pixel a frame; frame 2 also has a transient error (class 1) at pixel 7."""
+    labels = torch.zeros(5, 1, 8, dtype=torch.long)
+    for t in range(5):
+        labels[t, 0, t + 1] = 2
+    labels[2, 0, 7] = 1
+    return torch.nn.functional.one_hot(labels, 3).permute(0, 3, 1, 2).float() * 0.8 + 0.2 / 3
+
+
+@pytest.mark.parametrize("disagree, person, transient", [
+    ("ensemble", 0, 0),              # the average smears the person into the background, fixes the error
+    ("centre", 2, 1),                # the frame's own label everywhere
+    ("ignore", 255, 255),            # neither is taught
+    ("dynamic", 2, 0),               # the person kept (a dynamic class), the static error fixed
+])
+def test_pseudo_labels_where_the_ensemble_disagrees_with_the_frame(disagree, person, transient):
+    probs = _moving_person_probs()
+    frames = np.zeros((5, 4, 32, 3), np.uint8)
+    out = pseudo.make_pseudo_labels([probs], [frames], radius=2, align=False, threshold=0.0,
+                                    disagree=disagree, dynamic=(2,))
+    assert int(out.labels[2, 0, 3]) == person and int(out.labels[2, 0, 7]) == transient
+    assert int(out.labels[2, 0, 0]) == 0  # agreeing pixels keep the (shared) label in every mode
+    assert torch.equal(out.centre_probs.float(), probs.half().float())
+    with pytest.raises(ValueError, match="disagree"):
+        pseudo.make_pseudo_labels([probs], [frames], radius=2, align=False, threshold=0.0, disagree="x")
+
+
+def test_class_weights_favour_rare_classes_and_keep_the_mean_loss_scale():
+    labels = torch.tensor([0] * 90 + [1] * 10 + [255] * 50, dtype=torch.uint8)
+    assert pseudo.class_weights(labels, 3, 0.0).tolist() == [1.0, 1.0, 1.0]
+    w = pseudo.class_weights(labels, 3, 0.5)
+    assert w[1] / w[0] == pytest.approx(3.0, rel=1e-4)  # (0.9 / 0.1) ** 0.5
+    assert float(w[0] * 0.9 + w[1] * 0.1) == pytest.approx(1.0, rel=1e-5)
+    assert w[2] == pytest.approx(w[1])  # unseen: the largest weight seen
+
+
+def test_adapt_end_to_end_with_distillation_and_class_weights(teacher, source, tmp_path, capsys):
+    out = tmp_path / "distil.pt"
+    code, io = run([teacher, source, "-o", out, "--steps", "2", "--no-report", "--set", "batch_size=2",
+                    "--set", "disagree=dynamic", "--set", "distil_weight=0.5", "--set", "class_weight=0.5",
+                    "--reference-offsets", "-2", "-1", *SIZE], capsys)
+    assert code == 0, io.err
+    recipe = load_checkpoint(out)[1]["training"]["recipe"]
+    assert (recipe["disagree"], recipe["distil_weight"], recipe["class_weight"]) == ("dynamic", 0.5, 0.5)
 
 
 def test_adapt_under_torchrun_two_cpu_processes(teacher, source, tmp_path):

@@ -36,11 +36,11 @@ class Recipe:
     flip: bool = True          # teacher on the mirrored video too; student trains on both views
     threshold: float = 0.0     # ensemble probability below this: ignored (0: every pixel) …
     balance: float = 0.0       # … except each class's most confident share ``balance`` (CBST)
-    disagree: str = "ensemble"  # where the ensemble's class is not the frame's own: ensemble,
+    disagree: str = "dynamic"  # where the ensemble's class is not the frame's own: ensemble,
     #                            centre, ignore, or dynamic (the frame's own if a dynamic class)
     target: str = "hard"       # hard: CE on the pseudo-label; soft: CE on the ensembled probabilities
     class_weight: float = 0.0  # CE class weights frequency ** -class_weight (0: unweighted)
-    distil_weight: float = 0.0  # + this x soft CE toward the teacher's own (flip-averaged) frame probabilities
+    distil_weight: float = 0.5  # + this x soft CE toward the teacher's own (flip-averaged) frame probabilities
     train_head: bool = True    # the SegFormer head learns too (at head_lr); the encoder never does
     temporal_lr: float = 1e-3  # SSEA, DSSA, temporal projection (new modules)
     head_lr: float = 1e-4

@@ -39,7 +39,7 @@ class Recipe:
     disagree: str = "dynamic"  # where the ensemble's class is not the frame's own: ensemble,
     #                            centre, ignore, or dynamic (the frame's own if a dynamic class)
     target: str = "hard"       # hard: CE on the pseudo-label; soft: CE on the ensembled probabilities
-    class_weight: float = 0.0  # CE class weights frequency ** -class_weight (0: unweighted)
+    class_weight: float = 0.5  # CE class weights frequency ** -class_weight (0: unweighted)
     distil_weight: float = 0.5  # + this x soft CE toward the teacher's own (flip-averaged) frame probabilities
     train_head: bool = True    # the SegFormer head learns too (at head_lr); the encoder never does
     temporal_lr: float = 1e-3  # SSEA, DSSA, temporal projection (new modules)

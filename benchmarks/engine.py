@@ -183,7 +183,7 @@ def export(model, meta, size, out: Path, int8_runtimes, name: str, calibration_f
     if int8_runtimes:
         t = time.perf_counter()
         quantize_export(export_dir, SYNTHETIC, runtimes=tuple(int8_runtimes), frames=calibration_frames,
-                        model=model)
+                        model=model, segmenter_cls=StreamingSegmenter)
         print(f"quantised {name} to int8 ({', '.join(int8_runtimes)}) in {time.perf_counter() - t:.0f} s")
     return export_dir
 

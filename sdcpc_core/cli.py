@@ -199,10 +199,12 @@ def cmd_export(args) -> int:
     out = export_model(checkpoint, args.output, args.input_size, openvino=args.openvino, progress=progress)
     int8 = ""
     if args.int8:
+        from sdcpc_core.engine import StreamingSegmenter
         from sdcpc_core.quantize import quantize_export
 
         runtimes = _int8_runtimes()
-        quantize_export(out, calibration, runtimes=runtimes, frames=args.calibration_frames, progress=progress)
+        quantize_export(out, calibration, runtimes=runtimes, frames=args.calibration_frames, progress=progress,
+                        segmenter_cls=StreamingSegmenter)
         int8 = f" + int8 graphs for {', '.join(runtimes)}"
     meta = read_export(out)
     print(f"wrote {out}: encode.onnx, aggregate.onnx{' + OpenVINO IR' if args.openvino else ''}{int8} for "

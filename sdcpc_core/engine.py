@@ -200,7 +200,8 @@ class StreamingSegmenter:
 
             export_dir, where = cached_export(self.model, labels, self.input_size, backend, self.precision,
                                               self._mean.flatten().tolist(), self._std.flatten().tolist(),
-                                              source=source, progress=progress)
+                                              source=source, progress=progress,
+                                              segmenter_cls=type(self))
             self.model.to(self.device)
             meta = read_export(export_dir, check_graphs=False)  # checked when it was written
         else:

@@ -71,7 +71,7 @@ def is_embedded(source) -> bool:
 
 
 def cached_export(model, labels, input_size, backend: str, precision: str, mean, std, source=None,
-                  progress=None) -> tuple[Path, str]:
+                  progress=None, segmenter_cls=None) -> tuple[Path, str]:
     """(export directory, where it came from) for ``model`` on ``backend`` at ``precision``.
 
     ``source``: the checkpoint file the model was read from, which keys the cache; without one
@@ -102,7 +102,8 @@ def cached_export(model, labels, input_size, backend: str, precision: str, mean,
         if int8:
             from sdcpc_core.quantize import SYNTHETIC, quantize_export
 
-            quantize_export(directory, SYNTHETIC, runtimes=(backend,), model=cpu_model, progress=progress)
+            quantize_export(directory, SYNTHETIC, runtimes=(backend,), model=cpu_model, progress=progress,
+                            segmenter_cls=segmenter_cls)
 
     started = time.perf_counter()
     if source is None:

@@ -112,15 +112,16 @@ class _Recorder:
         return self.runner.aggregate(current, references)
 
 
-def calibration_samples(model, meta: dict, frames: Iterable[np.ndarray], count: int,
+def calibration_samples(model, meta: dict, frames: Iterable[np.ndarray], count: int, segmenter_cls,
                         progress=None) -> tuple[list[dict], list[dict]]:
     """Stream up to ``count`` frames through an fp32 torch engine configured as the export
     (input size, mean/std, references): (encode feeds, aggregate feeds), one of each per frame.
-    A frame of another size than the one before starts a new stream (the engine's reset rule)."""
-    from sdcpc_core.engine import StreamingSegmenter
+    A frame of another size than the one before starts a new stream (the engine's reset rule).
 
+    ``segmenter_cls`` is ``sdcpc_core.engine.StreamingSegmenter``, given by the caller: the engine
+    itself quantises on the fly (engine -> exports -> quantize), so this module never imports it."""
     config = meta["config"]
-    engine = StreamingSegmenter(
+    engine = segmenter_cls(
         model, meta["labels"], device="cpu", backend="torch", precision="fp32",
         input_size=tuple(meta["input_size"]), mean=tuple(meta["mean"]), std=tuple(meta["std"]),
         reference_offsets=tuple(meta["reference_offsets"]) if config.temporal else None)
@@ -251,10 +252,11 @@ QUANTIZERS = {"openvino": _quantize_openvino, "onnxruntime": _quantize_onnxrunti
 
 
 def quantize_export(export_dir, calibration=SYNTHETIC, runtimes=RUNTIMES, frames: int = DEFAULT_FRAMES,
-                    model=None, progress=None) -> Path:
+                    model=None, progress=None, *, segmenter_cls) -> Path:
     """Add the int8 graphs for ``runtimes`` to ``export_dir`` (calibrated on ``calibration``: see
     ``calibration_frames``) and record them in its metadata. ``model``: the loaded model (default:
-    the directory's model.pt). Files are written under temporary names and renamed when whole."""
+    the directory's model.pt). Files are written under temporary names and renamed when whole.
+    ``segmenter_cls``: ``StreamingSegmenter``, which streams the calibration frames."""
     import importlib.util
 
     from sdcpc_core.checkpoints import load_checkpoint
@@ -285,7 +287,8 @@ def quantize_export(export_dir, calibration=SYNTHETIC, runtimes=RUNTIMES, frames
         model, _ = load_checkpoint(export_dir / CHECKPOINT)
     source, described = calibration_frames(calibration, frames, meta["input_size"])
     stage(f"calibration: streaming up to {frames} frames of {described}")
-    encode_feeds, aggregate_feeds = calibration_samples(model.float().cpu(), meta, source, frames, stage)
+    encode_feeds, aggregate_feeds = calibration_samples(model.float().cpu(), meta, source, frames, segmenter_cls,
+                                                        stage)
     samples = {"encode": encode_feeds, "aggregate": aggregate_feeds}
     kept = {g: float_nodes(export_dir / f"{g}.onnx", meta["config"].num_classes) for g in GRAPHS}
     written = {}

@@ -150,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _quantize(args) -> int:
     """``sdcpc-eval quantize BAG DIR``: the bag's images (log-time order) calibrate DIR's int8 graphs."""
+    from sdcpc_core.engine import StreamingSegmenter
     from sdcpc_core.quantize import RUNTIMES, quantize_export
     from sdcpc_ros.evaluation.pairing import paired_frames
 
@@ -164,7 +165,8 @@ def _quantize(args) -> int:
         frames = (pair.image for pair in paired_frames(bag, args.image_topic, None, problems)
                   if pair.image is not None)
         runtimes = tuple(r for r in RUNTIMES if _installed(r))
-        quantize_export(args.export, frames, runtimes=runtimes, frames=args.frames, progress=say)
+        quantize_export(args.export, frames, runtimes=runtimes, frames=args.frames, progress=say,
+                        segmenter_cls=StreamingSegmenter)
     for problem in problems:
         say(problem)
     print(f"wrote int8 graphs for {', '.join(runtimes)} into {args.export}; run it with --checkpoint "

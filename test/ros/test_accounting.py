@@ -139,11 +139,13 @@ def test_node_engine_and_cli_refuse_a_bad_value_with_the_same_message(name, valu
 
 
 @pytest.mark.parametrize("openvino", [True, False])
-def test_start_up_line_says_which_backend_and_precision_run_and_why(tiny_checkpoint, capfd,
+def test_start_up_line_says_which_backend_and_precision_run_and_why(tiny_checkpoint, capfd, tmp_path,
                                                                   monkeypatch, openvino):
     """On defaults the node runs the fastest installed backend (OpenVINO on a CPU), exported once
     into the cache; the start-up line says so, or why it runs torch."""
     from sdcpc_core import runtimes
+
+    monkeypatch.setenv("SDCPC_CACHE_DIR", str(tmp_path / "cache"))  # empty, whatever ran before
 
     real = runtimes.installed
     if openvino and not real("openvino"):

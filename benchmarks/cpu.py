@@ -1,31 +1,31 @@
-"""The CPU a figure was measured on: model and the instruction sets that decide CPU inference speed."""
+"""The CPU a figure was measured on: its model and the instruction sets that decide CPU inference
+speed. Every benchmark prints this line first (``python benchmarks/cpu.py`` prints it alone)."""
 
 from __future__ import annotations
 
-import os
-import platform
+from pathlib import Path
 
-# /proc/cpuinfo flag -> what users call it
-INSTRUCTION_SETS = (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_vnni", "AVX512-VNNI"),
-                    ("avx_vnni", "AVX-VNNI"), ("avx512_bf16", "AVX512-BF16"), ("amx_tile", "AMX"))
+# /proc/cpuinfo flags -> the names the docs use
+ISA = (("AVX2", ("avx2",)), ("AVX-512", ("avx512f",)), ("VNNI", ("avx512_vnni", "avx_vnni")),
+       ("AVX512-BF16", ("avx512_bf16",)), ("AMX", ("amx_tile", "amx_int8", "amx_bf16")))
 
 
-def cpu_description() -> str:
-    """``AMD EPYC, 2 cores: AVX2 yes, AVX-512 yes, … AMX no`` (Linux; elsewhere the platform name)."""
-    model, flags = platform.processor() or platform.machine(), set()
+def cpu_line() -> str:
+    """``cpu: MODEL, N logical CPUs; AVX2 yes, AVX-512 yes, VNNI yes, AVX512-BF16 no, AMX no``."""
+    model, flags, count = "unknown", set(), 0
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and model in ("", platform.machine()):
-                    model = value.strip()
-                elif key.strip() == "flags" and not flags:
-                    flags = set(value.split())
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "model name":
+                model, count = value.strip(), count + 1
+            elif key == "flags" and not flags:
+                flags = set(value.split())
     except OSError:
-        return f"{model}, {os.cpu_count()} cores (instruction sets unknown)"
-    sets = ", ".join(f"{name} {'yes' if flag in flags else 'no'}" for flag, name in INSTRUCTION_SETS)
-    return f"{model}, {len(os.sched_getaffinity(0))} cores: {sets}"
+        return "cpu: unknown (no /proc/cpuinfo)"
+    isa = ", ".join(f"{name} {'yes' if any(f in flags for f in names) else 'no'}" for name, names in ISA)
+    return f"cpu: {model}, {count} logical CPUs; {isa}"
 
 
 if __name__ == "__main__":
-    print(f"cpu: {cpu_description()}")
+    print(cpu_line())

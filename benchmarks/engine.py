@@ -20,6 +20,7 @@ Exports (one per model, in a temporary folder) take a minute or two each before 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,34 +39,15 @@ from sdcpc_core.quantize import SYNTHETIC, quantize_export
 from sdcpc_core.runtimes import installed
 from sdcpc_core.settings import IMAGENET_MEAN, IMAGENET_STD
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cpu import cpu_line  # noqa: E402  (benchmarks/cpu.py: every benchmark's first line)
+
 YARDSTICK = "yardstick"
 BLOCK = 3  # frames per row and round of the interleaved timing (the first one not timed)
 PRECISIONS = {"torch": ("fp32", "bf16"), "onnxruntime": ("fp32", "int8"), "openvino": ("fp32", "bf16", "int8")}
 CALIBRATION_FRAMES = 16  # synthetic frames per int8 calibration (speed rows; CI tests use 48)
 TABLE_SIZES = ((480, 480), (512, 1024), (720, 1280))
 TABLE_REFERENCES = {3: (-9, -6, -3), 5: (-15, -12, -9, -6, -3)}
-# /proc/cpuinfo flags -> the names the docs use
-ISA = (("AVX2", ("avx2",)), ("AVX-512", ("avx512f",)), ("VNNI", ("avx512_vnni", "avx_vnni")),
-       ("AVX512-BF16", ("avx512_bf16",)), ("AMX", ("amx_tile", "amx_int8", "amx_bf16")))
-
-
-def cpu_line() -> str:
-    """``cpu: MODEL, N logical CPUs; AVX2 yes, AVX-512 yes, VNNI yes, AVX512-BF16 no, AMX no``."""
-    model, flags, count = "unknown", set(), 0
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key == "model name":
-                model, count = value.strip(), count + 1
-            elif key == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        return "cpu: unknown (no /proc/cpuinfo)"
-    isa = ", ".join(f"{name} {'yes' if any(f in flags for f in names) else 'no'}" for name, names in ISA)
-    return f"cpu: {model}, {count} logical CPUs; {isa}"
-
-
 def openvino_has(precision: str) -> bool:
     import openvino as ov
 

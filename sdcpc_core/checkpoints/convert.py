@@ -10,9 +10,11 @@ published is converted once into the cache (keyed by the source's content) and r
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from sdcpc_core import cache
@@ -129,13 +131,11 @@ def convert_checkpoint(source, output, *, temporal: bool = True, labels: LabelSe
     An sdcpc checkpoint is re-written (e.g. as fp16 or with a recorded ``input_size``).
     """
     path = Path(str(source)).expanduser()
-    if path.is_file() and path.suffix != ".safetensors" and not (path.parent / huggingface.CONFIG).is_file():
-        obj = read_file(path)
-        if obj.get("format") == FORMAT:
-            model, meta = load_checkpoint(path)
-            return save_checkpoint(output, model, meta["config"], labels or meta["labels"], meta["mean"],
-                                   meta["std"], meta.get("training"), half=half,
-                                   input_size=input_size or meta.get("input_size"))
+    if _is_sdcpc_file(path):
+        model, meta = load_checkpoint(path)
+        return save_checkpoint(output, model, meta["config"], labels or meta["labels"], meta["mean"],
+                               meta["std"], meta.get("training"), half=half,
+                               input_size=input_size or meta.get("input_size"))
     pub = read_published(source, progress)
     if labels is not None:
         config_overrides.setdefault("num_classes", labels.num_classes)
@@ -173,11 +173,8 @@ def resolve_checkpoint(spec, *, temporal: bool = False, progress: Callable[[str]
             raise CheckpointError(f"checkpoint {text} does not exist; pass {SOURCES}, or leave it empty for "
                                   "the embedded default model")
         path = hub.download(text, say)
-    if is_export_dir(path):
+    if is_export_dir(path) or _is_sdcpc_file(path):
         return path
-    if path.is_file() and path.suffix != ".safetensors" and not (path.parent / huggingface.CONFIG).is_file():
-        if read_file(path).get("format") == FORMAT:
-            return path
     key = f"{cache.content_digest(path)}-{'sdcpc' if temporal else 'segformer'}-v{CONVERTER_VERSION}"
     entry, built = cache.build_once(
         "converted", key, lambda tmp: convert_checkpoint(path, tmp / "model.pt", temporal=temporal, progress=say))
@@ -185,6 +182,22 @@ def resolve_checkpoint(spec, *, temporal: bool = False, progress: Callable[[str]
     kind = "SD-CPC (temporal modules at identity)" if temporal else "per-frame SegFormer"
     say(f"{text}: {'converted to' if built else 'using its conversion cached at'} {model_file} ({kind})")
     return model_file
+
+
+def _is_sdcpc_file(path: Path) -> bool:
+    """Whether ``path`` is one of our checkpoint files (not a published one), judged from its
+    metadata: a torch zip archive is memory-mapped, so its tensors are not read here and the loader
+    that follows reads them once. A file that cannot be read raises read_file's CheckpointError."""
+    if not path.is_file() or path.suffix == ".safetensors" or (path.parent / huggingface.CONFIG).is_file():
+        return False  # a Hugging Face weight file
+    if zipfile.is_zipfile(path):
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # noqa: BLE001 - read_file below says what is wrong with the file
+            obj = None
+        if isinstance(obj, dict):
+            return obj.get("format") == FORMAT
+    return read_file(path).get("format") == FORMAT
 
 
 def checkpoint_problem(value) -> str | None:

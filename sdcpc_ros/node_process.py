@@ -5,20 +5,20 @@ does not answer in time has every thread's stack written to its log (faulthandle
 registered by the node's ``main``), and the error raised here ends with that log.
 """
 
-import faulthandler
 import fcntl
 import os
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import zlib
 from pathlib import Path
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
+
+from sdcpc_ros.spinning import BackgroundSpin
 
 REPO = Path(__file__).resolve().parents[1]  # the folder that holds sdcpc_ros (a checkout)
 # Safety limit for waiting on the node (start-up imports torch on a busy 2-core machine).
@@ -139,7 +139,6 @@ class Client:
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self._spinner = None
-        self._stop_spinning = threading.Event()
 
     def wait_for(self, condition, what: str, timeout: float = WAIT_S, proc=None):
         deadline = time.monotonic() + timeout
@@ -154,26 +153,12 @@ class Client:
 
     def spin_in_background(self) -> None:
         """Spin in a thread until :meth:`close`, which stops and joins it before it destroys
-        anything: rclpy does not support destroying a node or its context while another thread
-        spins it (and ``Executor.shutdown`` returns without waiting for that thread)."""
-        def spin():
-            try:
-                while not self._stop_spinning.is_set() and self.context.ok():
-                    self.executor.spin_once(timeout_sec=0.1)
-            except ExternalShutdownException:
-                pass
-
-        self._spinner = threading.Thread(target=spin, name="client_spin", daemon=True)
-        self._spinner.start()
+        anything (see :mod:`sdcpc_ros.spinning`)."""
+        self._spinner = BackgroundSpin(self.executor, self.context)
 
     def close(self):
         if self._spinner is not None:
-            self._stop_spinning.set()
-            self._spinner.join(timeout=10.0)
-            if self._spinner.is_alive():  # explain, rather than destroy under a running thread
-                faulthandler.dump_traceback(all_threads=True)
-                raise RuntimeError("the client's spin thread did not stop within 10 s "
-                                   "(every thread's stack is on stderr)")
+            self._spinner.stop()
         self.executor.shutdown(timeout_sec=5.0)
         self.node.destroy_node()
         rclpy.shutdown(context=self.context)

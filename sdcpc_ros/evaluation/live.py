@@ -38,11 +38,10 @@ def _node_command(node_name, image_topic, checkpoint, input_size, device, max_ti
 
 class _Player:
     """A client node in its own rclpy context: publishes images reliably, records ``~/labels``
-    (stamp -> (arrival time, labels)) from a spinning thread."""
+    (stamp -> (arrival time, labels)) from a spinning thread, stopped and joined by :meth:`close`
+    before the node is destroyed."""
 
     def __init__(self, publish_topic: str, labels_topic: str, problems: list[str]):
-        import threading
-
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -60,7 +59,9 @@ class _Player:
         self.node.create_subscription(Image, labels_topic, self._on_labels, reliable)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
-        threading.Thread(target=self.executor.spin, daemon=True).start()
+        from sdcpc_ros.spinning import BackgroundSpin
+
+        self.spinner = BackgroundSpin(self.executor, self.context, name="eval_player_spin")
 
     def _on_labels(self, msg) -> None:
         arrival = time.perf_counter()
@@ -89,6 +90,7 @@ class _Player:
     def close(self) -> None:
         import rclpy
 
+        self.spinner.stop()
         self.executor.shutdown()
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)

@@ -1,0 +1,42 @@
+"""Spinning a client node's executor in a thread that can be stopped and joined.
+
+rclpy does not support destroying a node or its context while another thread spins it, and
+``Executor.shutdown(timeout_sec)`` returns without waiting for that thread (ros2/rclpy#663, #968):
+a client that spins ``executor.spin`` in a daemon thread and then destroys its node can crash or
+hang at exit. :class:`BackgroundSpin` spins with ``spin_once`` until asked to stop, and
+:meth:`BackgroundSpin.stop` joins the thread before the caller destroys anything.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import threading
+
+from rclpy.executors import ExternalShutdownException
+
+
+class BackgroundSpin:
+    """``executor`` spun in a thread named ``name`` until :meth:`stop` or the context shuts down."""
+
+    def __init__(self, executor, context, name: str = "client_spin", period: float = 0.1):
+        self._executor, self._context, self._period = executor, context, period
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin, name=name, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        try:
+            while not self._stop.is_set() and self._context.ok():
+                self._executor.spin_once(timeout_sec=self._period)
+        except ExternalShutdownException:
+            pass
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop spinning and wait for the thread; raise (with every thread's stack on stderr)
+        rather than let the caller destroy the node under a thread that is still running."""
+        self._stop.set()
+        self._thread.join(timeout=timeout)
+        if self._thread.is_alive():
+            faulthandler.dump_traceback(all_threads=True)
+            raise RuntimeError(f"the spin thread {self._thread.name!r} did not stop within "
+                               f"{timeout:g} s (every thread's stack is on stderr)")

@@ -1,0 +1,104 @@
+"""A client spinning in a thread stops and joins before its node is destroyed (sdcpc_ros.spinning).
+
+The race these tests force is the one the soak's old client had: the spin thread passes the
+executor's shutdown check, then ``Executor.shutdown`` runs (and destroys the executor's wake-up
+guard condition) before that thread builds its wait set.
+"""
+
+import threading
+import time
+
+import pytest
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from ros_harness import domain_id_for
+from std_msgs.msg import String
+
+from sdcpc_ros.spinning import BackgroundSpin
+
+
+@pytest.fixture
+def client():
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=domain_id_for("test_spinning"))
+    node = rclpy.create_node("spin_client", context=context)
+    received = []
+    node.create_subscription(String, "chatter", received.append, 10)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    yield context, node, executor, received
+    node.destroy_node()
+    rclpy.try_shutdown(context=context)
+
+
+def pause_between_shutdown_check_and_wait(executor, thread_name):
+    """Hold ``thread_name`` inside the executor after it decided to wait, before it gathers what
+    to wait on; returns (entered, release) events."""
+    entered, release = threading.Event(), threading.Event()
+    can_execute = executor.can_execute
+
+    def held(entity):
+        if threading.current_thread().name == thread_name and not entered.is_set():
+            entered.set()
+            release.wait(10)
+        return can_execute(entity)
+
+    executor.can_execute = held
+    return entered, release
+
+
+def test_executor_shutdown_strands_a_thread_in_spin(client):
+    """Why BackgroundSpin exists: with rclpy's own ``executor.spin`` in a thread, a shutdown in
+    that window leaves the thread waiting with no timeout and nothing to wake it, even after the
+    context is shut down (if rclpy changes this, BackgroundSpin is still correct, only no longer
+    needed)."""
+    context, node, executor, _ = client
+    entered, release = pause_between_shutdown_check_and_wait(executor, "old_spin")
+    thread = threading.Thread(target=executor.spin, name="old_spin", daemon=True)
+    thread.start()
+    assert entered.wait(10)
+    executor.shutdown(timeout_sec=5.0)
+    release.set()
+    time.sleep(0.5)  # the thread is in its wait now
+    rclpy.try_shutdown(context=context)
+    thread.join(timeout=2.0)
+    assert thread.is_alive(), "rclpy's spin thread now ends after this race"
+
+
+def test_background_spin_stops_in_the_same_race(client):
+    context, node, executor, _ = client
+    entered, release = pause_between_shutdown_check_and_wait(executor, "client_spin")
+    spinner = BackgroundSpin(executor, context, name="client_spin")
+    assert entered.wait(10)
+    release.set()
+    started = time.monotonic()
+    spinner.stop(timeout=5.0)
+    assert time.monotonic() - started < 2.0
+
+
+def test_background_spin_delivers_until_stopped(client):
+    context, node, executor, received = client
+    publisher = node.create_publisher(String, "chatter", 10)
+    spinner = BackgroundSpin(executor, context)
+    deadline = time.monotonic() + 10
+    while not received and time.monotonic() < deadline:
+        publisher.publish(String(data="hello"))
+        time.sleep(0.05)
+    spinner.stop()
+    assert received and received[0].data == "hello"
+    count = len(received)
+    publisher.publish(String(data="after stop"))
+    time.sleep(0.3)
+    assert len(received) == count  # nobody spins the executor any more
+
+
+def test_stop_refuses_to_return_while_the_thread_still_runs(client, capfd):
+    context, node, executor, _ = client
+    entered, release = pause_between_shutdown_check_and_wait(executor, "stuck_spin")
+    spinner = BackgroundSpin(executor, context, name="stuck_spin")
+    assert entered.wait(10)
+    with pytest.raises(RuntimeError, match="did not stop within 0.2 s"):
+        spinner.stop(timeout=0.2)
+    assert "in held" in capfd.readouterr().err  # every thread's stack, the held one's included
+    release.set()
+    spinner.stop()

@@ -2,9 +2,10 @@
 
 Each source is one video (frames in time order), resized to the working size. A source's frames
 must share one size (a camera does not change resolution mid-recording; two recordings glued
-together should be two sources). Bags are read with ``rosbags`` directly (no ROS, no
-``sdcpc_ros``): ``sensor_msgs/Image`` in the usual 8/16-bit encodings and
-``sensor_msgs/CompressedImage``.
+together should be two sources). Bags are read by :class:`sdcpc_core.bags.BagReader` (``rosbags``,
+no ROS; a truncated MCAP recording up to its damage) and decoded by
+:mod:`sdcpc_core.image_messages`, as the node and ``sdcpc-eval`` read them: ``sensor_msgs/Image``
+in every encoding the node takes and ``sensor_msgs/CompressedImage`` (JPEG, PNG).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from sdcpc_core.bags import BagError, BagReader
 from sdcpc_core.frames import FrameSourceError, open_frames
+from sdcpc_core.image_messages import ImageConversionError, compressed_to_array, image_to_array
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 
@@ -38,67 +41,40 @@ def is_bag(path: Path) -> bool:
     return (path.is_dir() and (path / "metadata.yaml").is_file()) or path.suffix in (".mcap", ".db3")
 
 
-def _bag_frames(path: Path, topic: str | None):
-    """Yield (H, W, 3) uint8 RGB frames of the bag's image topic in log-time order."""
-    from rosbags.highlevel import AnyReader
-    from rosbags.typesys import Stores, get_typestore
+class _BagFrames:
+    """(H, W, 3) uint8 RGB frames of a bag's image topic in log-time order; ``shortfall`` says
+    what was left out when the bag was damaged (a truncated MCAP file is read up to the damage)."""
 
-    try:  # message definitions from the bag; the standard ones when it carries none
-        reader = AnyReader([path], default_typestore=get_typestore(Stores.ROS2_KILTED))
-        reader.open()
-    except Exception as exc:  # noqa: BLE001 - rosbags raises several types for damaged bags
-        raise FrameSourceError(f"cannot open bag {path}: {type(exc).__name__}: {exc}") from None
-    try:
-        images = {c.topic: c for c in reader.connections if c.msgtype in IMAGE_TYPES}
-        if topic is None:
-            if len(images) != 1:
-                found = ", ".join(sorted(images)) or "none"
-                raise FrameSourceError(f"bag {path} has {len(images)} image topics ({found}); "
-                                       "choose one with --image-topic")
-            topic = next(iter(images))
-        if topic not in images:
-            found = ", ".join(f"{c.topic} ({c.msgtype})" for c in reader.connections) or "none"
-            raise FrameSourceError(f"bag {path} has no image topic {topic!r}; its topics: {found}")
-        conn = images[topic]
-        for index, (_, _, data) in enumerate(reader.messages([conn])):
-            try:
-                msg = reader.deserialize(data, conn.msgtype)
-                yield _image_array(msg, conn.msgtype)
-            except FrameSourceError as exc:
-                raise FrameSourceError(f"bag {path}, {topic} message {index}: {exc}") from None
-            except Exception as exc:  # noqa: BLE001
-                raise FrameSourceError(f"bag {path}, {topic} message {index} cannot be decoded: "
-                                       f"{type(exc).__name__}: {exc}") from None
-    finally:
-        reader.close()
+    def __init__(self, path: Path, topic: str | None):
+        self.path, self.topic, self.shortfall = path, topic, None
 
-
-def _image_array(msg, msgtype: str) -> np.ndarray:
-    """A deserialised Image / CompressedImage -> (H, W, 3) uint8 RGB."""
-    if msgtype.endswith("CompressedImage"):
-        bgr = cv2.imdecode(np.asarray(msg.data, dtype=np.uint8), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise FrameSourceError(f"compressed image ({msg.format!r}) cannot be decoded")
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    enc, h, w, step = str(msg.encoding), int(msg.height), int(msg.width), int(msg.step)
-    channels = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "8UC1": 1,
-                "mono16": 2, "16UC1": 2}
-    if enc not in channels:
-        raise FrameSourceError(f"image encoding {enc!r} is not supported here (rgb8, bgr8, rgba8, "
-                               "bgra8, mono8, mono16); record or convert a colour image topic")
-    size = channels[enc]
-    data = np.asarray(msg.data, dtype=np.uint8)
-    if h < 1 or w < 1 or step < w * size or data.size < h * step:
-        raise FrameSourceError(f"image {w}x{h} {enc} with step {step} holds {data.size} bytes")
-    rows = data[: h * step].reshape(h, step)[:, : w * size]
-    if size == 2:
-        big = bool(msg.is_bigendian)
-        gray = rows.reshape(h, w, 2)[..., 0 if big else 1]  # the high byte
-        return np.repeat(gray[..., None], 3, axis=2)
-    pixels = rows.reshape(h, w, size)
-    if size == 1:
-        return np.repeat(pixels, 3, axis=2)
-    return np.ascontiguousarray(pixels[..., :3] if enc.startswith("rgb") else pixels[..., 2::-1])
+    def __iter__(self):
+        path = self.path
+        try:
+            with BagReader(path) as bag:
+                images = {t: info.msgtype for t, info in bag.topics.items()
+                          if info.msgtype in IMAGE_TYPES}
+                topic = self.topic
+                if topic is None:
+                    if len(images) != 1:
+                        found = ", ".join(sorted(images)) or "none"
+                        raise FrameSourceError(f"bag {path} has {len(images)} image topics ({found}); "
+                                               "choose one with --image-topic")
+                    topic = next(iter(images))
+                if topic not in images:
+                    raise FrameSourceError(f"bag {path} has no image topic {topic!r}; its topics: "
+                                           f"{bag.describe_topics()}")
+                compressed = images[topic].endswith("CompressedImage")
+                decode = compressed_to_array if compressed else image_to_array
+                for message in bag.messages([topic]):
+                    try:
+                        yield decode(bag.decode(message, "image"))
+                    except ImageConversionError as exc:
+                        raise FrameSourceError(f"bag {path}, {topic} message {message.index}: "
+                                               f"{exc}") from None
+                self.shortfall = bag.damage
+        except BagError as exc:  # cannot open, a message that cannot be deserialised, read broke off
+            raise FrameSourceError(str(exc)) from None
 
 
 def read_source(path, size: tuple[int, int], image_topic: str | None = None, every: int = 1,
@@ -113,7 +89,7 @@ def read_source(path, size: tuple[int, int], image_topic: str | None = None, eve
         raise FrameSourceError(f"source {path} does not exist (give a video file, an image folder "
                                "or a rosbag2)")
     if is_bag(path):
-        frames_iter, shortfall = _bag_frames(path, image_topic), None
+        frames_iter = shortfall = _BagFrames(path, image_topic)
     else:
         frames = open_frames(path)
         frames_iter, shortfall = frames, frames
@@ -153,7 +129,7 @@ def first_frame_size(path, image_topic: str | None = None) -> tuple[int, int]:
     if not path.exists():
         raise FrameSourceError(f"source {path} does not exist (give a video file, an image folder "
                                "or a rosbag2)")
-    it = _bag_frames(path, image_topic) if is_bag(path) else iter(open_frames(path))
+    it = iter(_BagFrames(path, image_topic) if is_bag(path) else open_frames(path))
     try:
         frame = next(iter(it))
     except StopIteration:

@@ -12,9 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from sdcpc_core import bags
+from sdcpc_core.bags import BagError
 from sdcpc_core.settings import TOOL_DEFAULTS, add_arguments, settings_from_arguments
-from sdcpc_ros import bags
-from sdcpc_ros.bags import BagError
 from sdcpc_ros.evaluation.live import evaluate_live
 from sdcpc_ros.evaluation.offline import evaluate_offline
 from sdcpc_ros.evaluation.scoring import DEFAULT_MAX_TIME_GAP

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from sdcpc_core import bags
+from sdcpc_core.bags import BagError, BagReader, format_stamp, stamp_to_ns
 from sdcpc_core.engine import continuity_break
-from sdcpc_ros import bags
-from sdcpc_ros.bags import BagError, BagReader, format_stamp, stamp_to_ns
 from sdcpc_ros.conversions import labels_to_array
 from sdcpc_ros.evaluation.pairing import Pair, paired_frames
 from sdcpc_ros.evaluation.scoring import (

@@ -4,9 +4,9 @@ scored against the label topic; report.json, report.md and plots in the output f
 
 from __future__ import annotations
 
+from sdcpc_core import bags
+from sdcpc_core.bags import BagError, BagReader
 from sdcpc_core.engine import continuity_break
-from sdcpc_ros import bags
-from sdcpc_ros.bags import BagError, BagReader
 from sdcpc_ros.evaluation.pairing import Pair, paired_frames, where
 from sdcpc_ros.evaluation.scoring import (
     DEFAULT_MAX_TIME_GAP,

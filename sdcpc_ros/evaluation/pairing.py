@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sdcpc_ros.bags import BagError, BagReader, format_stamp, stamp_to_ns
+from sdcpc_core.bags import BagError, BagReader, format_stamp, stamp_to_ns
 from sdcpc_ros.conversions import ImageConversionError, image_to_array, labels_to_array
 
 PAIRING_WINDOW_NS = 2_000_000_000  # how long (log time) an image waits for its label message

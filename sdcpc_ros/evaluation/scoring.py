@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sdcpc_core.bags import BagReader, format_stamp
 from sdcpc_core.settings import STREAM_MAX_TIME_GAP
-from sdcpc_ros.bags import BagReader, format_stamp
 from sdcpc_ros.evaluation.pairing import Pair
 
 DEFAULT_MAX_TIME_GAP = STREAM_MAX_TIME_GAP  # the node's default

@@ -328,3 +328,38 @@ def test_adapt_under_torchrun_two_cpu_processes(teacher, source, tmp_path):
     assert done.stdout.count("wrote ") == 1  # rank 0 alone reports and writes
     _, meta = load_checkpoint(out)
     assert meta["training"]["world_size"] == 2 and meta["training"]["steps"] == 3
+
+
+def test_a_truncated_bag_gives_its_frames_up_to_the_damage_with_a_note(tmp_path):
+    """A recording whose recorder died (MCAP without footer) is read as far as it goes, as
+    sdcpc-eval reads it, and the source says so."""
+    frames, _ = generate_video(seed=3, length=30, height=32, width=48)
+    bag = tmp_path / "bag"
+    _write_bag(bag, frames, "rgb8")
+    mcap = next(bag.glob("*.mcap"))
+    data = mcap.read_bytes()
+    mcap.write_bytes(data[: int(len(data) * 0.6)])
+    src = read_source(bag, (32, 48))
+    assert 5 < len(src) < 30
+    assert np.array_equal(src.frames, frames[: len(src)])
+    assert any("damaged" in note for note in src.notes)
+
+
+def test_a_compressed_image_topic_is_decoded(tmp_path):
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    frames, _ = generate_video(seed=4, length=3, height=32, width=48)
+    store = get_typestore(Stores.ROS2_KILTED)
+    types = store.types
+    with Writer(tmp_path / "bag", version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        conn = writer.add_connection("/cam/compressed", "sensor_msgs/msg/CompressedImage",
+                                     typestore=store)
+        for i, f in enumerate(frames):
+            png = cv2.imencode(".png", np.ascontiguousarray(f[..., ::-1]))[1].reshape(-1)
+            header = types["std_msgs/msg/Header"](
+                stamp=types["builtin_interfaces/msg/Time"](sec=1 + i, nanosec=0), frame_id="cam")
+            msg = types["sensor_msgs/msg/CompressedImage"](header=header, format="png", data=png)
+            writer.write(conn, (1 + i) * 10**9,
+                         store.serialize_cdr(msg, "sensor_msgs/msg/CompressedImage"))
+    assert np.array_equal(read_source(tmp_path / "bag", (32, 48)).frames, frames)

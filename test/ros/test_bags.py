@@ -4,9 +4,9 @@ import cv2
 import numpy as np
 import pytest
 
+from sdcpc_core import bags
+from sdcpc_core.bags import BagError, BagReader
 from sdcpc_core.data.synthetic import generate_video
-from sdcpc_ros import bags
-from sdcpc_ros.bags import BagError, BagReader
 from sdcpc_ros.conversions import labels_to_array
 
 IMG, LBL = bags.DEFAULT_IMAGE_TOPIC, bags.DEFAULT_LABEL_TOPIC

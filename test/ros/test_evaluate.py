@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from sdcpc_core import bags
+from sdcpc_core.bags import TYPESTORE, BagError
 from sdcpc_core.checkpoints import save_tiny_checkpoint
 from sdcpc_core.data.synthetic import SYNTHETIC_LABELS, generate_video
 from sdcpc_core.engine import StreamingSegmenter
 from sdcpc_core.metrics import VideoMetrics
-from sdcpc_ros import bags
-from sdcpc_ros.bags import TYPESTORE, BagError
 from sdcpc_ros.evaluation import cli
 from sdcpc_ros.evaluation.live import score_live
 from sdcpc_ros.evaluation.offline import evaluate_offline

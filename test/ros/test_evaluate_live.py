@@ -8,7 +8,7 @@ import pytest
 from test_evaluate import make_bag, make_checkpoint
 
 import sdcpc_ros.node  # noqa: F401  (the live mode starts this node; rclpy presence: conftest.py)
-from sdcpc_ros import bags
+from sdcpc_core import bags
 from sdcpc_ros.evaluation.live import evaluate_live
 from sdcpc_ros.evaluation.offline import evaluate_offline
 

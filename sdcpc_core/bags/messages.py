@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from rosbags.typesys import Stores, get_typestore
 
-from sdcpc_ros.conversions import ImageConversionError
+from sdcpc_core.image_messages import ImageConversionError
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 DEFAULT_IMAGE_TOPIC = "/camera/image_raw"

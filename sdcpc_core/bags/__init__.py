@@ -1,13 +1,13 @@
 """rosbag2 (mcap, sqlite3) through ``rosbags`` only, no rclpy needed.
 
-- :mod:`~sdcpc_ros.bags.messages`: type store, topic defaults, stamps, :func:`image_message`;
-- :mod:`~sdcpc_ros.bags.writer`: :func:`write_bag` (frames -> bag);
-- :mod:`~sdcpc_ros.bags.sources`: frames from image folders, videos, VSPW, Cityscapes, synthetic;
-- :mod:`~sdcpc_ros.bags.reader`: :class:`BagReader`;
-- :mod:`~sdcpc_ros.bags.mcap_salvage`: messages before the damage of a truncated MCAP file.
+- :mod:`~sdcpc_core.bags.messages`: type store, topic defaults, stamps, :func:`image_message`;
+- :mod:`~sdcpc_core.bags.writer`: :func:`write_bag` (frames -> bag);
+- :mod:`~sdcpc_core.bags.sources`: frames from image folders, videos, VSPW, Cityscapes, synthetic;
+- :mod:`~sdcpc_core.bags.reader`: :class:`BagReader`;
+- :mod:`~sdcpc_core.bags.mcap_salvage`: messages before the damage of a truncated MCAP file.
 """
 
-from sdcpc_ros.bags.messages import (
+from sdcpc_core.bags.messages import (
     DEFAULT_FRAME_ID,
     DEFAULT_IMAGE_TOPIC,
     DEFAULT_LABEL_TOPIC,
@@ -20,15 +20,15 @@ from sdcpc_ros.bags.messages import (
     image_message,
     stamp_to_ns,
 )
-from sdcpc_ros.bags.reader import BagDamaged, BagMessage, BagReader, TopicInfo
-from sdcpc_ros.bags.sources import (
+from sdcpc_core.bags.reader import BagDamaged, BagMessage, BagReader, TopicInfo
+from sdcpc_core.bags.sources import (
     cityscapes_frames,
     image_folder_frames,
     synthetic_frames,
     video_file_frames,
     vspw_frames,
 )
-from sdcpc_ros.bags.writer import STORAGES, BagSummary, SourceFrame, write_bag
+from sdcpc_core.bags.writer import STORAGES, BagSummary, SourceFrame, write_bag
 
 __all__ = [
     "DEFAULT_FRAME_ID", "DEFAULT_IMAGE_TOPIC", "DEFAULT_LABEL_TOPIC", "DEFAULT_START_STAMP",

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from rosbags.rosbag2 import StoragePlugin, Writer
 
-from sdcpc_ros.bags.messages import (
+from sdcpc_core.bags.messages import (
     DEFAULT_FRAME_ID,
     DEFAULT_IMAGE_TOPIC,
     DEFAULT_LABEL_TOPIC,

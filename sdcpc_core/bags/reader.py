@@ -1,6 +1,6 @@
 """Reading a rosbag2 (mcap, sqlite3) through ``rosbags``: :class:`BagReader` lists topics, yields raw
 messages in log-time order and decodes them with errors that name the bag, topic and message. A
-truncated MCAP file (no footer: the recorder died) is read by :mod:`sdcpc_ros.bags.mcap_salvage`.
+truncated MCAP file (no footer: the recorder died) is read by :mod:`sdcpc_core.bags.mcap_salvage`.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 from rosbags.rosbag2 import Reader
 
-from sdcpc_ros.bags.mcap_salvage import Truncated, metadata_counts, scan_channels, scan_messages
-from sdcpc_ros.bags.messages import IMAGE_TYPE, TYPESTORE, BagError, format_stamp
+from sdcpc_core.bags.mcap_salvage import Truncated, metadata_counts, scan_channels, scan_messages
+from sdcpc_core.bags.messages import IMAGE_TYPE, TYPESTORE, BagError, format_stamp
 
 
 class BagDamaged(BagError):

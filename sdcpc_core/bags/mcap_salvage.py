@@ -7,7 +7,7 @@ import struct
 from collections.abc import Iterator
 from pathlib import Path
 
-from sdcpc_ros.bags.messages import BagError
+from sdcpc_core.bags.messages import BagError
 
 
 class Truncated(Exception):

@@ -1,4 +1,4 @@
-"""Labelled video for :func:`~sdcpc_ros.bags.writer.write_bag`: image folders, video files, VSPW,
+"""Labelled video for :func:`~sdcpc_core.bags.writer.write_bag`: image folders, video files, VSPW,
 Cityscapes sequences and the synthetic generator, each as a stream of :class:`SourceFrame`."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from sdcpc_ros.bags.writer import SourceFrame
+from sdcpc_core.bags.writer import SourceFrame
 
 
 def image_folder_frames(folder, label_folder=None, video: str | None = None,

@@ -16,11 +16,13 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
-COMPLETE = ".complete"  # written last inside an entry: its presence means the entry is whole
+COMPLETE = ".complete"
+RACY_S = 2.0  # written last inside an entry: its presence means the entry is whole
 
 
 def cache_root() -> Path:
@@ -34,15 +36,46 @@ def cache_root() -> Path:
 def content_digest(path, length: int = 16) -> str:
     """SHA-256 of a file, or of a directory's files (relative names and contents, sorted), as hex."""
     path = Path(path)
+    if path.is_file():
+        return file_sha256(path)[:length]
     digest = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for file in files:
-        if file != path:
-            digest.update(str(file.relative_to(path)).encode() + b"\0")
-        with open(file, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode() + b"\0" + file_sha256(file).encode() + b"\n")
     return digest.hexdigest()[:length]
+
+
+def file_sha256(path) -> str:
+    """The SHA-256 of a file's contents, remembered in ``cache_root()/digests`` under the file's
+    identity (real path, device, inode, size, modification time in ns), so a large checkpoint is
+    hashed once, not at every start; a file written again gets a new identity and is hashed again.
+    A file changed in the last RACY_S seconds is not remembered: the kernel's file times advance in
+    ticks of milliseconds, so a rewrite within one tick could keep the same identity."""
+    path = Path(path).resolve()
+    st = path.stat()
+    identity = f"{path}\0{st.st_dev}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}"
+    memo = cache_root() / "digests" / hashlib.sha256(identity.encode()).hexdigest()[:32]
+    try:
+        known = memo.read_text().strip()
+        if len(known) == 64:
+            return known
+    except OSError:
+        pass
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    hexdigest = digest.hexdigest()
+    if time.time() - max(st.st_mtime, st.st_ctime) < RACY_S:
+        return hexdigest  # written just now: a second write in the same clock tick keeps its times
+    try:  # a read-only or full cache only costs the next start a re-hash
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=memo.parent, prefix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(hexdigest)
+        os.replace(tmp, memo)
+    except OSError:
+        pass
+    return hexdigest
 
 
 def entry(kind: str, key: str) -> Path:

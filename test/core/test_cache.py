@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import os
 import time
@@ -82,3 +83,28 @@ def test_content_digest_follows_content_not_names(tmp_path):
     (b / "model.safetensors").write_bytes(b"1235")
     assert cache.content_digest(a) != cache.content_digest(b)
     assert cache.content_digest(a / "config.json") != cache.content_digest(a)
+
+
+def test_file_digest_is_remembered_by_identity_and_follows_a_rewrite(root, tmp_path, monkeypatch):
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"weights" * 1000)
+    old = time.time() - 60
+    os.utime(path, (old, old))
+    monkeypatch.setattr(cache, "RACY_S", 0.0)  # ctime is now; treat it as settled
+    first = cache.file_sha256(path)
+    assert first == hashlib.sha256(b"weights" * 1000).hexdigest()
+    memos = list((root / "digests").iterdir())
+    assert len(memos) == 1 and memos[0].read_text() == first
+    memos[0].write_text("f" * 64)  # proves the second call reads the memo instead of the file
+    assert cache.file_sha256(path) == "f" * 64
+    path.write_bytes(b"other" * 1000)  # new size and times: a new identity, hashed again
+    assert cache.file_sha256(path) == hashlib.sha256(b"other" * 1000).hexdigest()
+
+
+def test_a_file_written_just_now_is_not_remembered(root, tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"1234")
+    assert cache.file_sha256(path) == hashlib.sha256(b"1234").hexdigest()
+    path.write_bytes(b"1235")  # same size, maybe the same clock tick
+    assert cache.file_sha256(path) == hashlib.sha256(b"1235").hexdigest()
+    assert not (root / "digests").exists()

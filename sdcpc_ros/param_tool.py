@@ -1,16 +1,20 @@
-"""``sdcpc-param``: get, set and list a running node's parameters, and reset its frame buffer.
+"""``sdcpc-param``: get, set and list a running node's parameters, reset its frame buffer, and
+drive a managed node's lifecycle.
 
 The pip route (PyPI ROS 2 wheels) has rclpy but no ``ros2`` command line; this is the small part of
-``ros2 param`` / ``ros2 service call`` that operating the sdcpc node needs::
+``ros2 param`` / ``ros2 lifecycle`` / ``ros2 service call`` that operating the sdcpc node needs::
 
     sdcpc-param list /sdcpc
     sdcpc-param get /sdcpc max_time_gap
     sdcpc-param set /sdcpc max_time_gap 1.0          # values are YAML, as with ros2 param
     sdcpc-param set /sdcpc dynamic_classes "[person, car]"
     sdcpc-param reset /sdcpc                         # calls /sdcpc/reset (std_srvs/Trigger)
+    sdcpc-param state /sdcpc                         # a managed node's state (ros2 lifecycle get)
+    sdcpc-param lifecycle /sdcpc configure           # a transition by label (ros2 lifecycle set):
+                                                     # configure, activate, deactivate, cleanup, shutdown
 
-It talks to the node through the standard parameter services (``rclpy.parameter_client``), so it
-works with any ROS 2 node, in the domain given by ``ROS_DOMAIN_ID``. Exit status: 0 on success,
+It talks to the node through the standard parameter and lifecycle services, so it works with any
+ROS 2 node, in the domain given by ``ROS_DOMAIN_ID``. Exit status: 0 on success,
 1 when the node is not found in time, does not answer, or refuses the change (its reason is
 printed), 2 on a usage error.
 """
@@ -21,6 +25,7 @@ import sys
 
 import rclpy
 import yaml
+from lifecycle_msgs.srv import ChangeState, GetAvailableTransitions, GetState
 from rcl_interfaces.msg import Parameter as ParameterMsg
 from rcl_interfaces.msg import ParameterType, ParameterValue
 from rclpy.executors import SingleThreadedExecutor
@@ -149,10 +154,44 @@ class ParamTool:
         return response.message
 
 
+    def _service(self, srv_type, name: str):
+        client = self.node.create_client(srv_type, f"{self.target}/{name}")
+        if not client.wait_for_service(timeout_sec=self.timeout):
+            raise ToolError(f"service {self.target}/{name} not found within {self.timeout:g} s (is "
+                            f"{self.target} a managed node — sdcpc_lifecycle_node, not sdcpc_node — "
+                            "running in the same ROS_DOMAIN_ID as this shell?)")
+        return client
+
+    def state(self) -> str:
+        """The managed node's current state label: unconfigured, inactive, active, finalized."""
+        response = self._call(self._service(GetState, "get_state").call_async(GetState.Request()),
+                              "get_state")
+        return response.current_state.label
+
+    def transition(self, label: str) -> str:
+        """Trigger the transition ``label`` available from the current state; returns the new
+        state. A transition the node refuses or fails is a ToolError naming the state it is in."""
+        available = self._call(
+            self._service(GetAvailableTransitions, "get_available_transitions")
+            .call_async(GetAvailableTransitions.Request()), "get_available_transitions")
+        choices = {t.transition.label: t.transition for t in available.available_transitions}
+        if label not in choices:
+            raise ToolError(f"{self.target} is {self.state()}: transition {label!r} is not available "
+                            f"from there (available: {', '.join(sorted(choices)) or 'none'})")
+        request = ChangeState.Request(transition=choices[label])
+        response = self._call(self._service(ChangeState, "change_state").call_async(request),
+                              f"change_state {label}")
+        state = self.state()
+        if not response.success:
+            raise ToolError(f"{self.target} failed {label} and is {state} (the node's log says why)")
+        return state
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sdcpc-param", description="Get, set and list a running ROS 2 node's parameters "
-        "(ros2 param for the pip route), and reset the sdcpc node's frame buffer.")
+        "(ros2 param for the pip route), reset the sdcpc node's frame buffer, and drive a managed "
+        "node's lifecycle (ros2 lifecycle get/set).")
     parser.add_argument("--timeout", type=float, default=5.0,
                         help="seconds to wait for the node and for each answer (default 5)")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -166,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     set_.add_argument("value")
     commands.add_parser("reset", help="clear the node's frame buffer (its ~/reset service)") \
         .add_argument("node")
+    commands.add_parser("state", help="a managed node's lifecycle state").add_argument("node")
+    lifecycle = commands.add_parser("lifecycle", help="trigger a managed node's transition")
+    lifecycle.add_argument("node")
+    lifecycle.add_argument("transition", help="configure, activate, deactivate, cleanup or shutdown")
     return parser
 
 
@@ -184,6 +227,10 @@ def main(argv=None) -> int:
         elif args.command == "set":
             value = tool.set(args.name, args.value)
             print(f"set {args.name} = {format_value(value)}")
+        elif args.command == "state":
+            print(tool.state())
+        elif args.command == "lifecycle":
+            print(f"{args.transition}: {tool.target} is {tool.transition(args.transition)}")
         else:
             message = tool.reset()
             print(f"reset {tool.target}" + (f": {message}" if message else ""))

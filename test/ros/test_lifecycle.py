@@ -176,3 +176,39 @@ def test_console_script_sdcpc_lifecycle_node_is_declared_and_importable():
     entry = re.search(r'"sdcpc_lifecycle_node = ([\w.]+):(\w+)"', (REPO / "setup.py").read_text())
     assert entry, "setup.py lost the sdcpc_lifecycle_node console script"
     assert callable(getattr(importlib.import_module(entry[1]), entry[2]))
+
+
+def test_sdcpc_param_drives_the_lifecycle_by_label(tiny_checkpoint, tmp_path):
+    """``sdcpc-param state|lifecycle`` (the pip route's ``ros2 lifecycle get|set``) from another
+    process: each transition by its label, a refusal names what is available, shutdown ends it."""
+    import subprocess
+    import sys
+
+    from ros_harness import REPO, WAIT_S, node_env
+
+    domain = domain_id_for("lifecycle_tool")
+    proc = run_node({**PARAMS, "checkpoint": str(tiny_checkpoint)}, domain, tmp_path, module=LIFECYCLE)
+
+    def tool(*args, timeout=10.0):
+        done = subprocess.run([sys.executable, "-m", "sdcpc_ros.param_tool", "--timeout", str(timeout),
+                               *args], env=node_env(domain), cwd=REPO, capture_output=True, text=True,
+                              timeout=timeout * 6 + 30)
+        return done.returncode, done.stdout.strip(), done.stderr.strip()
+
+    try:
+        assert tool("state", "/sdcpc", timeout=WAIT_S)[:2] == (0, "unconfigured")
+        # configure loads the model (torch imports on a busy 2-core machine: up to tens of seconds)
+        assert tool("lifecycle", "/sdcpc", "configure", timeout=WAIT_S)[:2] == (0, "configure: /sdcpc is inactive")
+        rc, _, err = tool("lifecycle", "/sdcpc", "configure")
+        assert rc == 1 and "is inactive" in err and "activate" in err and "cleanup" in err, err
+        assert tool("lifecycle", "/sdcpc", "activate")[:2] == (0, "activate: /sdcpc is active")
+        assert tool("state", "sdcpc")[:2] == (0, "active")
+        assert tool("lifecycle", "/sdcpc", "deactivate")[:2] == (0, "deactivate: /sdcpc is inactive")
+        assert tool("lifecycle", "/sdcpc", "cleanup")[:2] == (0, "cleanup: /sdcpc is unconfigured")
+        assert tool("lifecycle", "/sdcpc", "shutdown")[0] == 0
+        proc.wait(timeout=30)
+        assert proc.returncode == 0, node_output(proc)[-3000:]
+        rc, _, err = tool("state", "/sdcpc", timeout=1.0)
+        assert rc == 1 and "sdcpc_lifecycle_node" in err, err  # nothing answers any more
+    finally:
+        stop_node(proc)

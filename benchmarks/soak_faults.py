@@ -132,6 +132,7 @@ class Run:
         from sdcpc_ros.node_process import Client, domain_id_for, node_env, run_node
 
         self.args = args
+        self.t0 = time.monotonic()  # the run's start; set again when the camera starts
         self.domain = domain_id_for("soak_faults")
         self.env = node_env(self.domain)
         params = {"backend": args.backend, "device": "cpu", "reliable_qos": "false",
@@ -229,6 +230,10 @@ class Run:
                 return True
             if self.proc.poll() is not None:
                 self.events.append({"t": t, "event": f"node exited ({self.proc.returncode})"})
+                return False
+            if not self.client.context.ok():  # Ctrl-C: rclpy's handler shut the context down
+                self.events.append({"t": round(t, 2), "event": "interrupted (SIGINT)"})
+                print(f"[{t:7.1f} s] interrupted: stopping the camera and the node", flush=True)
                 return False
             if self.camera.poll() is not None and done != 1:
                 self.events.append({"t": t, "event": f"camera exited ({self.camera.returncode})"})
@@ -400,6 +405,8 @@ def main(argv=None) -> int:
     from sdcpc_ros.transport import use_default_profile
 
     print(use_default_profile(), flush=True)  # this process publishes the malformed images
+    # SIGTERM as well as Ctrl-C ends the run through `finally`, so the node and camera stop too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     run = Run(args)
     finished = False
     try:
@@ -408,6 +415,8 @@ def main(argv=None) -> int:
         run.client.spin_in_background()  # stopped and joined by client.close()
         run.start_camera()
         finished = run.run()
+    except KeyboardInterrupt:  # Ctrl-C: stop both processes and report what ran
+        run.events.append({"t": round(time.monotonic() - run.t0, 2), "event": "interrupted (Ctrl-C)"})
     finally:
         run.stop()
     criteria, summary = judge(run, warmup)

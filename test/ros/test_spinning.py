@@ -5,6 +5,9 @@ executor's shutdown check, then ``Executor.shutdown`` runs (and destroys the exe
 guard condition) before that thread builds its wait set.
 """
 
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -47,22 +50,63 @@ def pause_between_shutdown_check_and_wait(executor, thread_name):
     return entered, release
 
 
-def test_executor_shutdown_strands_a_thread_in_spin(client):
+STRANDED = """
+import linecache, os, sys, threading, time
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from std_msgs.msg import String
+
+context = rclpy.Context()
+rclpy.init(context=context)
+node = rclpy.create_node("stranded_client", context=context)
+node.create_subscription(String, "chatter", lambda msg: None, 10)
+executor = SingleThreadedExecutor(context=context)
+executor.add_node(node)
+entered, release = threading.Event(), threading.Event()
+can_execute = executor.can_execute
+
+def held(entity):
+    if threading.current_thread().name == "old_spin" and not entered.is_set():
+        entered.set()
+        release.wait(10)
+    return can_execute(entity)
+
+executor.can_execute = held
+thread = threading.Thread(target=executor.spin, name="old_spin", daemon=True)
+thread.start()
+entered.wait(10)
+executor.shutdown(timeout_sec=5.0)
+release.set()
+
+def waiting():  # the thread's Python frame stands at the call into rcl_wait
+    frame = sys._current_frames().get(thread.ident)
+    return frame is not None and linecache.getline(
+        frame.f_code.co_filename, frame.f_lineno).strip().startswith("wait_set.wait(")
+
+deadline = time.monotonic() + 60
+while not waiting() and thread.is_alive() and time.monotonic() < deadline:
+    time.sleep(0.01)
+print("waiting:", waiting())
+rclpy.try_shutdown(context=context)
+thread.join(timeout=2.0)
+print("alive after the context's shutdown:", thread.is_alive(), flush=True)
+os._exit(0)  # never finalize with that thread inside rclpy: that is what aborts a process
+"""
+
+
+def test_executor_shutdown_strands_a_thread_in_spin():
     """Why BackgroundSpin exists: with rclpy's own ``executor.spin`` in a thread, a shutdown in
     that window leaves the thread waiting with no timeout and nothing to wake it, even after the
     context is shut down (if rclpy changes this, BackgroundSpin is still correct, only no longer
-    needed)."""
-    context, node, executor, _ = client
-    entered, release = pause_between_shutdown_check_and_wait(executor, "old_spin")
-    thread = threading.Thread(target=executor.spin, name="old_spin", daemon=True)
-    thread.start()
-    assert entered.wait(10)
-    executor.shutdown(timeout_sec=5.0)
-    release.set()
-    time.sleep(0.5)  # the thread is in its wait now
-    rclpy.try_shutdown(context=context)
-    thread.join(timeout=2.0)
-    assert thread.is_alive(), "rclpy's spin thread now ends after this race"
+    needed). In a child process: a thread stranded inside rclpy is what kills a process at exit."""
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id_for("test_spinning_stranded")),
+               ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+    done = subprocess.run([sys.executable, "-c", STRANDED], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "waiting: True" in done.stdout, done.stdout + done.stderr
+    assert "alive after the context's shutdown: True" in done.stdout, (
+        "rclpy's spin thread now ends after this race\n" + done.stdout + done.stderr)
 
 
 def test_background_spin_stops_in_the_same_race(client):

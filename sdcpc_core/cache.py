@@ -21,8 +21,8 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
-COMPLETE = ".complete"
-RACY_S = 2.0  # written last inside an entry: its presence means the entry is whole
+COMPLETE = ".complete"  # written last inside an entry: its presence means the entry is whole
+RACY_S = 2.0  # a file changed this recently is hashed, not remembered (see file_sha256)
 
 
 def cache_root() -> Path:

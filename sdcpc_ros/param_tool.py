@@ -96,6 +96,7 @@ class ParamTool:
                                       start_parameter_services=False)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
+        self._clients = {}  # service name -> client, see _service
 
     def close(self) -> None:
         self.executor.shutdown()
@@ -144,27 +145,29 @@ class ParamTool:
         return parameter_value_to_python(value)
 
     def reset(self) -> str:
-        client = self.node.create_client(Trigger, f"{self.target}/reset")
-        if not client.wait_for_service(timeout_sec=self.timeout):
-            raise ToolError(f"service {self.target}/reset not found within {self.timeout:g} s "
-                            "(is the node running, in the same ROS_DOMAIN_ID as this shell?)")
-        response = self._call(client.call_async(Trigger.Request()), "reset")
+        response = self._call(self._service(Trigger, "reset").call_async(Trigger.Request()), "reset")
         if not response.success:
             raise ToolError(f"{self.target} refused the reset: {response.message or 'no reason given'}")
         return response.message
 
 
-    def _service(self, srv_type, name: str):
-        client = self.node.create_client(srv_type, f"{self.target}/{name}")
-        if not client.wait_for_service(timeout_sec=self.timeout):
-            raise ToolError(f"service {self.target}/{name} not found within {self.timeout:g} s (is "
-                            f"{self.target} a managed node — sdcpc_lifecycle_node, not sdcpc_node — "
-                            "running in the same ROS_DOMAIN_ID as this shell?)")
-        return client
+    def _service(self, srv_type, name: str, what: str = "the node"):
+        """A ready client of the target's service ``name`` (one per service, made once)."""
+        if name not in self._clients:
+            client = self.node.create_client(srv_type, f"{self.target}/{name}")
+            if not client.wait_for_service(timeout_sec=self.timeout):
+                raise ToolError(f"service {self.target}/{name} not found within {self.timeout:g} s "
+                                f"(is {what} running, in the same ROS_DOMAIN_ID as this shell?)")
+            self._clients[name] = client
+        return self._clients[name]
+
+    def _lifecycle(self, srv_type, name: str):
+        return self._service(srv_type, name, f"{self.target} a managed node (sdcpc_lifecycle_node, "
+                                             "not sdcpc_node),")
 
     def state(self) -> str:
         """The managed node's current state label: unconfigured, inactive, active, finalized."""
-        response = self._call(self._service(GetState, "get_state").call_async(GetState.Request()),
+        response = self._call(self._lifecycle(GetState, "get_state").call_async(GetState.Request()),
                               "get_state")
         return response.current_state.label
 
@@ -172,14 +175,14 @@ class ParamTool:
         """Trigger the transition ``label`` available from the current state; returns the new
         state. A transition the node refuses or fails is a ToolError naming the state it is in."""
         available = self._call(
-            self._service(GetAvailableTransitions, "get_available_transitions")
+            self._lifecycle(GetAvailableTransitions, "get_available_transitions")
             .call_async(GetAvailableTransitions.Request()), "get_available_transitions")
         choices = {t.transition.label: t.transition for t in available.available_transitions}
         if label not in choices:
             raise ToolError(f"{self.target} is {self.state()}: transition {label!r} is not available "
                             f"from there (available: {', '.join(sorted(choices)) or 'none'})")
         request = ChangeState.Request(transition=choices[label])
-        response = self._call(self._service(ChangeState, "change_state").call_async(request),
+        response = self._call(self._lifecycle(ChangeState, "change_state").call_async(request),
                               f"change_state {label}")
         state = self.state()
         if not response.success:

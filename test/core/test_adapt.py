@@ -222,23 +222,31 @@ def test_recipe_overrides_are_typed():
 
 
 def _write_bag(path, frames, encoding):
+    """Frames as sensor_msgs/Image (rgb8, bgr8) on /cam/image, or as PNG CompressedImage
+    (``encoding="png"``) on /cam/compressed, beside a String topic."""
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
 
     store = get_typestore(Stores.ROS2_KILTED)
     types = store.types
+    msgtype = "sensor_msgs/msg/CompressedImage" if encoding == "png" else "sensor_msgs/msg/Image"
+    topic = "/cam/compressed" if encoding == "png" else "/cam/image"
     with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
-        conn = writer.add_connection("/cam/image", "sensor_msgs/msg/Image", typestore=store)
+        conn = writer.add_connection(topic, msgtype, typestore=store)
         writer.add_connection("/other", "std_msgs/msg/String", typestore=store)
         for i, f in enumerate(frames):
-            data = f if encoding == "rgb8" else f[..., ::-1]
-            data = np.ascontiguousarray(data)
             header = types["std_msgs/msg/Header"](
                 stamp=types["builtin_interfaces/msg/Time"](sec=1 + i, nanosec=0), frame_id="cam")
-            msg = types["sensor_msgs/msg/Image"](header=header, height=f.shape[0], width=f.shape[1],
-                                                 encoding=encoding, is_bigendian=0, step=f.shape[1] * 3,
-                                                 data=data.reshape(-1))
-            writer.write(conn, (1 + i) * 10**9, store.serialize_cdr(msg, "sensor_msgs/msg/Image"))
+            bgr = np.ascontiguousarray(f[..., ::-1])
+            if encoding == "png":
+                msg = types[msgtype](header=header, format="png",
+                                     data=cv2.imencode(".png", bgr)[1].reshape(-1))
+            else:
+                data = np.ascontiguousarray(f) if encoding == "rgb8" else bgr
+                msg = types[msgtype](header=header, height=f.shape[0], width=f.shape[1],
+                                     encoding=encoding, is_bigendian=0, step=f.shape[1] * 3,
+                                     data=data.reshape(-1))
+            writer.write(conn, (1 + i) * 10**9, store.serialize_cdr(msg, msgtype))
 
 
 @pytest.mark.parametrize("encoding", ["rgb8", "bgr8"])
@@ -346,20 +354,6 @@ def test_a_truncated_bag_gives_its_frames_up_to_the_damage_with_a_note(tmp_path)
 
 
 def test_a_compressed_image_topic_is_decoded(tmp_path):
-    from rosbags.rosbag2 import StoragePlugin, Writer
-    from rosbags.typesys import Stores, get_typestore
-
     frames, _ = generate_video(seed=4, length=3, height=32, width=48)
-    store = get_typestore(Stores.ROS2_KILTED)
-    types = store.types
-    with Writer(tmp_path / "bag", version=9, storage_plugin=StoragePlugin.MCAP) as writer:
-        conn = writer.add_connection("/cam/compressed", "sensor_msgs/msg/CompressedImage",
-                                     typestore=store)
-        for i, f in enumerate(frames):
-            png = cv2.imencode(".png", np.ascontiguousarray(f[..., ::-1]))[1].reshape(-1)
-            header = types["std_msgs/msg/Header"](
-                stamp=types["builtin_interfaces/msg/Time"](sec=1 + i, nanosec=0), frame_id="cam")
-            msg = types["sensor_msgs/msg/CompressedImage"](header=header, format="png", data=png)
-            writer.write(conn, (1 + i) * 10**9,
-                         store.serialize_cdr(msg, "sensor_msgs/msg/CompressedImage"))
+    _write_bag(tmp_path / "bag", frames, "png")
     assert np.array_equal(read_source(tmp_path / "bag", (32, 48)).frames, frames)

@@ -4,6 +4,8 @@ The subscription callback only keeps the newest message; one worker thread conve
 publishes it (latest frame wins: a frame replaced before the worker took it is counted as dropped,
 and so is one that never reached the callback, seen as a gap in its publisher's sequence numbers).
 ``sdcpc_core.engine.StreamingSegmenter`` does all the model work, including the buffer resets.
+With ``propagate`` on, a frame the network has no time for is answered by a second thread instead:
+the last network labels carried to it along the image motion (``sdcpc_core.propagation``).
 
 The work is split into the steps of a managed node's transitions (:class:`Segmentation`):
 configure (parameters, model, publishers), activate (worker, subscription), deactivate (stop
@@ -20,6 +22,7 @@ import sys
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -95,6 +98,10 @@ NODE_SETTINGS: dict[str, Setting] = {s.name: s for s in (
             minimum=1, maximum=2**31 - 1, runtime=True),
     Setting("diagnostics_period", "double", 1.0, "Seconds between /diagnostics messages.",
             minimum=0.1, maximum=60.0),
+    Setting("propagate", "bool", True,
+            "Answer the frames the network has no time for with its last labels carried along the "
+            "image motion (optical flow; ~/frame_info says which, from which network frame); "
+            "false: drop them.", runtime=True),
 )}
 CHECKPOINT = Setting("checkpoint", "string", "",
                      "sdcpc checkpoint file (.pt), export directory (sdcpc export), Hugging Face SegFormer "
@@ -157,6 +164,19 @@ def _stamp_seconds(header) -> float | None:
 NODE_NAME = "sdcpc"
 
 
+@dataclass(eq=False)
+class _Frame:
+    """One received image on its way to an answer. ``propagating``: handed to the propagation
+    thread, which counts its outcome (the network may still segment it, for its buffer and the next
+    key frame, without publishing); ``taken``: the network worker took it."""
+
+    msg: object
+    received_at: float  # perf_counter at receipt
+    number: int | None  # the engine's input number (StreamingSegmenter.observe)
+    propagating: bool = False
+    taken: bool = False
+
+
 class Segmentation:
     """The node's work, in the steps of a managed node's transitions; mixed into a ``Node``
     (:class:`SegmentationNode`) or a ``LifecycleNode`` (``sdcpc_ros.lifecycle_node``).
@@ -167,6 +187,7 @@ class Segmentation:
 
     _seg = None  # the engine, from configure to cleanup
     _worker = None  # the worker thread, from activate to deactivate
+    _propagation_worker = None  # the propagation thread, from activate to deactivate
     _subscription = None
     _active = False
     _pub: dict = {}
@@ -200,6 +221,10 @@ class Segmentation:
                          "confidence": p["publish_confidence"]}
         self._input = (p["input_transport"], p["reliable_qos"])
         self._init_counters(p["diagnostics_period"])
+        from sdcpc_core.propagation import LabelPropagator
+
+        self._propagator = LabelPropagator(ignore_id=self._seg.labels.ignore_index)
+        self._propagate = p["propagate"]
         self._create_publishers(create_publisher)
         self._reset_service = self.create_service(Trigger, "~/reset", self._on_reset)
         self._diag_timer = self.create_timer(p["diagnostics_period"], self._publish_diagnostics)
@@ -219,6 +244,9 @@ class Segmentation:
             self._last_sequence.clear()  # frames sent while inactive were not lost by the node
         self._worker = threading.Thread(target=self._work, name="sdcpc_worker", daemon=True)
         self._worker.start()
+        self._propagation_worker = threading.Thread(target=self._propagation_work,
+                                                    name="sdcpc_propagation", daemon=True)
+        self._propagation_worker.start()
         self._subscribe(*self._input)
         self._active = True
         self._publish_label_info()
@@ -232,22 +260,26 @@ class Segmentation:
             self._subscription = None
         self._stop_worker()
         with self._cv:
-            not_taken = int(self._pending is not None)
-            self._pending = None
-            self._not_taken += not_taken
-            self._dropped += not_taken
-        return not_taken
+            waiting = {f for f in (self._pending, self._to_propagate)
+                       if f is not None and (f is self._to_propagate or not f.propagating)}
+            self._pending = self._to_propagate = None
+            self._key = None  # the next activation starts a new stream
+            self._not_taken += len(waiting)
+            self._dropped += len(waiting)
+        return len(waiting)
 
     def _stop_worker(self, timeout: float = 10.0) -> None:
         if self._worker is None:
             return
         with self._cv:
             self._stopping = True
-            self._cv.notify()
-        self._worker.join(timeout=timeout)
-        if self._worker.is_alive():
-            self.get_logger().error(f"the worker did not stop within {timeout:.0f} s")
-        self._worker = None
+            self._cv.notify_all()
+        for thread in (self._worker, self._propagation_worker):
+            if thread is not None:
+                thread.join(timeout=timeout)
+                if thread.is_alive():
+                    self.get_logger().error(f"{thread.name} did not stop within {timeout:.0f} s")
+        self._worker = self._propagation_worker = None
 
     # -- cleanup ------------------------------------------------------------------------------
     def _cleanup(self, destroy_publisher) -> None:
@@ -287,15 +319,27 @@ class Segmentation:
     def _init_counters(self, diagnostics_period: float) -> None:
         """Hand-over state (the newest message) and the frame accounting, under one condition.
 
-        Every image a publisher sent ends in exactly one count: published (answered), replaced
-        (a newer image arrived first: latest frame wins), lost (never reached the callback, seen as
-        a gap in the publisher's sequence numbers), rejected (bad input), failed (segmentation
-        raised or gave non-finite output), or is in flight (pending or being segmented).
+        Every image a publisher sent ends in exactly one count: published (answered by the
+        network), propagated (answered with carried labels), replaced (a newer image arrived first
+        and it could not be propagated: latest frame wins), lost (never reached the callback, seen
+        as a gap in the publisher's sequence numbers), rejected (bad input), failed (segmentation
+        or propagation raised or gave non-finite output), or is in flight (pending, being
+        segmented, waiting for or in propagation).
         """
         self._cv = threading.Condition()
         self._stopping = False
-        self._pending = None  # (msg, perf_counter at receipt, engine input number)
+        self._pending: _Frame | None = None  # the network's next frame (newest received)
         self._busy = False  # the worker is segmenting a frame
+        self._busy_counts = False  # ... whose outcome it counts (not one propagation answers)
+        self._busy_since = 0.0
+        self._to_propagate: _Frame | None = None  # waiting for the propagation thread
+        self._propagating = False  # the propagation thread is working on a frame
+        self._key = None  # sdcpc_core.propagation.KeyFrame of the last network frame
+        self._propagate = False
+        self._step_s = deque(maxlen=20)  # wall time of the last network steps
+        self._arrival_s = deque(maxlen=20)  # time between the last images received
+        self._network_steps = self._propagated = 0
+        self._propagation_ms = deque(maxlen=200)  # (node latency ms, propagation ms)
         self._received = self._dropped = self._rejected = self._failed = self._published = 0
         self._lost = 0  # part of _dropped: never reached the callback (queue overflow, transport)
         self._not_taken = 0  # waiting for the worker when the node was deactivated
@@ -303,7 +347,8 @@ class Segmentation:
         self._latencies = deque(maxlen=200)  # (node latency ms, inference ms)
         self._last_reset = ""
         self._resets = 0
-        self._diag_counts = (0, 0, 0, 0, time.monotonic())  # received, published, failed, rejected, t
+        # received, published, failed, rejected, propagated, network steps, t
+        self._diag_counts = (0, 0, 0, 0, 0, 0, time.monotonic())
         self._last_receipt = None  # monotonic time of the last image received
         self._image_topic = ""  # resolved input topic, set with the subscription
         self._stall_s = max(2.0, 2 * diagnostics_period)  # input silent this long: WARN
@@ -344,15 +389,56 @@ class Segmentation:
                 "logged at start-up (docs/transport.md)", throttle_duration_sec=30.0)
         # continuity is judged on every image received, segmented or not (engine.observe)
         number = self._seg.observe(_stamp_seconds(msg.header))
+        frame = _Frame(msg, time.perf_counter(), number)
         with self._cv:
+            if self._last_receipt is not None:
+                self._arrival_s.append(time.monotonic() - self._last_receipt)
             self._last_receipt = time.monotonic()
             self._received += 1 + lost
             self._dropped += lost
             self._lost += lost
-            if self._pending is not None:
-                self._dropped += 1
-            self._pending = (msg, time.perf_counter(), number)
-            self._cv.notify()
+            replaced, self._pending = self._pending, frame
+            if replaced is not None and not replaced.propagating and not self._hand_over(replaced):
+                self._dropped += 1  # latest frame wins, and it could not be propagated
+            if self._busy and not self._network_free_soon(frame.received_at):
+                self._hand_over(frame)  # answered now; the network may still take it for its buffer
+            self._cv.notify_all()
+
+    def _network_free_soon(self, now: float) -> bool:
+        """Whether the network will likely be free before the next image arrives (then it takes
+        this one, and the frame is left to it). Called under the lock."""
+        if not self._step_s or not self._arrival_s:
+            return False
+        remaining = float(np.percentile(self._step_s, 75)) - (now - self._busy_since)
+        return remaining < float(np.median(self._arrival_s))
+
+    def _hand_over(self, frame: _Frame) -> bool:
+        """Give ``frame`` to the propagation thread if its labels can be carried from the last key
+        frame (same frame_id and size, stamp not before it nor a cut after it); a frame waiting
+        there is replaced (and given back to the network if still its next, else dropped). Called
+        under the lock; False: not handed over."""
+        key, header = self._key, frame.msg.header
+        if not self._propagate or key is None or header.frame_id != key.meta["frame_id"]:
+            return False
+        if isinstance(frame.msg, Image) and (frame.msg.height, frame.msg.width) != key.size:
+            return False
+        stamp, key_stamp = _stamp_seconds(header), key.meta["stamp"]
+        if (stamp is None) != (key_stamp is None):
+            return False
+        if stamp is not None and not 0.0 <= stamp - key_stamp <= self._seg.max_time_gap:
+            return False
+        if self._to_propagate is not None:
+            self._give_back(self._to_propagate)
+        frame.propagating = True
+        self._to_propagate = frame
+        return True
+
+    def _give_back(self, frame: _Frame) -> None:
+        """A frame the propagation thread will not answer: the network's again if it is still the
+        pending one, else dropped. Called under the lock."""
+        frame.propagating = False
+        if frame is not self._pending or frame.taken:
+            self._dropped += 1
 
     def _lost_before(self, info) -> int:
         """Messages of this publisher that never reached the callback, from gaps in its publication
@@ -373,6 +459,8 @@ class Segmentation:
 
     def _on_reset(self, request, response):
         self._seg.reset(reason="service")
+        with self._cv:
+            self._key = None  # nothing is carried across a reset
         response.success, response.message = True, "frame buffer cleared"
         self.get_logger().info("frame buffer cleared by ~/reset")
         return response
@@ -408,39 +496,62 @@ class Segmentation:
                 self._enabled[param.name[len("publish_"):]] = param.value
             elif param.name == "max_image_pixels":
                 self._max_pixels = param.value
+            elif param.name == "propagate":
+                with self._cv:
+                    self._propagate, self._key = param.value, None
 
     # -- worker thread ----------------------------------------------------------------------
     def _work(self) -> None:
+        """The network worker: segments the newest frame; publishes it unless the propagation
+        thread answers it, and leaves it as the next key frame either way."""
         while True:
             with self._cv:
                 self._cv.wait_for(lambda: self._pending is not None or self._stopping)
                 if self._stopping:
                     return
-                (msg, received_at, number), self._pending = self._pending, None
-                self._busy = True
-            outcome = "published"
-            try:
-                self._segment(msg, received_at, number)
-            except self._input_errors as exc:
-                outcome = "rejected"
-                self.get_logger().warning(f"image refused: {exc}",
-                                          throttle_duration_sec=THROTTLE_S)
-            except Exception as exc:  # noqa: BLE001 - keep segmenting the next frames
-                outcome = "failed"
-                self.get_logger().error(f"segmentation failed: {type(exc).__name__}: {exc}",
-                                        throttle_duration_sec=THROTTLE_S)
+                frame, self._pending = self._pending, None
+                frame.taken = True
+                counts = not frame.propagating
+                self._busy, self._busy_counts, self._busy_since = True, counts, time.perf_counter()
+            outcome, _ = self._run_guarded("segmentation", self._segment, frame.msg, frame.received_at,
+                                           frame.number, publish=counts, log=counts)
             with self._cv:
-                self._busy = False
-                if outcome == "rejected":
-                    self._rejected += 1
-                elif outcome == "failed":
-                    self._failed += 1
+                self._busy = self._busy_counts = False
+                self._step_s.append(time.perf_counter() - self._busy_since)
+                if outcome != "refused":
+                    self._network_steps += 1
+                if counts:
+                    self._count(outcome)
 
-    def _segment(self, msg, received_at: float, input_number: int | None = None) -> None:
+    def _run_guarded(self, what: str, work, *args, log: bool = True, **kwargs) -> tuple[str, object]:
+        """``work(*args, **kwargs)`` -> ("done", its result), ("refused", None) (the image's fault)
+        or ("failed", None) (logged, throttled)."""
+        try:
+            return "done", work(*args, **kwargs)
+        except self._input_errors as exc:
+            if log:
+                self.get_logger().warning(f"image refused: {exc}", throttle_duration_sec=THROTTLE_S)
+            return "refused", None
+        except Exception as exc:  # noqa: BLE001 - keep answering the next frames
+            if log:
+                self.get_logger().error(f"{what} failed: {type(exc).__name__}: {exc}",
+                                        throttle_duration_sec=THROTTLE_S)
+            return "failed", None
+
+    def _count(self, outcome: str) -> None:
+        if outcome == "refused":
+            self._rejected += 1
+        elif outcome == "failed":
+            self._failed += 1
+
+    def _decode(self, msg) -> np.ndarray:
         if isinstance(msg, CompressedImage):
-            rgb = compressed_to_array(msg, self._max_pixels)
-        else:
-            rgb = image_to_array(msg, self._max_pixels)
+            return compressed_to_array(msg, self._max_pixels)
+        return image_to_array(msg, self._max_pixels)
+
+    def _segment(self, msg, received_at: float, input_number: int | None = None,
+                 publish: bool = True) -> None:
+        rgb = self._decode(msg)
         # confidence costs a pass over every class at every pixel: only when someone listens
         res = self._seg.step(rgb, stamp=_stamp_seconds(msg.header), frame_id=msg.header.frame_id,
                              return_confidence=self._wanted("confidence"), input_number=input_number)
@@ -450,36 +561,89 @@ class Segmentation:
             if self._published:
                 self.get_logger().info(f"frame buffer reset: {res.reset_reason}")
         header = msg.header
+        if publish:
+            self._publish_outputs(header, rgb, res.labels, res.dynamic_mask, res.confidence)
+            latency_ms = (time.perf_counter() - received_at) * 1e3
+            with self._cv:
+                self._published += 1
+            self._latencies.append((latency_ms, res.latency_ms))
+            self._publish_frame_info(header, res, latency_ms)
+        if self._propagate:  # the next frames' labels are carried from this one
+            key = self._propagator.key_frame(
+                rgb, res.labels, res.confidence, stamp=_stamp_seconds(header),
+                frame_id=header.frame_id, number=input_number, header=header,
+                frames_since_reset=int(res.frames_since_reset))
+            with self._cv:
+                self._key = key
+
+    def _publish_outputs(self, header, rgb, labels, dynamic_mask, confidence) -> None:
+        """Every enabled and subscribed output of one frame, with the frame's own header."""
         self._publish("labels", lambda: array_to_image(
-            res.labels, "mono8" if res.labels.dtype == np.uint8 else "mono16", header))
+            labels, "mono8" if labels.dtype == np.uint8 else "mono16", header))
         self._publish("dynamic_mask", lambda: array_to_image(
-            res.dynamic_mask.view(np.uint8) * np.uint8(255), "mono8", header))
+            dynamic_mask.view(np.uint8) * np.uint8(255), "mono8", header))
         want_color, want_overlay = self._wanted("color"), self._wanted("overlay")
         if want_color or want_overlay:
-            color = self._seg.labels.colorize(res.labels)
+            color = self._seg.labels.colorize(labels)
             if want_color:
                 self._pub["color"].publish(array_to_image(color, "rgb8", header))
             if want_overlay:
                 overlay = cv2.addWeighted(rgb, 0.5, color, 0.5, 0.0)
                 self._pub["overlay"].publish(array_to_image(overlay, "rgb8", header))
-        if res.confidence is not None:  # a subscriber that arrived mid-frame gets the next one
-            self._publish("confidence", lambda: array_to_image(res.confidence, "32FC1", header))
-        latency_ms = (time.perf_counter() - received_at) * 1e3
-        with self._cv:
-            self._published += 1
-        self._latencies.append((latency_ms, res.latency_ms))
-        self._publish_frame_info(header, res, latency_ms)
+        if confidence is not None:  # a subscriber that arrived mid-frame gets the next one
+            self._publish("confidence", lambda: array_to_image(confidence, "32FC1", header))
+
+    # -- propagation thread -------------------------------------------------------------------
+    def _propagation_work(self) -> None:
+        """Answers each frame handed over with the last key frame's labels carried to it."""
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._to_propagate is not None or self._stopping)
+                if self._stopping:
+                    return
+                frame, self._to_propagate = self._to_propagate, None
+                self._propagating, key = True, self._key
+            outcome, answered = self._run_guarded("propagation", self._propagate_frame, frame, key)
+            with self._cv:
+                self._propagating = False
+                if outcome == "done" and answered:
+                    self._propagated += 1
+                elif outcome == "done":  # the key frame's size differs (compressed input)
+                    self._give_back(frame)
+                else:
+                    self._count(outcome)
+
+    def _propagate_frame(self, frame: _Frame, key) -> bool:
+        """Carry ``key``'s labels to ``frame`` and publish them; False if they cannot be carried."""
+        rgb = self._decode(frame.msg)
+        if key is None or rgb.shape[:2] != key.size:
+            return False
+        out = self._propagator.propagate(key, rgb)
+        labels = self._seg.labels
+        dynamic = np.zeros(max(int(out.labels.max()) + 1, labels.num_classes), bool)
+        dynamic[list(labels.dynamic)] = True
+        want_confidence = self._wanted("confidence")
+        header = frame.msg.header
+        self._publish_outputs(header, rgb, out.labels, dynamic[out.labels],
+                              out.confidence if want_confidence else None)
+        latency_ms = (time.perf_counter() - frame.received_at) * 1e3
+        self._propagation_ms.append((latency_ms, out.elapsed_ms))
+        self._publish_frame_info(header, None, latency_ms, propagated=(key, frame.number, out))
+        return True
 
     def accounting(self) -> dict:
-        """The frame counts (one consistent snapshot): received = published + replaced + lost +
-        not_taken + rejected + failed + in_flight (not_taken: waiting when the node was
-        deactivated; part of the dropped frames)."""
+        """The frame counts (one consistent snapshot): received = published (by the network) +
+        propagated + replaced + lost + not_taken + rejected + failed + in_flight (not_taken:
+        waiting when the node was deactivated; part of the dropped frames)."""
         with self._cv:
+            waiting = {f for f in (self._pending, self._to_propagate)
+                       if f is not None and (f is self._to_propagate or not f.propagating)}
             return {"received": self._received, "published": self._published,
+                    "propagated": self._propagated,
                     "replaced": self._dropped - self._lost - self._not_taken, "lost": self._lost,
                     "not_taken": self._not_taken, "rejected": self._rejected,
                     "failed": self._failed,
-                    "in_flight": int(self._pending is not None) + int(self._busy)}
+                    "in_flight": len(waiting) + int(self._busy_counts) + int(self._propagating)}
 
     def _wanted(self, name: str) -> bool:
         return self._enabled.get(name, True) and self._pub[name].get_subscription_count() > 0
@@ -488,23 +652,41 @@ class Segmentation:
         if self._wanted(name):
             self._pub[name].publish(build())
 
-    def _publish_frame_info(self, header, res, latency_ms: float) -> None:
+    def _publish_frame_info(self, header, res, latency_ms: float, propagated=None) -> None:
+        """``res``: the network's step result; ``propagated``: (key frame, input number,
+        sdcpc_core.propagation.Propagated) for a frame answered by propagation."""
         if self._pub_frame_info.get_subscription_count() == 0:
             return
-        fields = {"inference_ms": float(res.latency_ms), "node_latency_ms": float(latency_ms),
-                  "frames_aggregated": int(res.frames_aggregated),
-                  "dropped_frames": self._dropped, "rejected_frames": self._rejected,
-                  "received_frames": self._received, "lost_frames": self._lost,
-                  "failed_frames": self._failed,
-                  "reference_age_s": float(res.reference_age_s or 0.0),
-                  "frames_since_reset": int(res.frames_since_reset),
-                  "reset_reason": res.reset_reason or ""}
+        with self._cv:
+            fields = {"node_latency_ms": float(latency_ms), "dropped_frames": self._dropped,
+                      "rejected_frames": self._rejected, "received_frames": self._received,
+                      "lost_frames": self._lost, "failed_frames": self._failed,
+                      "propagated_frames": self._propagated + (propagated is not None)}
+        if propagated is None:
+            source, source_age, frames_ago, propagation_ms, uncertain = header, 0.0, 0, 0.0, 0.0
+            fields.update(inference_ms=float(res.latency_ms), frames_aggregated=int(res.frames_aggregated),
+                          reference_age_s=float(res.reference_age_s or 0.0),
+                          frames_since_reset=int(res.frames_since_reset),
+                          reset_reason=res.reset_reason or "")
+        else:
+            key, number, out = propagated
+            source, propagation_ms, uncertain = key.meta["header"], out.elapsed_ms, out.uncertain_fraction
+            stamps = _stamp_seconds(header), key.meta["stamp"]
+            source_age = stamps[0] - stamps[1] if None not in stamps else 0.0
+            frames_ago = max(number - key.meta["number"], 0) if None not in (number, key.meta["number"]) else 0
+            fields.update(inference_ms=0.0, frames_aggregated=0, reference_age_s=0.0,
+                          frames_since_reset=key.meta["frames_since_reset"] + frames_ago, reset_reason="")
+        fields.update(propagated=propagated is not None, source_age_s=float(source_age),
+                      source_frames_ago=int(frames_ago), propagation_ms=float(propagation_ms),
+                      uncertain_fraction=float(uncertain))
         if FrameInfo is None:
-            stamp = {"sec": header.stamp.sec, "nanosec": header.stamp.nanosec}
-            msg = String(data=json.dumps(
-                {"header": {"stamp": stamp, "frame_id": header.frame_id}, **fields}))
+            def as_dict(h):
+                return {"stamp": {"sec": h.stamp.sec, "nanosec": h.stamp.nanosec}, "frame_id": h.frame_id}
+            msg = String(data=json.dumps({"header": as_dict(header), "source_header": as_dict(source),
+                                          **fields}))
         else:  # an sdcpc_interfaces built before a field was added lacks it
             known = FrameInfo.get_fields_and_field_types()
+            fields["source_header"] = source
             msg = FrameInfo(header=header, **{k: v for k, v in fields.items() if k in known})
         self._pub_frame_info.publish(msg)
 
@@ -527,22 +709,33 @@ class Segmentation:
         self._pub_label_info.publish(msg)
 
     def _publish_diagnostics(self) -> None:
-        received, published, failed, rejected, since = self._diag_counts
+        received, published, failed, rejected, propagated, steps, since = self._diag_counts
         now = time.monotonic()
         period = max(now - since, 1e-6)
         counts = self.accounting()
+        network_steps = self._network_steps
         self._diag_counts = (counts["received"], counts["published"], counts["failed"],
-                             counts["rejected"], now)
-        node_ms = np.array([n for n, _ in self._latencies]) if self._latencies else np.zeros(1)
-        infer_ms = np.array([i for _, i in self._latencies]) if self._latencies else np.zeros(1)
+                             counts["rejected"], counts["propagated"], network_steps, now)
+
+        def column(rows, i):
+            return np.array([r[i] for r in rows]) if rows else np.zeros(1)
+
+        node_ms, infer_ms = column(self._latencies, 0), column(self._latencies, 1)
+        carried_ms, flow_ms = column(self._propagation_ms, 0), column(self._propagation_ms, 1)
         values = {
             "input rate (Hz)": f"{(counts['received'] - received) / period:.2f}",
             "output rate (Hz)": f"{(counts['published'] - published) / period:.2f}",
+            "propagated rate (Hz)": f"{(counts['propagated'] - propagated) / period:.2f}",
+            "network rate (Hz)": f"{(network_steps - steps) / period:.2f}",
             "latency p50 (ms)": f"{np.percentile(node_ms, 50):.1f}",
             "latency p95 (ms)": f"{np.percentile(node_ms, 95):.1f}",
             "inference p50 (ms)": f"{np.percentile(infer_ms, 50):.1f}",
+            "propagated latency p50 (ms)": f"{np.percentile(carried_ms, 50):.1f}",
+            "propagated latency p95 (ms)": f"{np.percentile(carried_ms, 95):.1f}",
+            "propagation p50 (ms)": f"{np.percentile(flow_ms, 50):.1f}",
             "received frames": str(counts["received"]),
             "published frames": str(counts["published"]),
+            "propagated frames": str(counts["propagated"]),
             "dropped frames": str(counts["replaced"] + counts["lost"]),
             "dropped before the node (queue, transport)": str(counts["lost"]),
             "not taken (deactivated)": str(counts["not_taken"]),

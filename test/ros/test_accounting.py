@@ -5,6 +5,7 @@ subscription passes, including publication sequence numbers with gaps for induce
 """
 
 import contextlib
+import threading
 import time
 
 import pytest
@@ -88,9 +89,113 @@ def test_every_published_frame_is_accounted_for_with_induced_loss(tiny_checkpoin
         counts = node.accounting()
         assert counts["lost"] == 6 and counts["rejected"] == 1 and counts["failed"] == 1
         assert counts["in_flight"] == 0
-        assert (counts["published"] + counts["replaced"] + counts["lost"] + counts["rejected"]
-                + counts["failed"]) == counts["received"] == sent
-        assert len(labels) == counts["published"]  # a failed frame published nothing
+        assert (counts["published"] + counts["propagated"] + counts["replaced"] + counts["lost"]
+                + counts["rejected"] + counts["failed"]) == counts["received"] == sent
+        # a failed frame published nothing; every answer, network or propagated, published once
+        assert len(labels) == counts["published"] + counts["propagated"]
+        assert len({(m.header.stamp.sec, m.header.stamp.nanosec) for m in labels}) == len(labels)
+
+
+def gate_network(node, gated_calls):
+    """The network's step waits on an Event on the listed calls (0-based): the test decides how
+    long the network is busy."""
+    real, count, gate = node._seg.step, [0], threading.Event()
+
+    def step(*args, **kwargs):
+        if count[0] in gated_calls:
+            assert gate.wait(60), "the test never opened the gate"
+        count[0] += 1
+        return real(*args, **kwargs)
+
+    node._seg.step = step
+    return gate
+
+
+def capture(node):
+    """Labels and frame infos as the node publishes them (both 'subscribed')."""
+    labels, infos = [], []
+    node._pub["labels"].publish = labels.append
+    node._wanted = lambda name: name == "labels"
+    node._pub_frame_info.publish = infos.append
+    node._pub_frame_info.get_subscription_count = lambda: 1
+    return labels, infos
+
+
+def stamp_of(header):
+    return header.stamp.sec * 10**9 + header.stamp.nanosec
+
+
+@pytest.mark.parametrize("propagate", [True, False])
+def test_frames_the_network_has_no_time_for_are_propagated_or_dropped_and_counted(tiny_checkpoint,
+                                                                                  propagate):
+    """While the network is held busy on frame 1, frames 2-4 arrive: with propagation each is
+    answered with frame 0's labels carried to it (FrameInfo says so, and from which frame) and
+    never enters the frame buffer; without it they are dropped. The last one is the network's
+    next frame either way. Every frame ends in exactly one count."""
+    with node_in_process(f"propagation_{propagate}", checkpoint=str(tiny_checkpoint), device="cpu",
+                         input_size=[64, 64], backend="torch", propagate=propagate) as node:
+        gate = gate_network(node, {1})
+        labels, infos = capture(node)
+        frame = synthetic_video(1)[0]  # one image: the carried labels equal the key frame's
+        msgs = [image_msg(frame, 10, k * 33_000_000, frame_id="cam") for k in range(6)]
+        node._on_image(msgs[0], info(1))
+        wait_idle(node)
+        node._on_image(msgs[1], info(2))  # the network takes it and waits at the gate
+        deadline = time.monotonic() + 60
+        while not node._busy:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        for k in (2, 3, 4):
+            node._on_image(msgs[k], info(k + 1))
+            time.sleep(0.2)
+        gate.set()
+        wait_idle(node)
+        counts = node.accounting()
+        answered = [stamp_of(m.header) for m in labels]
+        if propagate:
+            # 2 and 3 carried (3 replaced 2 as the network's next, 4 replaced 3), 4 by the network
+            assert counts["propagated"] == 2 and counts["published"] == 3 and counts["replaced"] == 0
+            assert sorted(answered) == [stamp_of(m.header) for m in msgs[:5]]
+            carried = [i for i in infos if i.propagated]
+            assert [stamp_of(i.header) for i in carried] == [stamp_of(msgs[k].header) for k in (2, 3)]
+            for i in carried:  # from frame 0, the last network frame finished when they came
+                assert stamp_of(i.source_header) == stamp_of(msgs[0].header)
+                assert i.source_frames_ago == i.header.stamp.nanosec // 33_000_000
+                assert i.source_age_s == pytest.approx(i.source_frames_ago * 0.033)
+                assert i.inference_ms == 0.0 and i.frames_aggregated == 0
+            network = {stamp_of(i.header): i for i in infos if not i.propagated}
+            assert all(stamp_of(i.source_header) == s for s, i in network.items())
+            by_stamp = {stamp_of(m.header): bytes(m.data) for m in labels}
+            assert by_stamp[stamp_of(msgs[2].header)] == by_stamp[stamp_of(msgs[0].header)]
+            assert infos[-1].propagated_frames == 2
+        else:
+            assert counts["propagated"] == 0 and counts["published"] == 3 and counts["replaced"] == 2
+            assert not any(i.propagated for i in infos)
+        assert node._seg.frames_seen == 3  # frames 0, 1 and 4: propagated ones never enter the buffer
+        assert counts["in_flight"] == 0
+        assert (counts["published"] + counts["propagated"] + counts["replaced"] + counts["lost"]
+                + counts["rejected"] + counts["failed"]) == counts["received"] == 5
+
+
+def test_propagation_waits_for_a_first_network_frame_and_follows_the_parameter(tiny_checkpoint):
+    """No network frame yet: nothing to carry, the frame is dropped; a reset or propagate:=false
+    forgets the key frame."""
+    with node_in_process("propagation_key", checkpoint=str(tiny_checkpoint), device="cpu",
+                         input_size=[64, 64], backend="torch") as node:
+        gate = gate_network(node, {0})
+        labels, infos = capture(node)
+        frames = synthetic_video(4)
+        node._on_image(image_msg(frames[0], 10, 0, frame_id="cam"), info(1))
+        while not node._busy:
+            time.sleep(0.01)
+        node._on_image(image_msg(frames[1], 10, 33_000_000, frame_id="cam"), info(2))
+        node._on_image(image_msg(frames[2], 10, 66_000_000, frame_id="cam"), info(3))
+        gate.set()
+        wait_idle(node)
+        assert node.accounting()["propagated"] == 0 and node.accounting()["replaced"] == 1
+        assert node._key is not None
+        assert node.set_parameters([Parameter("propagate", value=False)])[0].successful
+        assert node._key is None and not node._propagate
 
 
 def test_non_finite_output_is_a_failed_frame_and_the_next_frame_is_tried_again(tiny_checkpoint,

@@ -60,8 +60,9 @@ setup(
             "ros-diagnostic-msgs", "ros-rmw-fastrtps-cpp", "ros-lifecycle-msgs",
         ],
         # transformers: the reference the Hugging Face conversion is tested against (never imported
-        # by sdcpc itself)
-        "dev": ["pytest>=8", "pytest-timeout", "hypothesis>=6", "ruff", "mutmut>=3.8,<4", "transformers>=4.40"],
+        # by sdcpc itself). pytest < 8.4: launch_pytest 3.7.1 (the launch tests) fails at collection
+        # with pytest >= 8.4 (docs/pip-route.md, "pytest version").
+        "dev": ["pytest>=8,<8.4", "pytest-timeout", "hypothesis>=6", "ruff", "mutmut>=3.8,<4", "transformers>=4.40"],
         # export and the onnxruntime / openvino backends (docs/deployment.md); on a GPU machine
         # install onnxruntime-gpu instead of onnxruntime for the CUDA / TensorRT providers;
         # nncf: int8 quantisation for OpenVINO (sdcpc export --int8, precision int8)

@@ -4,19 +4,27 @@
 # (pip install -e '.[ros]'), so that `import sdcpc_interfaces.msg` works there. On a full ROS 2
 # install use colcon instead (see docs/interfaces.md).
 #
-#   scripts/build_interfaces.sh VENV        # e.g. scripts/build_interfaces.sh .venv
+#   scripts/build_interfaces.sh VENV [PACKAGE_DIR]   # e.g. scripts/build_interfaces.sh .venv
+#
+# PACKAGE_DIR (default: sdcpc_interfaces/) may name another ament_cmake interface package, e.g. the
+# composition_interfaces source that launch_ros imports (scripts/setup.sh --ros2-pip DIR).
 #
 # It pip-installs the message toolchain wheels into VENV (SDCPC_SKIP_PIP=1 skips that), configures
 # with plain cmake against the ROS prefix the wheels lay out inside VENV, and installs there.
 # Needs a C/C++ compiler and make; cmake comes from pip when it is not on PATH.
 set -euo pipefail
 
-if [[ $# -ne 1 || ! -x "$1/bin/python" ]]; then
-  echo "usage: $0 VENV   (a virtual environment with the 'ros' extra installed)" >&2
+if [[ $# -lt 1 || $# -gt 2 || ! -x "$1/bin/python" ]]; then
+  echo "usage: $0 VENV [PACKAGE_DIR]   (VENV: a virtual environment with the 'ros' extra installed)" >&2
   exit 2
 fi
 VENV=$(cd "$1" && pwd)
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SOURCE=${2:-$HERE/sdcpc_interfaces}
+[[ -f "$SOURCE/package.xml" && -f "$SOURCE/CMakeLists.txt" ]] \
+  || { echo "error: $SOURCE is not an ament_cmake package (no package.xml/CMakeLists.txt)" >&2; exit 2; }
+SOURCE=$(cd "$SOURCE" && pwd)
+NAME=$(basename "$SOURCE")
 PY="$VENV/bin/python"
 
 TOOLCHAIN=(
@@ -42,16 +50,24 @@ if [[ "${SDCPC_SKIP_PIP:-0}" != 1 ]]; then
 fi
 CMAKE=$(command -v cmake || echo "$VENV/bin/cmake")
 
-BUILD=$(mktemp -d "${TMPDIR:-/tmp}/sdcpc_interfaces_build.XXXXXX")
+BUILD=$(mktemp -d "${TMPDIR:-/tmp}/${NAME}_build.XXXXXX")
 trap 'rm -rf "$BUILD"' EXIT
 export PATH="$VENV/bin:$PATH" AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV"
-"$CMAKE" -S "$HERE/sdcpc_interfaces" -B "$BUILD" -DCMAKE_INSTALL_PREFIX="$VENV" \
-  -DPython3_EXECUTABLE="$PY" -DBUILD_TESTING=OFF >"$BUILD/configure.log" \
+"$CMAKE" -S "$SOURCE" -B "$BUILD" -DCMAKE_INSTALL_PREFIX="$VENV" \
+  -DPython3_EXECUTABLE="$PY" -DBUILD_TESTING=OFF \
+  -DCMAKE_PROJECT_INCLUDE="$HERE/scripts/cmake/drop_missing_include_dirs.cmake" >"$BUILD/configure.log" \
   || { cat "$BUILD/configure.log" >&2; exit 1; }
 make -C "$BUILD" -j"$(nproc)" --no-print-directory >"$BUILD/build.log" 2>&1 \
   || { tail -50 "$BUILD/build.log" >&2; exit 1; }
 make -C "$BUILD" install --no-print-directory >/dev/null
 
+if [[ "$NAME" != sdcpc_interfaces ]]; then
+  kinds=$(cd "$SOURCE" && ls -d msg srv action 2>/dev/null || true)
+  (cd / && for kind in $kinds; do "$PY" -c "import $NAME.$kind" || exit 1; done) \
+    || { echo "error: built, but 'import $NAME' fails in $VENV" >&2; exit 1; }
+  echo "$NAME installed into $VENV"
+  exit 0
+fi
 # The installed messages must carry exactly the fields of msg/*.msg (a stale copy elsewhere on the
 # path, or an old install, would otherwise go unnoticed until a node fills a new field).
 (cd / && "$PY" - "$HERE/msg" <<'PYEOF'

@@ -38,9 +38,12 @@ def test_sdcpc_launch_declares_the_documented_arguments_and_remaps_image():
 def test_camera_launch_starts_a_driver_and_includes_the_node_launch():
     path = REPO / "launch" / "camera.launch.py"
     args = declared_arguments(path)
-    assert {"driver", "video_device", "device", "checkpoint"} <= set(args)
+    assert {"driver", "video_device", "source", "device", "checkpoint"} <= set(args)
+    choices = ast.literal_eval(keywords(args["driver"])["choices"])
+    assert choices == ["v4l2_camera", "usb_cam", "sdcpc_camera"]
     source = path.read_text()
     assert "v4l2_camera_node" in source and "usb_cam_node_exe" in source
+    assert 'ExecutableInPackage("sdcpc-camera", "sdcpc_ros")' in source
     assert '"sdcpc.launch.py"' in source and '"image_topic": IMAGE_TOPIC' in source
 
 
@@ -53,10 +56,13 @@ def test_config_yaml_sets_exactly_the_declared_parameters_to_their_defaults():
         assert params[name] == ([] if default is None else default), name
 
 
-def test_lifecycle_launch_starts_the_managed_node_under_a_nav2_lifecycle_manager():
+def test_lifecycle_launch_starts_the_managed_node_driven_by_launch_or_a_nav2_lifecycle_manager():
     path = REPO / "launch" / "sdcpc_lifecycle.launch.py"
     args = declared_arguments(path)
-    assert set(args) == {"image_topic", "params_file", "autostart", "use_sim_time"}
+    assert set(args) == {"image_topic", "params_file", "autostart", "manager", "use_sim_time"}
+    manager = keywords(args["manager"])
+    assert ast.literal_eval(manager["choices"]) == ["launch", "nav2"]
+    assert ast.literal_eval(manager["default_value"]) == "launch"  # works without Nav2
     assert all("description" in keywords(c) for c in args.values())
     default = ast.unparse(keywords(args["params_file"])["default_value"])
     assert "'sdcpc_lifecycle.yaml'" in default

@@ -79,3 +79,11 @@ def test_lifecycle_config_manages_sdcpc_and_sets_the_node_parameters():
     assert manager["bond_timeout"] == 0.0  # the node creates no bond
     plain = yaml.safe_load((REPO / "config" / "sdcpc.yaml").read_text())
     assert config["sdcpc"] == plain["sdcpc"]  # the same parameters as sdcpc_node
+
+
+def test_pip_route_doc_lists_every_launch_argument_with_its_description():
+    doc = (REPO / "docs" / "pip-route.md").read_text()
+    for name in ("sdcpc.launch.py", "camera.launch.py", "sdcpc_lifecycle.launch.py"):
+        for argument, call in declared_arguments(REPO / "launch" / name).items():
+            description = ast.literal_eval(keywords(call)["description"])
+            assert f"    '{argument}':\n        {description}" in doc, (name, argument)

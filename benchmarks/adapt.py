@@ -14,7 +14,7 @@ embedded supervised SD-CPC-B0. Targets (issue 27): mVC8 >= teacher + 0.03 and mI
 
 ``--search M`` trains the default recipe and each ``--set`` variant (one KEY=VALUE, or several
 joined with commas) for M minutes on the same sources (encoder cache and pseudo-labels reused
-when they allow) and prints each one's dev scores, best first.
+when they allow: the on-disk cache in the work dir) and prints each one's dev scores, best first.
 """
 
 from __future__ import annotations
@@ -81,13 +81,15 @@ def line(name: str, s: dict) -> str:
     return f"{name:<34} mIoU {s['miou']:.3f}  mVC8 {s['mvc8']:.3f}  flicker {s['flicker']:.3f}"
 
 
-def adapt(sources, out: Path, minutes: float, recipe: Recipe, prepared: dict, report: bool = True) -> dict:
+def adapt(sources, out: Path, minutes: float, recipe: Recipe, cache: Path, report: bool = True) -> dict:
+    """One ``sdcpc adapt`` run; its on-disk cache is kept in ``cache`` and reused by the next run
+    when the teacher, sources and pseudo-label settings are the same."""
     if out.exists():
         out.unlink()
     opts = AdaptOptions(teacher=str(BASELINE_CHECKPOINT), sources=[str(s) for s in sources],
                         output=str(out), minutes=minutes, recipe=recipe, input_size=SIZE, report=report,
-                        threads=THREADS)
-    return run_adapt(opts, prepared=prepared)
+                        threads=THREADS, cache_dir=str(cache), keep_cache=True)
+    return run_adapt(opts)
 
 
 def main(argv=None) -> int:
@@ -120,7 +122,7 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     print(f"CPU threads {torch.get_num_threads()}; work dir {work}", flush=True)
     sources = write_sources(work, args.source_videos, args.source_length, args.source_seed)
-    prepared: dict = {}
+    cache = work / "cache"
     results: dict = {"args": vars(args)}
 
     if args.search is not None:
@@ -130,7 +132,7 @@ def main(argv=None) -> int:
         rows = []
         for variant in ([] if args.skip_default else [""]) + args.variants:
             recipe = Recipe().with_overrides([x for x in variant.split(",") if x])
-            meta = adapt(sources, work / "search.pt", args.search, recipe, prepared, report=False)
+            meta = adapt(sources, work / "search.pt", args.search, recipe, cache, report=False)
             s = score(work / "search.pt", dev)
             rows.append((variant or "default", s, meta["steps"], meta["pseudo_label_coverage"]))
             print(line(f"{variant or 'default'}", s) + f"  ({meta['steps']} steps, coverage "
@@ -148,7 +150,7 @@ def main(argv=None) -> int:
     else:
         recipe = Recipe().with_overrides([x for v in args.variants for x in v.split(",") if x])
         out = work / "adapted.pt"
-        meta = adapt(sources, out, args.minutes, recipe, prepared)
+        meta = adapt(sources, out, args.minutes, recipe, cache)
         test = labelled_videos(args.test_videos, args.test_length, args.test_seed)
         teacher = score(BASELINE_CHECKPOINT, test)
         adapted = score(out, test)

@@ -26,8 +26,16 @@ def add_adapt_arguments(p: argparse.ArgumentParser) -> None:
                    "the first frame's)")
     p.add_argument("--every", type=int, default=1, help="keep every K-th frame (match the frame rate "
                    "the node will see; default 1)")
-    p.add_argument("--max-frames", type=int, default=3000,
-                   help="frames kept in all, shared by the sources (memory; default 3000)")
+    p.add_argument("--max-frames", type=int, default=2000,
+                   help="frames cached in all (disk and caching time, not memory): a longer recording is "
+                   "sampled in clips spread over all of it (default 2000)")
+    p.add_argument("--cache-dir", default=None, help="where the feature and pseudo-label cache goes "
+                   "(default: OUT.adapt-cache beside the output; its size is said before it is written)")
+    p.add_argument("--keep-cache", action="store_true", help="keep the cache after a finished run "
+                   "(it is always kept after an interruption, for --resume)")
+    p.add_argument("--memory-limit", type=float, default=None, metavar="GIB",
+                   help="refuse up front when the estimated peak memory exceeds this (default: the "
+                   "machine's available memory)")
     p.add_argument("--reference-offsets", type=int, nargs="+", default=[-3, -2, -1],
                    help="a built student's references (default: -3 -2 -1)")
     p.add_argument("--embed-dim", type=int, default=64, help="a built student's temporal width (default 64)")
@@ -35,7 +43,8 @@ def add_adapt_arguments(p: argparse.ArgumentParser) -> None:
                    help="change the recipe, e.g. --set radius=2 --set threshold=0.8 (fields: "
                    + ", ".join(Recipe().to_dict()) + ")")
     p.add_argument("--resume", action="store_true", help="continue OUT.pt (same teacher, sources, recipe) "
-                   "up to the budget")
+                   "up to the budget; after an interruption while caching, the finished part of the "
+                   "cache is reused")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu); under torchrun "
                    "each process trains on its share of batches (DDP)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's "
@@ -56,7 +65,8 @@ def cmd_adapt(args) -> int:
                         every=args.every, max_frames=args.max_frames,
                         reference_offsets=tuple(args.reference_offsets), embed_dim=args.embed_dim,
                         recipe=recipe, resume=args.resume, seed=args.seed, device=args.device, threads=args.threads,
-                        report=not args.no_report)
+                        report=not args.no_report, cache_dir=args.cache_dir, keep_cache=args.keep_cache,
+                        memory_limit=None if args.memory_limit is None else int(args.memory_limit * 2**30))
     try:
         meta = run_adapt(opts)
     except AdaptInterrupted as e:  # as sdcpc_core.cli reports its Interrupted (exit code 130)

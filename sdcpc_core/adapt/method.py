@@ -41,6 +41,7 @@ class Recipe:
     target: str = "hard"       # hard: CE on the pseudo-label; soft: CE on the ensembled probabilities
     class_weight: float = 0.5  # CE class weights frequency ** -class_weight (0: unweighted)
     distil_weight: float = 0.5  # + this x soft CE toward the teacher's own (flip-averaged) frame probabilities
+    topk: int = 4              # teacher probabilities kept per pixel (the rest spread evenly; 1: label + confidence)
     train_head: bool = True    # the SegFormer head learns too (at head_lr); the encoder never does
     temporal_lr: float = 1e-3  # SSEA, DSSA, temporal projection (new modules)
     head_lr: float = 1e-4
@@ -66,6 +67,8 @@ class Recipe:
             problems.append("class_weight and distil_weight must be >= 0")
         if self.target not in ("hard", "soft"):
             problems.append(f"target must be hard or soft, got {self.target!r}")
+        if self.topk < 1:
+            problems.append(f"topk must be >= 1, got {self.topk}")
         if self.batch_size < 1:
             problems.append(f"batch_size must be >= 1, got {self.batch_size}")
         if problems:
@@ -149,31 +152,6 @@ class CachedStudent(nn.Module):
         return self.model.forward_cached(encode_features(self.model, target_features), refs)
 
 
-@torch.no_grad()
-def cache_features(model: nn.Module, videos: list[np.ndarray], mean, std, flip: bool,
-                   batch: int = 16, progress=None) -> list[list[torch.Tensor]]:
-    """The frozen encoder's four maps for every frame of every video (concatenated), fp16;
-    ``[original]`` or ``[original, mirrored]`` views, each a list of 4 tensors (N, C_i, h_i, w_i)."""
-    from sdcpc_core.adapt.pseudo import normalise
-
-    model.backbone.eval()
-    views = [[[] for _ in range(4)] for _ in range(2 if flip else 1)]
-    for frames in videos:
-        for start in range(0, len(frames), batch):
-            x = normalise(frames[start:start + batch], mean, std)
-            for v, view in enumerate(views):
-                maps = model.backbone(x.flip(-1) if v else x)
-                for level, m in zip(view, maps):
-                    level.append(m.half())
-            if progress is not None:
-                progress(len(x))
-    return [[torch.cat(level) for level in view] for view in views]
-
-
-def cached_bytes(views) -> int:
-    return sum(t.numel() * t.element_size() for view in views for t in view)
-
-
 # -- losses ------------------------------------------------------------------------------------
 
 def soft_cross_entropy(logits: torch.Tensor, probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -193,50 +171,40 @@ def hard_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weight: torch
 # -- batches -----------------------------------------------------------------------------------
 
 class BatchSampler:
-    """Random (view, frame) targets with their references, from the cached maps and pseudo-labels."""
+    """Random (view, frame) targets with their references, read from the on-disk cache
+    (:class:`sdcpc_core.adapt.store.FrameStore`); references stay inside the target's segment."""
 
-    def __init__(self, views, pseudo, video_starts: list[int], video_lengths: list[int], offsets,
-                 recipe: Recipe, generator: np.random.Generator):
-        self.views, self.pseudo, self.recipe, self.rng = views, pseudo, recipe, generator
+    def __init__(self, frames, offsets, recipe: Recipe, generator: np.random.Generator, views: int):
+        self.frames, self.recipe, self.rng, self.views = frames, recipe, generator, views
         self.offsets = tuple(offsets)
-        self.frames = [(s, n) for s, n in zip(video_starts, video_lengths)]
-        self.index = np.concatenate([np.stack([np.full(n, v), np.arange(n)], 1)
-                                     for v, (_, n) in enumerate(self.frames)])  # (N, 2) video, t
+        self.index = np.concatenate([np.stack([np.full(n, s), np.arange(n)], 1)
+                                     for s, n in enumerate(frames.lengths)])  # (N, 2) segment, t
 
     def draw(self) -> dict:
-        r = self.recipe
+        r, store = self.recipe, self.frames
         picks = self.rng.integers(0, len(self.index), r.batch_size)
-        flips = self.rng.integers(0, len(self.views), r.batch_size)
+        flips = self.rng.integers(0, self.views, r.batch_size)
         stride = int(self.rng.integers(1, 3)) if r.stride_aug else 1
         targets, refs = [], [[] for _ in self.offsets]
         for pick in picks:
-            v, t = self.index[pick]
-            start, n = self.frames[v]
+            seg, t = self.index[pick]
+            start, n = store.starts[seg], store.lengths[seg]
             targets.append(start + t)
             for j, i in enumerate(reference_indices(int(t), [o * stride for o in self.offsets], n)):
                 refs[j].append(start + i)
-        targets_t = torch.as_tensor(targets)
-        flips_t = torch.as_tensor(flips)
+        mirrored = torch.as_tensor(flips).bool()
 
-        def gather(ids):
-            ids = torch.as_tensor(ids)
-            maps = []
-            for level in range(4):
-                m = torch.stack([self.views[f][level][i] for f, i in zip(flips.tolist(), ids.tolist())])
-                maps.append(m.float())
-            return maps
+        def unflip(x):
+            x[mirrored] = x[mirrored].flip(-1)
+            return x
 
-        labels = self.pseudo.labels[targets_t].long()
-        probs = self.pseudo.probs[targets_t].float()
-        mirrored = flips_t.bool()
-        labels[mirrored] = labels[mirrored].flip(-1)
-        probs[mirrored] = probs[mirrored].flip(-1)
-        batch = {"target": gather(targets), "references": [gather(ids) for ids in refs],
-                 "labels": labels, "probs": probs}
-        if self.recipe.distil_weight > 0:
-            centre = self.pseudo.centre_probs[targets_t].float()
-            centre[mirrored] = centre[mirrored].flip(-1)
-            batch["centre_probs"] = centre
+        labels = unflip(torch.from_numpy(store.field(targets, "labels").astype(np.int64)))
+        batch = {"target": store.maps(targets, flips), "references": [store.maps(ids, flips) for ids in refs],
+                 "labels": labels}
+        if r.target == "soft":
+            batch["probs"] = unflip(store.probabilities(targets, "ensemble"))
+        if r.distil_weight > 0:
+            batch["centre_probs"] = unflip(store.probabilities(targets, "centre"))
         return batch
 
 

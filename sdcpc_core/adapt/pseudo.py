@@ -187,6 +187,13 @@ def class_weights(labels: torch.Tensor, k: int, power: float) -> torch.Tensor:
     so that the pixel-weighted mean is 1 (``power`` 0: all ones); a class never seen gets the
     largest weight of those seen."""
     counts = torch.bincount(labels[labels != IGNORE_INDEX].long().flatten(), minlength=k)[:k].double()
+    return class_weights_from_counts(counts, power)
+
+
+def class_weights_from_counts(counts: torch.Tensor, power: float) -> torch.Tensor:
+    """``class_weights`` from (K,) pixel counts of the pseudo-labels' classes."""
+    counts = counts.double()
+    k = len(counts)
     if power <= 0 or counts.sum() == 0:
         return torch.ones(k)
     seen = counts > 0

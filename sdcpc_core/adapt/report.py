@@ -76,11 +76,11 @@ def write_report(path: Path, training: dict, measures: dict | None, plot: Path |
     lines = [f"# sdcpc adapt: {Path(t['output']).name}", "",
              f"- teacher: `{t['teacher']}`; student started from: `{t['student_init']}`",
              f"- sources ({t['frames']} frames at {t['input_size'][0]}x{t['input_size'][1]}):"]
-    lines += [f"  - `{s['path']}`: {s['frames']} frames (recorded {s['size'][1]}x{s['size'][0]})"
-              for s in t["sources"]]
+    lines += [f"  - `{s['path']}`: {s['frames']} of its {s.get('recorded_frames', s['frames'])} frames "
+              f"(recorded {s['size'][1]}x{s['size'][0]})" for s in t["sources"]]
     stopped = " (interrupted: Ctrl-C)" if t.get("interrupted") else ""
-    lines += [f"- training: {t['steps']} steps in {t['minutes']:.1f} min{stopped}; pseudo-labels "
-              f"took {t['pseudo_label_s']:.0f} s, the feature cache {t['cache_s']:.0f} s",
+    lines += [f"- training: {t['steps']} steps in {t['minutes']:.1f} min{stopped}; the cache (encoder "
+              f"features, teacher, pseudo-labels; {t.get('cache_gib', 0):.2f} GiB on disk) took {t['cache_s']:.0f} s",
               f"- pseudo-label coverage (ensemble probability >= {t['recipe']['threshold']}): "
               f"{_pct(t['pseudo_label_coverage'])}",
               f"- recipe: `{t['recipe']}`", ""]

@@ -43,10 +43,11 @@ def is_bag(path: Path) -> bool:
 
 class _BagFrames:
     """(H, W, 3) uint8 RGB frames of a bag's image topic in log-time order; ``shortfall`` says
-    what was left out when the bag was damaged (a truncated MCAP file is read up to the damage)."""
+    what was left out when the bag was damaged (a truncated MCAP file is read up to the damage).
+    With ``wanted`` (message indices), the other messages are not decoded: None stands for them."""
 
-    def __init__(self, path: Path, topic: str | None):
-        self.path, self.topic, self.shortfall = path, topic, None
+    def __init__(self, path: Path, topic: str | None, wanted=None):
+        self.path, self.topic, self.shortfall, self.wanted = path, topic, None, wanted
 
     def __iter__(self):
         path = self.path
@@ -67,6 +68,9 @@ class _BagFrames:
                 compressed = images[topic].endswith("CompressedImage")
                 decode = compressed_to_array if compressed else image_to_array
                 for message in bag.messages([topic]):
+                    if self.wanted is not None and message.index not in self.wanted:
+                        yield None
+                        continue
                     try:
                         yield decode(bag.decode(message, "image"))
                     except ImageConversionError as exc:

@@ -107,11 +107,15 @@ def test_ctrl_c_keeps_a_usable_checkpoint(teacher, source, tmp_path, monkeypatch
 
 # -- bad inputs: one line each, nothing written -------------------------------------------------------
 
-def _refused(args, tmp_path, capsys, *words):
+def _refused(args, tmp_path, capsys, *words, while_caching=False):
+    """Refused in one line, nothing written; ``while_caching``: found while decoding the frames
+    (after the plan's lines), the cache begun is removed."""
     out = tmp_path / "never.pt"
     code, io = run([*args, "-o", out, "--steps", "1", *SIZE], capsys)
     assert code == 2, io.err
     line = io.err.strip()
+    if while_caching:
+        line = line.splitlines()[-1]
     assert line.startswith("error: ") and "\n" not in line, line
     for w in words:
         assert w in line, line
@@ -136,7 +140,7 @@ def test_mixed_frame_sizes_are_refused(teacher, tmp_path, capsys):
     frames, _ = generate_video(seed=1, length=6, height=64, width=64)
     folder = write_folder(tmp_path / "mixed", frames)
     cv2.imwrite(str(folder / "0003.png"), np.zeros((48, 64, 3), np.uint8))
-    _refused([teacher, folder], tmp_path, capsys, "frame 3", "64x48", "64x64")
+    _refused([teacher, folder], tmp_path, capsys, "frame 3", "64x48", "64x64", while_caching=True)
 
 
 def test_teacher_student_class_mismatch_is_refused(teacher, source, tmp_path, capsys):
@@ -357,3 +361,141 @@ def test_a_compressed_image_topic_is_decoded(tmp_path):
     frames, _ = generate_video(seed=4, length=3, height=32, width=48)
     _write_bag(tmp_path / "bag", frames, "png")
     assert np.array_equal(read_source(tmp_path / "bag", (32, 48)).frames, frames)
+
+
+# -- bounded memory: compact records on disk, clips over the whole recording, resume, refusal ---------
+
+def test_a_cached_record_does_not_grow_with_the_class_count_beyond_topk():
+    from sdcpc_core.adapt import store
+
+    shapes = [(32, 60, 80), (64, 30, 40), (160, 15, 20), (256, 8, 10)]
+    sizes = {k: store.record_bytes(store.record_fields(shapes, 2, k, (60, 80), 4, True, False)) for k in (19, 150)}
+    assert sizes[19] == sizes[150]  # 4 ids + 4 quantised probabilities a pixel, whatever K
+    dense_fp16 = 150 * 60 * 80 * 2
+    maps = 2 * sum(c * h * w * 2 for c, h, w in shapes)
+    assert sizes[150] - maps < dense_fp16 / 5
+    # top-k read back: the kept classes within a quantisation step, the rest spread evenly
+    probs = torch.softmax(3 * torch.randn(2, 150, 6, 8), 1)
+    ids, q = store.topk_encode(probs, 4)
+    dense = store.topk_decode(ids, q, 150)
+    kept = probs.topk(4, dim=1)
+    assert torch.allclose(dense.gather(1, kept.indices), kept.values, atol=0.5 / 255 + 1e-6)
+    assert torch.allclose(dense.sum(1), torch.ones(2, 6, 8), atol=4 / 255)
+    clear = kept.values[:, 0] - kept.values[:, 1] > 1 / 255  # not a tie after quantisation
+    assert torch.equal(dense.argmax(1)[clear], probs.argmax(1)[clear]) and clear.float().mean() > 0.5
+
+
+def test_clips_are_spread_over_the_whole_recording_in_proportion_to_each_source():
+    from sdcpc_core.adapt.plan import plan_segments
+
+    segs = plan_segments([18000], max_frames=2000, segment=28, need=4)
+    starts = np.array([s.start for s in segs])
+    assert sum(s.length for s in segs) <= 2000 and len(segs) == 2000 // 28
+    assert starts[0] < 18000 / len(segs) and starts[-1] + segs[-1].length > 18000 - 18000 / len(segs)
+    gaps = np.diff(starts)
+    assert gaps.min() > 0.9 * gaps.mean() and gaps.max() < 1.1 * gaps.mean()  # evenly, not the first N
+    two = plan_segments([9000, 3000], max_frames=1200, segment=32, need=4)
+    per_source = [sum(s.length for s in two if s.source == i) for i in (0, 1)]
+    assert per_source[0] == pytest.approx(3 * per_source[1], rel=0.15)
+    # a recording within the budget is used whole, cut into segments no longer than allowed
+    whole = plan_segments([150, 150], max_frames=2000, segment=64, need=4)
+    assert [s.length for s in whole if s.source == 0] == [50, 50, 50] and sum(s.length for s in whole) == 300
+
+
+def _write_video(path, frames):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, frames.shape[2:0:-1])
+    for f in frames:
+        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+@pytest.mark.parametrize("kind", ["video", "bag", "folder"])
+def test_only_the_planned_frames_are_decoded_in_segment_order(tmp_path, kind):
+    from sdcpc_core.adapt.plan import Segment, count_frames, iter_segments
+
+    frames, _ = generate_video(seed=5, length=20, height=32, width=48)
+    if kind == "video":
+        source = _write_video(tmp_path / "v.avi", frames)
+        frames = np.stack(list(read_source(source, (32, 48)).frames))  # as decoded (lossy)
+    elif kind == "bag":
+        source = tmp_path / "bag"
+        _write_bag(source, frames, "rgb8")
+    else:
+        source = write_folder(tmp_path / "f", frames)
+    assert count_frames(source) == 20
+    segments = [Segment(0, 1, 3), Segment(0, 7, 2)]  # with --every 2: raw frames 2, 4, 6 and 14, 16
+    out = dict(iter_segments([str(source)], segments, (32, 48), 2))
+    assert np.array_equal(out[0], frames[[2, 4, 6]]) and np.array_equal(out[1], frames[[14, 16]])
+    assert list(dict(iter_segments([str(source)], segments, (32, 48), 2, skip={0}))) == [1]
+
+
+def _two_sources(tmp_path):
+    a, _ = generate_video(seed=6, length=8, height=64, width=64)
+    b, _ = generate_video(seed=7, length=8, height=64, width=64)
+    return write_folder(tmp_path / "a", a), write_folder(tmp_path / "b", b)
+
+
+def test_an_interrupted_cache_is_resumed_without_redoing_finished_segments(teacher, tmp_path, monkeypatch,
+                                                                          capsys):
+    from sdcpc_core.adapt import cache, store
+
+    a, b = _two_sources(tmp_path)
+    real, calls = cache.segment_columns, []
+
+    def interrupted_on_second(*args, **kwargs):
+        calls.append(len(args[3]))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cache, "segment_columns", interrupted_on_second)
+    out = tmp_path / "r.pt"
+    common = [teacher, a, b, "-o", out, "--steps", "2", "--no-report", "--set", "batch_size=2", *SIZE]
+    code, io = run(common, capsys)
+    assert code == 130 and "while caching: 1 of 2 segments" in io.err and "--resume" in io.err
+    folder = tmp_path / "r.adapt-cache"
+    assert list(store.finished_segments(folder)) == [0] and not out.exists()
+    first = store.segment_path(folder, 0).stat()
+    calls.clear()
+    code, io = run([*common, "--resume", "--keep-cache"], capsys)
+    assert code == 0, io.err
+    assert calls == [8], "only the unfinished segment is computed again"
+    again = store.segment_path(folder, 0).stat()
+    assert (again.st_ino, again.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
+    assert load_checkpoint(out)[1]["training"]["frames"] == 16
+
+
+def test_the_cache_is_removed_after_a_finished_run_unless_kept(teacher, source, tmp_path):
+    common = [teacher, source, "--steps", "1", "--no-report", "--set", "batch_size=2", *SIZE]
+    assert run([*common, "-o", tmp_path / "gone.pt"])[0] == 0
+    assert not (tmp_path / "gone.adapt-cache").exists()
+    assert run([*common, "-o", tmp_path / "kept.pt", "--cache-dir", tmp_path / "c", "--keep-cache"])[0] == 0
+    assert list((tmp_path / "c").glob("seg_*.bin"))
+
+
+def test_a_run_that_would_not_fit_is_refused_up_front(teacher, source, tmp_path, capsys, monkeypatch):
+    from sdcpc_core.adapt import budget
+
+    line = _refused([teacher, source, "--memory-limit", "0.05"], tmp_path, capsys, "memory", "--input-size",
+                    "but 0.05 GiB is available")
+    assert "9 classes at 64x64" in line
+    monkeypatch.setattr(budget, "free_disk", lambda folder: 2**20)
+    _refused([teacher, source], tmp_path, capsys, "--max-frames", "--cache-dir", "free")
+
+
+def test_the_memory_estimate_grows_with_size_and_classes_not_with_the_recording():
+    from sdcpc_core.adapt import budget
+
+    def est(size, k, frames):
+        out_hw = (size[0] // 4, size[1] // 4)
+        maps = 2 * 2 * (32 * out_hw[0] * out_hw[1] + 64 * out_hw[0] * out_hw[1] // 4
+                        + 160 * out_hw[0] * out_hw[1] // 16 + 256 * out_hw[0] * out_hw[1] // 64)
+        return budget.estimate(0, size, out_hw, k, maps, 1000, frames, 8, 3, 4)
+
+    small = est((240, 320), 150, 1000)
+    assert est((240, 320), 150, 100_000).memory == small.memory  # disk grows, memory does not
+    assert est((240, 320), 150, 100_000).disk == 100 * small.disk
+    assert est((480, 640), 150, 1000).memory > small.memory
+    # more classes: shorter segments while caching (their probabilities are what a segment holds)
+    assert est((240, 320), 150, 1000).segment < est((240, 320), 19, 1000).segment

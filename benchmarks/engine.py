@@ -31,12 +31,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from sdcpc_core.checkpoints import BASELINE_CHECKPOINT, DEFAULT_CHECKPOINT, load_checkpoint
 from sdcpc_core.classes import LabelSet
+from sdcpc_core.cpu import cpu_features
 from sdcpc_core.data.synthetic import generate_video
 from sdcpc_core.engine import StreamingSegmenter
 from sdcpc_core.export import export_module
 from sdcpc_core.models import SDCPCConfig, build_model
 from sdcpc_core.quantize import SYNTHETIC, quantize_export
-from sdcpc_core.runtimes import installed
+from sdcpc_core.runtimes import choose_precision, installed
 from sdcpc_core.settings import IMAGENET_MEAN, IMAGENET_STD
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -65,8 +66,8 @@ def combinations(backends=None):
         for p in precisions:
             if backend == "openvino" and not openvino_has(p):
                 continue
-            if backend == "torch" and p == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-                continue  # emulated bf16 on a CPU without it is many times slower than fp32
+            if p == "bf16" and not cpu_features().bf16_dot:
+                continue  # emulated bf16 (no AVX512-BF16/AMX) is slower than fp32
             if p == "int8" and backend == "openvino" and not installed("nncf"):
                 continue
             yield backend, p
@@ -302,6 +303,18 @@ def main() -> None:
             print(f"int8 label agreement, {name}, {b} vs torch fp32: {100 * a:.2f}%")
     print(f"speedup (SD-CPC-B0 step, fastest backend vs torch fp32): "
           f"{sd['SD-CPC-B0', 'torch', 'fp32'] / sd[fastest]:.2f}x")
+    print_auto(sd, yard)
+
+
+def print_auto(sd: dict, yard: float) -> None:
+    """What ``precision: auto`` picks on this CPU for each graph backend timed (a model with int8
+    graphs), and its SD-CPC-B0 step against the yardstick."""
+    for backend in dict.fromkeys(b for _, b, _ in sd if b != "torch"):
+        precision, why, _ = choose_precision("auto", backend, torch.device("cpu"), True)
+        if ("SD-CPC-B0", backend, precision) in sd:
+            step = sd["SD-CPC-B0", backend, precision]
+            print(f"precision auto on {backend}: {precision} ({why}): SD-CPC-B0 {step:.1f} ms/step = "
+                  f"{step / yard:.2f}x the yardstick")
 
 
 if __name__ == "__main__":

@@ -60,6 +60,8 @@ def _engine(args):
     engine = StreamingSegmenter.from_checkpoint(args.checkpoint or None, settings_from_arguments(args),
                                                 export_progress=_announce)
     _announce(engine.runtime_note)  # which backend and precision run, and why
+    if engine.precision_warning:
+        _announce(f"warning: {engine.precision_warning}")
     return engine
 
 

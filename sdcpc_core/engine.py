@@ -132,6 +132,7 @@ class StreamingSegmenter:
         # ``source`` (the model's checkpoint file) keys the export cache; without it an on-the-fly
         # export is made afresh. runtime_note: which backend and precision run, and why.
         self.runtime_note = ""
+        self.precision_warning: str | None = None  # a precision asked for that is slow on this CPU
         self.runner = self._build_runner(export_dir, labels, export_progress, source)
         if self.device.type == "cpu":
             warm_up()  # the label kernel: ~0.2 s from its disk cache, here rather than at frame 1
@@ -190,6 +191,7 @@ class StreamingSegmenter:
 
         backend, why = runtimes.choose_backend(self.settings.backend, self.device, self.precision,
                                                fixed_size=export_dir is not None or self.input_size is not None)
+        why = f"{why}; {self._settle_precision(backend, export_dir, source)}"
         if backend == "torch":
             self.runtime_note = f"backend torch, precision {self.precision} ({why}; the exact reference path)"
             return runtimes.TorchRunner(self.model, self.device, self.precision)
@@ -214,10 +216,43 @@ class StreamingSegmenter:
                                f"{meta['input_size']} only; unset it or re-export with --input-size")
         if self.settings.input_size is None:
             self.settings = self.settings.replace(input_size=tuple(meta["input_size"]))
+        self._check_int8_weights(meta, backend)
         if meta["config"].temporal and len(self.reference_offsets) != meta["num_references"]:
             raise SettingError("reference_offsets", self.reference_offsets, f"the export {export_dir} "
                                f"aggregates {meta['num_references']} references; use as many offsets")
         return cls(export_dir, meta, self.device, self.precision)
+
+    def _settle_precision(self, backend: str, export_dir, source) -> str:
+        """Resolve ``precision`` (``auto``: per backend and CPU, ``runtimes.choose_precision``) into
+        the settings; sets ``precision_warning``. Returns why, with the CPU's instruction sets."""
+        from sdcpc_core import runtimes
+        from sdcpc_core.exports import is_embedded
+        from sdcpc_core.quantize import has_int8
+
+        if backend == "torch":
+            int8_graphs = False
+        elif export_dir is not None:
+            int8_graphs = has_int8(export_dir, backend)
+        else:  # the embedded models are quantised on the fly (sdcpc_core.exports)
+            int8_graphs = is_embedded(source)
+        precision, why, self.precision_warning = runtimes.choose_precision(
+            self.precision, backend, self.device, int8_graphs)
+        self.settings = self.settings.replace(precision=precision)
+        return why
+
+    def _check_int8_weights(self, meta: dict, backend: str) -> None:
+        """Warn when int8 graphs with 8-bit weights (exported before sdcpc quantised weights to 7
+        bits) run on a CPU without VNNI, where their 16-bit intermediate sums saturate."""
+        from sdcpc_core.cpu import cpu_features
+        from sdcpc_core.quantize import WEIGHT_BITS
+
+        cpu = cpu_features()
+        bits = meta.get("int8", {}).get(backend, {}).get("weight_bits", 8)
+        if self.precision == "int8" and bits > WEIGHT_BITS and not cpu.int8_dot:
+            self.precision_warning = (
+                f"this export's int8 graphs have {bits}-bit weights, which saturate on a CPU without "
+                f"VNNI ({cpu.short}): labels may disagree with fp32 (97 % of pixels measured); "
+                "re-export them (sdcpc export CKPT -o DIR --int8 --calibration SOURCE) or use precision auto")
 
     @property
     def backend(self) -> str:

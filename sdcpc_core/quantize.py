@@ -10,6 +10,15 @@ the ``aggregate`` inputs the target's cache and its references' caches, computed
 - ONNX Runtime: its static quantisation (QDQ, per-channel int8 weights, uint8 activations,
   Conv and MatMul only), written as ``encode.int8.onnx`` and ``aggregate.int8.onnx``.
 
+**Weights are quantised to 7 bits** (``WEIGHT_BITS``; NNCF ``overflow_fix=ENABLE``, ONNX Runtime
+``reduce_range``), on every CPU: a CPU without VNNI (AVX2-only, AVX-512 before Cascade Lake)
+multiplies u8 activations by s8 weights with an instruction pair whose 16-bit intermediate
+saturates with 8-bit weights. With 8-bit weights, OpenVINO's labels agreed with fp32 on 97.2 % of
+the held-out pixels there (99.5 % on a VNNI CPU); with 7-bit weights 99.5 % on both, so one graph
+serves every CPU and a cache copied between machines stays exact (docs/benchmarks-engine.md).
+Depthwise convolutions keep 8-bit weights in OpenVINO (NNCF leaves them: their int8 kernels
+accumulate in 32 bits, no pair step).
+
 Kept in floating point (``float_nodes``; the reasons are in docs/deployment.md):
 
 - the class logits: every Conv/MatMul/Gemm producing the K class channels (the static classifier
@@ -54,6 +63,7 @@ DEFAULT_FRAMES = 48  # calibration frames streamed (each gives an encode and an 
 SYNTHETIC = "synthetic"
 SYNTHETIC_VIDEO_LENGTH = 12  # frames per synthetic calibration video (several scenes, stream starts)
 SYNTHETIC_SEED = 9000  # clear of the training (0...) and held-out (5000...) seeds
+WEIGHT_BITS = 7  # overflow-safe on CPUs without VNNI (the module's docstring); recorded in metadata
 
 
 def int8_files(runtime: str) -> dict[str, str]:
@@ -193,7 +203,8 @@ def float_nodes(onnx_path, num_classes: int) -> dict[str, str]:
 
 # -- the quantisers -------------------------------------------------------------------------------
 
-def _quantize_openvino(export_dir: Path, graph: str, samples: list[dict], keep: dict, out: Path) -> None:
+def _quantize_openvino(export_dir: Path, graph: str, samples: list[dict], keep: dict, out: Path,
+                       weight_bits: int = WEIGHT_BITS) -> None:
     import re
 
     import nncf
@@ -201,6 +212,7 @@ def _quantize_openvino(export_dir: Path, graph: str, samples: list[dict], keep: 
     from nncf.quantization.advanced_parameters import (
         AdvancedQuantizationParameters,
         AdvancedSmoothQuantParameters,
+        OverflowFix,
     )
 
     nncf.set_log_level(logging.ERROR)  # one line per op it leaves alone
@@ -210,7 +222,10 @@ def _quantize_openvino(export_dir: Path, graph: str, samples: list[dict], keep: 
     scope = nncf.IgnoredScope(patterns=[re.escape(n) + r"(/.*)?" for n in keep], validate=False)
     # no SmoothQuant: with it, OpenVINO 2026.4's CPU plugin refused to compile the encode graph
     # (dnnl_postops_composer 'scale.size() == OC'); the labels agree without it (test_int8.py)
-    advanced = AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1))
+    # overflow_fix ENABLE: 7-bit weights in every layer, not only the first (NNCF's default)
+    fix = OverflowFix.ENABLE if weight_bits == 7 else OverflowFix.DISABLE
+    advanced = AdvancedQuantizationParameters(overflow_fix=fix,
+                                              smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1))
     quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples),
                               model_type=nncf.ModelType.TRANSFORMER, ignored_scope=scope,
                               advanced_parameters=advanced)
@@ -227,13 +242,15 @@ class _Reader:
         return next(self.samples, None)
 
 
-def _quantize_onnxruntime(export_dir: Path, graph: str, samples: list[dict], keep: dict, out: Path) -> None:
+def _quantize_onnxruntime(export_dir: Path, graph: str, samples: list[dict], keep: dict, out: Path,
+                          weight_bits: int = WEIGHT_BITS) -> None:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     with _quiet_root_logger():  # "consider pre-processing", per-bias notes: nothing to act on
         quantize_static(str(export_dir / f"{graph}.onnx"), str(out), _Reader(samples),
                         quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        reduce_range=weight_bits == 7,
                         op_types_to_quantize=["Conv", "MatMul"], nodes_to_exclude=sorted(keep))
 
 
@@ -252,11 +269,12 @@ QUANTIZERS = {"openvino": _quantize_openvino, "onnxruntime": _quantize_onnxrunti
 
 
 def quantize_export(export_dir, calibration=SYNTHETIC, runtimes=RUNTIMES, frames: int = DEFAULT_FRAMES,
-                    model=None, progress=None, *, segmenter_cls) -> Path:
+                    model=None, progress=None, *, segmenter_cls, weight_bits: int = WEIGHT_BITS) -> Path:
     """Add the int8 graphs for ``runtimes`` to ``export_dir`` (calibrated on ``calibration``: see
     ``calibration_frames``) and record them in its metadata. ``model``: the loaded model (default:
     the directory's model.pt). Files are written under temporary names and renamed when whole.
-    ``segmenter_cls``: ``StreamingSegmenter``, which streams the calibration frames."""
+    ``segmenter_cls``: ``StreamingSegmenter``, which streams the calibration frames.
+    ``weight_bits`` 8: full-range weights, exact only on CPUs with VNNI (the module's docstring)."""
     import importlib.util
 
     from sdcpc_core.checkpoints import load_checkpoint
@@ -278,6 +296,8 @@ def quantize_export(export_dir, calibration=SYNTHETIC, runtimes=RUNTIMES, frames
     if missing:
         raise ExportError(f"int8 quantisation needs {', '.join(missing)}: pip install {' '.join(missing)} "
                           "(the deploy extra: pip install 'sdcpc[deploy]')")
+    if weight_bits not in (7, 8):
+        raise ExportError(f"weight_bits {weight_bits}: allowed 7 (every CPU) or 8 (VNNI CPUs only)")
     if frames < 1:
         raise ExportError(f"calibration frames must be at least 1, got {frames}")
     if model is None:
@@ -297,7 +317,7 @@ def quantize_export(export_dir, calibration=SYNTHETIC, runtimes=RUNTIMES, frames
             stage(f"{runtime} int8 {graph} graph ({len(samples[graph])} samples) -> {export_dir / name}")
             tmp = export_dir / f".tmp.{name}"
             try:
-                QUANTIZERS[runtime](export_dir, graph, samples[graph], kept[graph], tmp)
+                QUANTIZERS[runtime](export_dir, graph, samples[graph], kept[graph], tmp, weight_bits)
                 for part in _parts(tmp):
                     part.replace(export_dir / part.name.removeprefix(".tmp."))
             finally:
@@ -306,8 +326,8 @@ def quantize_export(export_dir, calibration=SYNTHETIC, runtimes=RUNTIMES, frames
             written.setdefault(runtime, []).append(name)
     raw = json.loads((export_dir / METADATA).read_text())
     int8 = raw.get("int8", {})
-    int8.update({r: {"files": f, "calibration": described, "frames": len(encode_feeds)}
-                 for r, f in written.items()})
+    int8.update({r: {"files": f, "calibration": described, "frames": len(encode_feeds),
+                     "weight_bits": weight_bits} for r, f in written.items()})
     int8["float_nodes"] = {g: dict(sorted(k.items())) for g, k in kept.items()}
     raw["int8"] = int8
     tmp_meta = export_dir / f".tmp.{METADATA}"

@@ -70,6 +70,56 @@ def choose_backend(backend: str, device: torch.device, precision: str = "fp32",
     return "torch", "auto: no ONNX Runtime GPU execution provider here"
 
 
+def choose_precision(precision: str, backend: str, device: torch.device, int8_graphs: bool,
+                     cpu=None) -> tuple[str, str, str | None]:
+    """(precision, why, warning) on ``backend``: ``auto`` -> the fastest precision whose labels
+    agree with fp32 on this CPU (docs/benchmarks-engine.md, per CPU class): bf16 where the CPU has
+    native bf16 dot products (AVX512-BF16/AMX) and OpenVINO runs; int8 where it has VNNI/AMX and
+    int8 graphs are there (``int8_graphs``); fp32 otherwise, and always on torch (the exact
+    reference) and on a GPU. A precision asked for is kept; ``warning`` says where it is slower
+    than fp32 or emulated on this CPU. ``cpu``: ``sdcpc_core.cpu.CpuFeatures`` (default: this one)."""
+    from sdcpc_core.cpu import cpu_features
+
+    cpu = cpu or cpu_features()
+    on_cpu = device.type == "cpu"
+    if precision != "auto":
+        warning = _slower_warning(precision, backend, cpu) if on_cpu else None
+        return precision, f"precision {precision} was asked for", warning
+    if not on_cpu:
+        return "fp32", "auto: fp32 on a GPU (ask for fp16 on TensorRT)", None
+    if backend == "torch":
+        return "fp32", "auto: backend torch runs fp32, the exact reference", None
+    isa = f"this CPU has {cpu.short}"
+    if backend == "openvino" and cpu.bf16_dot and _openvino_offers("BF16"):
+        return "bf16", f"auto: {isa}; native bf16 is the fastest precision measured there", None
+    if cpu.int8_dot and int8_graphs:
+        return "int8", f"auto: {isa}; VNNI int8 is faster than fp32 there", None
+    if cpu.int8_dot:
+        return "fp32", (f"auto: {isa}, but this model has no int8 graphs (sdcpc export CKPT -o DIR --int8 "
+                        "--calibration VIDEO_OR_FOLDER, then DIR as the checkpoint)"), None
+    return "fp32", f"auto: {isa}; without VNNI int8 is not faster than fp32 (nor bf16 without AVX512-BF16)", None
+
+
+def _openvino_offers(capability: str) -> bool:
+    import openvino as ov
+
+    return capability in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def _slower_warning(precision: str, backend: str, cpu) -> str | None:
+    """Why ``precision``, asked for, runs slower than fp32 (or emulated) on ``cpu``, or None."""
+    if precision == "int8" and not cpu.int8_dot:
+        return (f"precision int8 on a CPU without VNNI ({cpu.short}): labels stay exact (7-bit "
+                "weights) but it is not faster than fp32 here; precision auto picks fp32")
+    if precision == "bf16" and not cpu.bf16_dot:
+        return (f"precision bf16 on a CPU without AVX512-BF16 or AMX ({cpu.short}): bf16 is emulated, "
+                "slower than fp32 and less exact; precision auto picks fp32")
+    if precision == "fp16" and backend != "onnxruntime" and "amx_fp16" not in cpu.flags:
+        return (f"precision fp16 on a CPU without AMX-FP16 ({cpu.short}): fp16 is emulated, slower "
+                "than fp32; precision auto picks fp32")
+    return None
+
+
 class TorchRunner:
     """Eager PyTorch (the reference): autocast to ``precision``, optional channels-last."""
 

@@ -5,7 +5,7 @@ each setting (type, default, range, description, whether it may change while str
 node builds its parameter descriptors from it, ``sdcpc`` and ``sdcpc-eval`` build their options from
 it, and a bad value is refused everywhere with the same ``SettingError`` message::
 
-    setting 'precision' = 'fp64' is refused: allowed: fp32, fp16, bf16, int8
+    setting 'precision' = 'fp64' is refused: allowed: auto, fp32, fp16, bf16, int8
 
 Also here, because inference needs them and must not import the dataset readers: the ImageNet
 normalisation and the reference-frame rule (``reference_indices``).
@@ -24,7 +24,8 @@ IMAGENET_STD = (58.395, 57.12, 57.375)
 MIN_SIDE = 32  # stride 4 then spatial reduction 8 in MiT stage 1: smaller inputs cannot be encoded
 MAX_SIDE = 8192
 MAX_OFFSET = 1000  # references at most this many frames back
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # int8: quantised graphs (sdcpc_core.quantize)
+# int8: quantised graphs (sdcpc_core.quantize); auto: per backend and CPU (runtimes.choose_precision)
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
 STREAM_MAX_TIME_GAP = 0.5  # default of the node and sdcpc-eval: a camera's stamps, 0.5 s = a cut
 BACKENDS = ("torch", "onnxruntime", "openvino", "auto")  # sdcpc_core.runtimes; auto: fastest installed
 # What the node, `sdcpc segment`/`demo` and `sdcpc-eval` run with unless told otherwise: the fastest
@@ -171,9 +172,11 @@ def _names_words(value):
 SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("device", "string", "auto", "Torch device: auto, cpu, cuda or cuda:N.",
             check_extra=_device_words),
-    Setting("precision", "string", "fp32",
-            "Inference precision: autocast for fp16/bf16; int8 runs the export's quantised graphs "
-            "(backend openvino or onnxruntime; sdcpc export --int8).",
+    Setting("precision", "string", "auto",
+            "Inference precision: auto = the fastest that agrees with fp32 on this CPU (bf16 with "
+            "AVX512-BF16/AMX on OpenVINO, int8 with VNNI where int8 graphs exist, else fp32; always "
+            "fp32 on backend torch); fp16/bf16 autocast or compile hints; int8 runs the export's "
+            "quantised graphs (backend openvino or onnxruntime; sdcpc export --int8).",
             choices=PRECISIONS),
     Setting("backend", "string", "torch",
             "Inference runtime: torch (eager, the exact reference), onnxruntime, openvino, or auto (the "
@@ -218,7 +221,7 @@ class StreamSettings:
     """
 
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"
     backend: str = "torch"
     channels_last: bool = False
     input_size: tuple[int, int] | None = None

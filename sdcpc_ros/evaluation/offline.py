@@ -45,7 +45,10 @@ def evaluate_offline(bag_path, out_dir, *, checkpoint=None, baseline=None, segme
     settings = {"checkpoint": str(checkpoint or "embedded default") if not predict_gt else None,
                 "baseline": str(baseline) if baseline else None, "image_topic": image_topic,
                 "label_topic": label_topic, "input_size": list(input_size) if input_size else None,
-                "device": device, "precision": precision, "backend": backend, "max_time_gap": max_time_gap,
+                "device": device, "max_time_gap": max_time_gap,
+                # what ran (auto resolved; runtime_note says why)
+                "precision": models["sdcpc"].precision if models else precision,
+                "backend": models["sdcpc"].backend if models else backend,
                 "predict_gt": predict_gt}
     ev = Evaluation(str(bag_path), "offline", labelset, ["ground_truth"] if predict_gt else list(models),
                     settings)

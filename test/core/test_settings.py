@@ -15,7 +15,7 @@ from sdcpc_core.settings import (
 
 
 @pytest.mark.parametrize("name, value, words", [
-    ("precision", "fp64", "allowed: fp32, fp16, bf16"),
+    ("precision", "fp64", "allowed: auto, fp32, fp16, bf16"),
     ("device", "gpu0", "allowed: auto, cpu, cuda, cuda:N"),
     ("input_size", (8, 8), "each in [32, 8192]"),
     ("input_size", (64, 64, 3), "[height, width]"),
@@ -42,7 +42,7 @@ def test_values_are_normalised_and_frozen():
     assert s.dynamic_classes == ("person",)
     with pytest.raises(AttributeError):
         s.precision = "bf16"
-    assert s.replace(precision="bf16").precision == "bf16" and s.precision == "fp32"
+    assert s.replace(precision="bf16").precision == "bf16" and s.precision == "auto"
     assert s.changed(s.replace(max_time_gap=2.0)) == {"max_time_gap": 2.0}
     with pytest.raises(TypeError, match="unknown stream settings"):
         s.replace(backnd="torch")

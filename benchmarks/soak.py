@@ -20,8 +20,9 @@ Pass criteria (checked and printed; exit code 1 when one fails):
   * bounded queue: the backlog (sent - answered - dropped) does not grow over the run (least-squares
     trend over the whole run < 10 frames) and never exceeds ``2 + 2 * rate`` frames, and the
     buffer length in diagnostics never exceeds the number of references + 1;
-  * accounting: after the stream stops, sent = answered + dropped + rejected + failed, allowing
-    only frames in flight (<= 2);
+  * accounting: after the stream stops, sent = answered (by the network or by propagation) +
+    dropped + rejected + failed, allowing only frames in flight (<= 4: pending, being segmented,
+    waiting for and in propagation);
   * the node is still running at the end and exits cleanly on SIGINT.
 Writes ``soak.json`` (configuration, machine, samples, summary, criteria) and ``soak.png`` (RSS and
 latency over time) into ``--out``.
@@ -47,7 +48,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 MEMORY_GROWTH_LIMIT = 0.05
-IN_FLIGHT_LIMIT = 2
+IN_FLIGHT_LIMIT = 4  # pending, being segmented, waiting for and in propagation
 BACKLOG_TREND_LIMIT = 10.0
 
 
@@ -96,6 +97,8 @@ class Observer:
         self.answered = 0
         self.dropped = self.rejected = 0  # from ~/frame_info
         self.node_latency_ms: list[float] = []
+        self.propagated_latency_ms: list[float] = []  # the node's latency of propagated answers
+        self.propagated = 0
         self.diag: dict[str, str] = {}
         self.max_buffer = 0
         self.t0 = time.perf_counter()
@@ -117,13 +120,19 @@ class Observer:
     def _on_info(self, msg) -> None:
         if hasattr(msg, "dropped_frames"):
             dropped, rejected, node_ms = msg.dropped_frames, msg.rejected_frames, msg.node_latency_ms
+            propagated = getattr(msg, "propagated", False)
         else:  # std_msgs/String JSON
             d = json.loads(msg.data)
             dropped, rejected, node_ms = d["dropped_frames"], d["rejected_frames"], d["node_latency_ms"]
+            propagated = d.get("propagated", False)
         with self.lock:
             self.dropped = max(self.dropped, int(dropped))
             self.rejected = max(self.rejected, int(rejected))
-            self.node_latency_ms.append(float(node_ms))
+            if propagated:
+                self.propagated += 1
+                self.propagated_latency_ms.append(float(node_ms))
+            else:
+                self.node_latency_ms.append(float(node_ms))
 
     def _on_diag(self, msg) -> None:
         for status in msg.status:
@@ -407,7 +416,12 @@ def judge(obs: Observer, stream: Stream, proc, alive: bool, checkpoint: str, war
         "node_alive_and_clean_exit": {"pass": alive and proc.returncode == 0,
                                       "alive_at_end": alive, "exit_code": proc.returncode},
     }
-    summary = {"sent": sent, "answered": answered, "dropped": dropped, "rejected": rejected,
+    with obs.lock:
+        propagated, propagated_ms = obs.propagated, list(obs.propagated_latency_ms)
+    summary = {"sent": sent, "answered": answered, "propagated": propagated,
+               "propagated_node_latency_ms": percentiles(propagated_ms),
+               "network_rate_hz": float(diag.get("network rate (Hz)", 0.0)),
+               "dropped": dropped, "rejected": rejected,
                "failed": failed, "in_flight": in_flight,
                "input_rate_hz": sent / duration, "output_rate_hz": answered / duration,
                "latency_ms": percentiles([ms for t, ms in latency if t >= warmup]),
@@ -438,7 +452,9 @@ def print_summary(report: dict, args, path: Path) -> None:
           f"{args.input_size or 'native'}, {os.cpu_count()} CPUs, load average "
           f"{report['machine']['load_average_at_end'][0]:.2f}")
     print(f"  sent {s['sent']} ({s['input_rate_hz']:.1f} Hz), answered {s['answered']} "
-          f"({s['output_rate_hz']:.1f} Hz), dropped {s['dropped']}, rejected {s['rejected']}, "
+          f"({s['output_rate_hz']:.1f} Hz; {s['propagated']} of them propagated, node latency p50/p95 "
+          f"{fmt(s['propagated_node_latency_ms']['p50'])}/{fmt(s['propagated_node_latency_ms']['p95'])} ms), "
+          f"dropped {s['dropped']}, rejected {s['rejected']}, "
           f"failed {s['failed']}, in flight {s['in_flight']}; of the dropped, lost before the node "
           f"{s['lost_before_node']}; buffer resets {s['buffer_resets']}")
     if s["rss_first_vs_last_5min_mb"]:

@@ -63,7 +63,7 @@ class Propagated:
     """Labels carried to a new frame, with how sure the motion was."""
 
     labels: np.ndarray  # (H, W), the key frame's dtype
-    confidence: np.ndarray  # (H, W) float32 in [0, 1]: key confidence x motion certainty
+    confidence: np.ndarray | None  # (H, W) float32 in [0, 1]: key confidence x motion certainty
     uncertain_fraction: float  # share of pixels whose motion was judged uncertain
     elapsed_ms: float  # grey image, flow, warp
 
@@ -72,7 +72,7 @@ class LabelPropagator:
     """Carries a key frame's labels to later frames. Not thread-safe (one DIS instance): one
     thread calls :meth:`propagate`; :meth:`KeyFrame.from_frame` may run anywhere."""
 
-    def __init__(self, preset: str = "medium", width: int = FLOW_WIDTH, uncertain: str = "hold",
+    def __init__(self, preset: str = "fast", width: int = FLOW_WIDTH, uncertain: str = "hold",
                  tolerance: float = PHOTOMETRIC_TOLERANCE, ignore_id: int = 255):
         if preset not in PRESETS:
             raise ValueError(f"flow preset {preset!r} is not one of {', '.join(PRESETS)}")
@@ -113,30 +113,39 @@ class LabelPropagator:
         certainty[outside] = 0.0
         return flow, certainty
 
-    def propagate(self, key: KeyFrame, rgb: np.ndarray) -> Propagated:
-        """The key frame's labels (and confidence) carried to the frame ``rgb`` (same size)."""
+    def propagate(self, key: KeyFrame, rgb: np.ndarray, confidence: bool = True) -> Propagated:
+        """The key frame's labels (and, if ``confidence``, its confidence times the motion's
+        certainty; else None) carried to the frame ``rgb`` (same size)."""
         start = time.perf_counter()
         if rgb.shape[:2] != key.size:
             raise ValueError(f"frame {rgb.shape[:2]} and key frame {key.size} differ in size")
         flow, certainty = self.motion(key, grey_small(rgb, self.width))
+        uncertain = certainty < 0.5
+        if self.uncertain == "hold":  # no motion there: the key frame's label at the same place
+            flow[uncertain] = 0.0
         h, w = key.size
         fh, fw = flow.shape[:2]
         if (fh, fw) != (h, w):  # flow to full resolution, in full-resolution pixels
             flow = cv2.resize(flow, (w, h), interpolation=cv2.INTER_LINEAR)
             flow[..., 0] *= w / fw
             flow[..., 1] *= h / fh
-            certainty = cv2.resize(certainty, (w, h), interpolation=cv2.INTER_LINEAR)
         gx, gy = self._pixel_grid(h, w)
-        map_x, map_y = gx + flow[..., 0], gy + flow[..., 1]
-        labels = cv2.remap(key.labels, map_x, map_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
-        uncertain = certainty < 0.5
-        if self.uncertain == "hold":
-            labels[uncertain] = key.labels[uncertain]
-        elif self.uncertain == "ignore":
-            labels[uncertain] = self.ignore_id
-        confidence = certainty
-        if key.confidence is not None:
-            confidence = certainty * cv2.remap(key.confidence, map_x, map_y, cv2.INTER_NEAREST,
-                                               borderMode=cv2.BORDER_REPLICATE)
-        return Propagated(labels, confidence.astype(np.float32, copy=False), float(uncertain.mean()),
+        flow[..., 0] += gx
+        flow[..., 1] += gy
+        labels = cv2.remap(key.labels, flow[..., 0], flow[..., 1], cv2.INTER_NEAREST,
+                           borderMode=cv2.BORDER_REPLICATE)
+        full_certainty = None
+        if confidence or self.uncertain == "ignore":
+            full_certainty = cv2.resize(certainty, (w, h), interpolation=cv2.INTER_LINEAR)
+        if self.uncertain == "ignore":
+            labels[full_certainty < 0.5] = self.ignore_id
+        out_confidence = None
+        if confidence:
+            out_confidence = full_certainty
+            if key.confidence is not None:
+                out_confidence = full_certainty * cv2.remap(
+                    key.confidence, flow[..., 0], flow[..., 1], cv2.INTER_NEAREST,
+                    borderMode=cv2.BORDER_REPLICATE)
+            out_confidence = out_confidence.astype(np.float32, copy=False)
+        return Propagated(labels, out_confidence, float(uncertain.mean()),
                           (time.perf_counter() - start) * 1e3)

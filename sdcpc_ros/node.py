@@ -235,6 +235,8 @@ class Segmentation:
             f"{self._seg.precision}), {self._seg.labels.num_classes} classes, "
             f"custom messages: {'sdcpc_interfaces' if LabelInfo else 'no (std_msgs/String JSON)'}")
         self.get_logger().info(self._seg.runtime_note)  # which backend and precision, and why
+        if self._seg.precision_warning:  # a precision asked for that is slow or inexact on this CPU
+            self.get_logger().warning(self._seg.precision_warning)
 
     # -- activate / deactivate ----------------------------------------------------------------
     def _activate(self) -> None:
@@ -613,19 +615,22 @@ class Segmentation:
                 else:
                     self._count(outcome)
 
+    def _dynamic_mask(self, labels: np.ndarray) -> np.ndarray:
+        """(H, W) bool: the label is a dynamic class (a table lookup, cv2.LUT for mono8)."""
+        table = np.zeros(65536 if labels.dtype == np.uint16 else 256, np.uint8)
+        table[list(self._seg.labels.dynamic)] = 1
+        if labels.dtype == np.uint8:
+            return cv2.LUT(labels, table).view(bool)
+        return table[labels].view(bool)
+
     def _propagate_frame(self, frame: _Frame, key) -> bool:
         """Carry ``key``'s labels to ``frame`` and publish them; False if they cannot be carried."""
         rgb = self._decode(frame.msg)
         if key is None or rgb.shape[:2] != key.size:
             return False
-        out = self._propagator.propagate(key, rgb)
-        labels = self._seg.labels
-        dynamic = np.zeros(max(int(out.labels.max()) + 1, labels.num_classes), bool)
-        dynamic[list(labels.dynamic)] = True
-        want_confidence = self._wanted("confidence")
+        out = self._propagator.propagate(key, rgb, confidence=self._wanted("confidence"))
         header = frame.msg.header
-        self._publish_outputs(header, rgb, out.labels, dynamic[out.labels],
-                              out.confidence if want_confidence else None)
+        self._publish_outputs(header, rgb, out.labels, self._dynamic_mask(out.labels), out.confidence)
         latency_ms = (time.perf_counter() - frame.received_at) * 1e3
         self._propagation_ms.append((latency_ms, out.elapsed_ms))
         self._publish_frame_info(header, None, latency_ms, propagated=(key, frame.number, out))
@@ -736,6 +741,7 @@ class Segmentation:
             "received frames": str(counts["received"]),
             "published frames": str(counts["published"]),
             "propagated frames": str(counts["propagated"]),
+            "network steps": str(network_steps),
             "dropped frames": str(counts["replaced"] + counts["lost"]),
             "dropped before the node (queue, transport)": str(counts["lost"]),
             "not taken (deactivated)": str(counts["not_taken"]),

@@ -131,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p, ("precision", "backend"), TOOL_DEFAULTS)  # of the node started here (not with --connect)
     p.add_argument("--rate", type=float, default=1.0, help="playback speed factor (default 1)")
     p.add_argument("--connect", action="store_true", help="use a running node instead of starting one")
+    p.add_argument("--no-propagate", dest="propagate", action="store_false",
+                   help="start the node with propagate:=false (frames the network has no time for are dropped)")
     p.add_argument("--node-name", default="sdcpc")
     p.add_argument("--labels-topic", default=None, help="the node's labels topic (default /<node>/labels)")
     p.add_argument("--publish-topic", default=None, help="topic the node reads images from (default the "
@@ -218,6 +220,7 @@ def main(argv=None) -> int:
 
             use_default_profile()  # this process publishes large images (docs/transport.md)
             report = evaluate_live(args.bag, args.out, rate=args.rate, connect=args.connect,
+                                   propagate=args.propagate,
                                    precision=stream.precision, backend=stream.backend,
                                    node_name=args.node_name, labels_topic=args.labels_topic,
                                    publish_topic=args.publish_topic, max_pause=args.max_pause,

@@ -1,5 +1,7 @@
 """Live evaluation: the bag played to a running ``sdcpc_node``, what it publishes on ``~/labels``
-recorded, matched by stamp and scored; frames never answered count as dropped."""
+recorded, matched by stamp and scored; frames never answered count as dropped. With the node's
+``~/frame_info`` heard, every frame is also scored the three ways of
+:mod:`sdcpc_ros.evaluation.strategies` (network frames only, last labels held, as published)."""
 
 from __future__ import annotations
 
@@ -21,14 +23,16 @@ from sdcpc_ros.evaluation.scoring import (
     open_bag,
     sample_targets,
 )
+from sdcpc_ros.evaluation.strategies import AnswerInfo, StrategyBreakdown, frame_info_entry
 
 
 def _node_command(node_name, image_topic, checkpoint, input_size, device, max_time_gap,
-                  precision="fp32", backend="torch") -> list[str]:
+                  precision="fp32", backend="torch", propagate=True) -> list[str]:
     cmd = [sys.executable, "-m", "sdcpc_ros.node", "--ros-args", "-r", f"__node:={node_name}",
            "-r", f"image:={image_topic}", "-p", "reliable_qos:=true", "-p", "publish_color:=false",
            "-p", f"max_time_gap:={float(max_time_gap)}", "-p", f"device:={device}",
-           "-p", f"precision:={precision}", "-p", f"backend:={backend}"]
+           "-p", f"precision:={precision}", "-p", f"backend:={backend}",
+           "-p", f"propagate:={'true' if propagate else 'false'}"]
     if checkpoint:
         cmd += ["-p", f"checkpoint:={Path(checkpoint).resolve()}"]
     if input_size:
@@ -47,8 +51,11 @@ class _Player:
         from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
 
+        from sdcpc_ros.node import FrameInfo
+
         self.labels_topic, self.problems = labels_topic, problems
         self.answers: dict[int, tuple[float, np.ndarray]] = {}
+        self.infos: dict[int, AnswerInfo] = {}  # stamp -> what ~/frame_info said
         self.sent: dict[int, float] = {}  # stamp -> publish time
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
@@ -57,6 +64,10 @@ class _Player:
                               reliability=ReliabilityPolicy.RELIABLE)
         self.publisher = self.node.create_publisher(Image, publish_topic, reliable)
         self.node.create_subscription(Image, labels_topic, self._on_labels, reliable)
+        from std_msgs.msg import String
+
+        info_topic = labels_topic.rsplit("/", 1)[0] + "/frame_info"
+        self.node.create_subscription(FrameInfo or String, info_topic, self._on_info, reliable)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         from sdcpc_ros.spinning import BackgroundSpin
@@ -69,6 +80,14 @@ class _Player:
             self.answers[stamp_to_ns(msg.header.stamp)] = (arrival, labels_to_array(msg))
         except ValueError as exc:
             self.problems.append(f"unusable message on {self.labels_topic}: {exc}")
+
+    def _on_info(self, msg) -> None:
+        try:
+            stamp, info = frame_info_entry(msg)
+        except (KeyError, TypeError, ValueError) as exc:
+            self.problems.append(f"unusable ~/frame_info message: {exc}")
+            return
+        self.infos[stamp] = info
 
     def node_ready(self) -> bool:
         """A node reads what we publish and publishes the labels topic."""
@@ -149,9 +168,11 @@ def evaluate_live(bag_path, out_dir, *, rate=1.0, checkpoint=None, connect=False
                   label_topic=bags.DEFAULT_LABEL_TOPIC, explicit_label_topic=False,
                   publish_topic=None, input_size=None, device="cpu", precision="fp32", backend="torch",
                   max_time_gap=DEFAULT_MAX_TIME_GAP, startup_timeout=120.0, drain_timeout=10.0,
-                  max_pause=1.0, samples=4) -> dict:
+                  max_pause=1.0, samples=4, propagate=True) -> dict:
     """Play the bag's images to ``sdcpc_node`` (started here unless ``connect``) at recorded speed ×
-    ``rate``, record ``~/labels``, match by stamp and score; unanswered frames count as dropped."""
+    ``rate``, record ``~/labels`` and ``~/frame_info``, match by stamp and score (models: ``node``
+    as published, ``network`` its own frames only, ``held`` the last network labels held);
+    unanswered frames count as dropped."""
     from sdcpc_ros.evaluation.report import write_report
     from sdcpc_ros.node_process import stop_node
 
@@ -166,8 +187,10 @@ def evaluate_live(bag_path, out_dir, *, rate=1.0, checkpoint=None, connect=False
                 "image_topic": image_topic, "label_topic": label_topic, "publish_topic": publish_topic,
                 "labels_topic": labels_topic, "node": "connected" if connect else "started",
                 "max_time_gap": max_time_gap, "input_size": list(input_size) if input_size else None,
-                "device": device, "precision": precision, "backend": backend}
-    ev = Evaluation(str(bag_path), "live", labelset, ["node"], settings)
+                "device": device, "precision": precision, "backend": backend,
+                "propagate": None if connect else bool(propagate)}
+    ev = Evaluation(str(bag_path), "live", labelset, ["node", "network", "held"], settings)
+    breakdown = StrategyBreakdown(labelset.num_classes, labelset.dynamic)
     with BagReader(bag_path) as probe:  # fail fast, before a node is started
         probe.require(image_topic)
         if explicit_label_topic:
@@ -179,7 +202,7 @@ def evaluate_live(bag_path, out_dir, *, rate=1.0, checkpoint=None, connect=False
     try:
         if not connect:
             node = _start_node(_node_command(node_name, publish_topic, checkpoint, input_size, device,
-                                             max_time_gap, precision, backend), out_dir)
+                                             max_time_gap, precision, backend, propagate), out_dir)
         _wait_for_node(player, node, startup_timeout,
                        f"subscribed to {publish_topic} and publishing {labels_topic}")
         with BagReader(bag_path) as bag:
@@ -197,25 +220,30 @@ def evaluate_live(bag_path, out_dir, *, rate=1.0, checkpoint=None, connect=False
         if node is not None:
             stop_node(node)
         player.close()
-    score_live(ev, pairs, player.sent, player.answers, max_time_gap)
+    score_live(ev, pairs, player.sent, player.answers, max_time_gap, player.infos, breakdown)
     report = ev.report()
+    report["strategies"] = breakdown.summary()
     write_report(out_dir, report, labelset, ev.samples)
     return report
 
 
-def score_live(ev: Evaluation, pairs, sent, answers, max_time_gap) -> None:
+def score_live(ev: Evaluation, pairs, sent, answers, max_time_gap, infos=None,
+               breakdown: StrategyBreakdown | None = None) -> None:
     """Score each published frame against the node's answer with the same stamp. A frame whose
     stamp an earlier frame already had was not published: the node's labels carry only the
     stamp, so the two answers could not be told apart. Videos split where the node resets: the
     time rules on every published frame (the node judges gaps on its input stream), size and
-    frame_id between answered frames."""
+    frame_id between answered frames. ``infos`` (stamp -> AnswerInfo) add the models ``network``
+    and ``held`` where ``ev`` has them (:mod:`sdcpc_ros.evaluation.strategies`)."""
     previous_input = previous_answer = pending = None
     first_with_stamp = {}
+    index_of = {}  # stamp -> frame index, for frames since the source network frame
     for pair in pairs:
         if pair.error:
             ev.skip(pair, "unreadable", pair.error)
             continue
         first = first_with_stamp.setdefault(pair.stamp, pair.index)
+        index_of.setdefault(pair.stamp, pair.index)
         if first != pair.index:
             ev.skip(pair, "duplicate_stamp", f"not published: frame {first} has the same header stamp "
                     f"{format_stamp(pair.stamp)}, and labels are matched to images by stamp")
@@ -240,6 +268,19 @@ def score_live(ev: Evaluation, pairs, sent, answers, max_time_gap) -> None:
         if pair.labels is not None and pair.labels.shape != pred.shape:
             pair.label_error = f"node output {pred.shape} differs from the label {pair.labels.shape}"
             pair.labels = None
-        ev.add(pair, {"node": pred}, {"node": (arrival - sent[pair.stamp]) * 1e3})
+        latency = (arrival - sent[pair.stamp]) * 1e3
+        preds, latencies = {"node": pred}, {"node": latency}
+        info = (infos or {}).get(pair.stamp, AnswerInfo(False, pair.stamp))
+        source = answers.get(info.source_stamp)
+        held = source[1] if info.propagated and source is not None else pred
+        if "held" in ev.scores and held.shape == pred.shape:
+            preds["held"] = held
+        if "network" in ev.scores and not info.propagated:
+            preds["network"], latencies["network"] = pred, latency
+        ev.add(pair, preds, latencies)
+        if breakdown is not None:
+            since = pair.index - index_of.get(info.source_stamp, pair.index) if info.propagated else 0
+            breakdown.add(since, {k: preds[k] for k in preds if k in ("node", "network", "held")},
+                          pair.labels, latency, info.propagated)
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-MODEL_TITLES = {"sdcpc": "SD-CPC", "baseline": "baseline", "node": "node (live)",
-                "ground_truth": "GT vs GT"}
+MODEL_TITLES = {"sdcpc": "SD-CPC", "baseline": "baseline", "node": "node (live, as published)",
+                "network": "network frames only", "held": "last labels held", "ground_truth": "GT vs GT"}
 COUNT_TITLES = (("scored", "scored"), ("unlabelled", "unlabelled"), ("label_error", "label errors"),
                 ("unreadable", "unreadable"), ("failed", "failed"), ("dropped", "dropped"),
                 ("duplicate_stamp", "duplicate stamps"), ("not_read", "not read"))
@@ -54,6 +54,8 @@ def markdown(report: dict, plots: list[str]) -> str:
     class_rows = [[name] + [_fmt(m[k]["per_class_iou"][i]) for k in models]
                   for i, name in enumerate(report["classes"])]
     lines += _table(["class"] + titles, class_rows)
+    if report.get("strategies"):
+        lines += _strategy_lines(report["strategies"])
     for title, items in (("Errors", report["errors"]), ("Problems", report["problems"])):
         if items:
             lines += ["", f"## {title}", ""] + [f"- {x}" for x in items[:50]]
@@ -67,6 +69,32 @@ def markdown(report: dict, plots: list[str]) -> str:
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def _strategy_lines(st: dict) -> list[str]:
+    """Every frame three ways, and by frames since the network frame (sdcpc_ros.evaluation.strategies)."""
+    names = [("network", "network frames only"), ("held", "every frame, labels held"),
+             ("node", "every frame, as published")]
+    lines = ["", "## Every frame three ways", "",
+             "Frames since the network frame whose labels were used (0: the network's own frame):"
+             " mIoU / dynamic-mask recall.", ""]
+    rows = [[title, _fmt(st[n]["all"]["miou"]), _fmt(st[n]["all"]["dynamic_recall"]),
+             _fmt(st[n]["not_network_frames"]["miou"]), _fmt(st[n]["not_network_frames"]["dynamic_recall"])]
+            for n, title in names]
+    lines += _table(["strategy", "mIoU", "dynamic recall", "mIoU, frames >= 1 since",
+                     "dynamic recall, frames >= 1 since"], rows) + [""]
+    buckets = list(st["frames_per_bucket"])
+    rows = [[title] + [f"{_fmt(st[n]['per_frames_since'][b]['miou'])} / "
+                       f"{_fmt(st[n]['per_frames_since'][b]['dynamic_recall'])}" for b in buckets]
+            for n, title in names[1:]]
+    rows.append(["frames"] + [str(st["frames_per_bucket"][b]) for b in buckets])
+    lines += _table(["frames since"] + buckets, rows)
+    lat = st["latency_ms"]
+    lines += ["", "Publish to `~/labels` received (ms): network answers p50 "
+              f"{_fmt(lat['network']['p50'], 1)}, p95 {_fmt(lat['network']['p95'], 1)} "
+              f"({lat['network']['count']}); propagated answers p50 {_fmt(lat['propagated']['p50'], 1)}, "
+              f"p95 {_fmt(lat['propagated']['p95'], 1)} ({lat['propagated']['count']})."]
+    return lines
 
 
 def write_report(out_dir, report: dict, labels, samples: list[dict]) -> Path:
@@ -96,7 +124,9 @@ def _plots(out: Path, report: dict, labels, samples) -> list[str]:
               ("vc_windows.png", any(report["models"][m]["vc8_windows"] for m in models),
                lambda path: _vc_plot(path, report, plt)),
               ("latency.png", any(lat.values()), lambda path: _latency_plot(path, report, lat, plt)),
-              ("samples.png", bool(samples), lambda path: _strip(path, samples, labels, plt))]
+              ("samples.png", bool(samples), lambda path: _strip(path, samples, labels, plt)),
+              ("frames_since.png", bool(report.get("strategies")),
+               lambda path: _frames_since_plot(path, report["strategies"], plt))]
     written = []
     for name, applies, draw in wanted:
         if not applies:
@@ -150,13 +180,14 @@ def _latency_plot(path: Path, report: dict, lat: dict, plt) -> str:
 
 
 def _strip(path: Path, samples, labels, plt) -> str:
-    keys = list(samples[0]["preds"])
+    keys = list(dict.fromkeys(k for s in samples for k in s["preds"]))  # a model may skip a frame
     with_gt = any(s["gt"] is not None for s in samples)  # no ground-truth column for an unlabelled bag
     cols = 1 + len(keys) + with_gt
     fig, axes = plt.subplots(len(samples), cols, figsize=(2.6 * cols, 2.0 * len(samples)), squeeze=False)
     for r, s in enumerate(samples):
-        panels = [("input", s["image"])] + [(MODEL_TITLES.get(k, k), labels.colorize(s["preds"][k]))
-                                            for k in keys]
+        panels = [("input", s["image"])] + [
+            (MODEL_TITLES.get(k, k), labels.colorize(s["preds"][k]) if k in s["preds"]
+             else np.zeros_like(s["image"])) for k in keys]
         if with_gt:
             panels.append(("ground truth", labels.colorize(s["gt"]) if s["gt"] is not None
                            else np.zeros_like(s["image"])))
@@ -169,6 +200,24 @@ def _strip(path: Path, samples, labels, plt) -> str:
                 ax.set_ylabel(f"frame {s['index']}", fontsize=8)
             if r == 0:
                 ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def _frames_since_plot(path: Path, st: dict, plt) -> str:
+    buckets = list(st["frames_per_bucket"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    for key, ax, label in (("miou", axes[0], "mIoU"), ("dynamic_recall", axes[1], "dynamic-mask recall")):
+        for name, title, style in (("node", "propagated", "o-"), ("held", "last labels held", "s--")):
+            y = [np.nan if st[name]["per_frames_since"][b][key] is None else st[name]["per_frames_since"][b][key]
+                 for b in buckets]
+            ax.plot(range(len(buckets)), y, style, label=title)
+        own = st["network"]["all"][key]
+        if own is not None:
+            ax.axhline(own, color="grey", lw=1, ls=":", label="network frames (all)")
+        ax.set_xticks(range(len(buckets)), buckets)
+        ax.set_xlabel("camera frames since the network frame")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
     return _save(fig, path)
 
 

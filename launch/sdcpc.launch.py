@@ -38,6 +38,9 @@ def generate_launch_description() -> LaunchDescription:
             name="sdcpc",
             output="screen",
             emulate_tty=True,
+            # Ctrl-C: the node stops at once, but torch's own teardown at process exit then took 2-7 s
+            # on a loaded 2-core CPU, and launch's default 5 s before SIGTERM cut such exits short.
+            sigterm_timeout=LaunchConfiguration("sigterm_timeout", default="20"),
             parameters=[
                 LaunchConfiguration("params_file"),
                 {

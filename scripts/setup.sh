@@ -40,8 +40,8 @@ if [[ -n "$ROS2_PIP" && -d "$ROS2_PIP/wheels" ]]; then
          "left out, and the launch tests will skip"
     mapfile -t wheels < <(printf '%s\n' "${wheels[@]}" | grep -v '/launch_pytest-')
   fi
-  "$VENV/bin/pip" install --quiet --no-deps "${wheels[@]}"
-  "$VENV/bin/pip" install --quiet osrf-pycommon argcomplete
+  "$VENV/bin/pip" install --quiet --no-deps --no-warn-conflicts "${wheels[@]}"
+  "$VENV/bin/pip" install --quiet --no-warn-conflicts osrf-pycommon argcomplete
   SDCPC_SKIP_PIP=1 bash scripts/build_interfaces.sh "$VENV" "$ROS2_PIP/src/composition_interfaces"
   "$VENV/bin/ros2" pkg prefix sdcpc_ros >/dev/null \
     || { echo "error: ros2 is installed but does not find sdcpc_ros in $VENV" >&2; exit 1; }

@@ -302,8 +302,9 @@ class Segmentation:
 
     def _build_engine(self, p: dict):
         # the engine is imported only once the parameters are known to be valid
-        from sdcpc_core.engine import FrameError, StreamingSegmenter, resolve_device
+        from sdcpc_core.engine import FrameError, StreamingSegmenter, continuity_break, resolve_device
 
+        self._continuity_break = continuity_break
         self._input_errors = (ImageConversionError, FrameError)  # the message's fault: "refused"
         try:
             resolve_device(p["device"])
@@ -337,6 +338,7 @@ class Segmentation:
         self._to_propagate: _Frame | None = None  # waiting for the propagation thread
         self._propagating = False  # the propagation thread is working on a frame
         self._key = None  # sdcpc_core.propagation.KeyFrame of the last network frame
+        self._last_input, self._stream_start = None, 0  # continuity of the input stream
         self._propagate = False
         self._step_s = deque(maxlen=20)  # wall time of the last network steps
         self._arrival_s = deque(maxlen=20)  # time between the last images received
@@ -390,9 +392,13 @@ class Segmentation:
                 "camera driver with FASTDDS_DEFAULT_PROFILES_FILE pointing at the profile the node "
                 "logged at start-up (docs/transport.md)", throttle_duration_sec=30.0)
         # continuity is judged on every image received, segmented or not (engine.observe)
-        number = self._seg.observe(_stamp_seconds(msg.header))
+        stamp = _stamp_seconds(msg.header)
+        number = self._seg.observe(stamp)
         frame = _Frame(msg, time.perf_counter(), number)
         with self._cv:
+            if self._continuity_break(self._last_input, (stamp, None, None), self._seg.max_time_gap):
+                self._stream_start = number  # a cut: nothing before it is carried past it
+            self._last_input = (stamp, None, None)
             if self._last_receipt is not None:
                 self._arrival_s.append(time.monotonic() - self._last_receipt)
             self._last_receipt = time.monotonic()
@@ -416,18 +422,19 @@ class Segmentation:
 
     def _hand_over(self, frame: _Frame) -> bool:
         """Give ``frame`` to the propagation thread if its labels can be carried from the last key
-        frame (same frame_id and size, stamp not before it nor a cut after it); a frame waiting
-        there is replaced (and given back to the network if still its next, else dropped). Called
-        under the lock; False: not handed over."""
+        frame (same frame_id and size, stamp not before it, no cut of the input stream since it:
+        a gap above max_time_gap between consecutive images or a stamp going backwards); a frame
+        waiting there is replaced (and given back to the network if still its next, else
+        dropped). Called under the lock; False: not handed over."""
         key, header = self._key, frame.msg.header
         if not self._propagate or key is None or header.frame_id != key.meta["frame_id"]:
             return False
         if isinstance(frame.msg, Image) and (frame.msg.height, frame.msg.width) != key.size:
             return False
-        stamp, key_stamp = _stamp_seconds(header), key.meta["stamp"]
-        if (stamp is None) != (key_stamp is None):
+        if key.meta["number"] is None or key.meta["number"] < self._stream_start:
             return False
-        if stamp is not None and not 0.0 <= stamp - key_stamp <= self._seg.max_time_gap:
+        stamp, key_stamp = _stamp_seconds(header), key.meta["stamp"]
+        if (stamp is None) != (key_stamp is None) or (stamp is not None and stamp < key_stamp):
             return False
         if self._to_propagate is not None:
             self._give_back(self._to_propagate)

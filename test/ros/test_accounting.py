@@ -194,6 +194,32 @@ def test_propagation_waits_for_a_first_network_frame_and_follows_the_parameter(t
         wait_idle(node)
         assert node.accounting()["propagated"] == 0 and node.accounting()["replaced"] == 1
         assert node._key is not None
+
+        def busy_then(stamps_ns):
+            """The network held busy on the first stamp; the others arrive meanwhile."""
+            gate = gate_network(node, {0})
+            node._on_image(image_msg(frames[0], 10, stamps_ns[0], frame_id="cam"), {})
+            while not node._busy:
+                time.sleep(0.01)
+            for k, stamp in enumerate(stamps_ns[1:]):
+                node._on_image(image_msg(frames[1 + k % 3], 10 + stamp // 10**9, stamp % 10**9,
+                                         frame_id="cam"), {})
+                time.sleep(0.1)
+            gate.set()
+            wait_idle(node)
+
+        # a continuous 10 Hz stream: a key frame older than max_time_gap (0.5 s) is still carried
+        before = node.accounting()["propagated"]
+        busy_then([100_000_000, 200_000_000, 300_000_000, 400_000_000, 500_000_000, 600_000_000,
+                   700_000_000, 800_000_000])
+        assert node.accounting()["propagated"] - before >= 5
+        assert max(i.source_age_s for i in infos if i.propagated) > 0.5
+        # a cut (a 2 s gap): nothing is carried across it; the frames wait for the network
+        before = node.accounting()
+        busy_then([3_000_000_000, 5_000_000_000, 5_100_000_000])
+        after = node.accounting()
+        assert after["propagated"] == before["propagated"]
+        assert after["replaced"] - before["replaced"] == 1 and after["published"] - before["published"] == 2
         assert node.set_parameters([Parameter("propagate", value=False)])[0].successful
         assert node._key is None and not node._propagate
 

@@ -1,18 +1,19 @@
-"""Real video into ``sdcpc_node`` with label propagation on and off, interleaved.
+"""Real video into ``sdcpc_node``, label propagation switched on and off at run time, interleaved.
 
-    python benchmarks/propagation_live.py --seconds 60 --rounds 2 --out out/propagation_live
+    python benchmarks/propagation_live.py --windows 8 --window-seconds 20 --out out/propagation_live
 
-Each round starts the node twice (``propagate:=true`` then ``false``, the order swapped every
-other round, so both see a similar share of a shared CPU), each time with a camera process
-(``sdcpc-camera`` = :mod:`sdcpc_ros.video_publisher`, ``--video`` looped at ``--rate`` Hz, best
-effort, stamped with the wall clock, the project's Fast DDS profile) and the node's defaults except
-``input_size``. After ``--warmup`` seconds it measures for ``--seconds``: frames received, answered
-by the network, propagated, dropped (``/diagnostics`` counters), the network's rate (its steps per
-second, published or not), and the latency of each answer kind: in the node (``~/frame_info``
-``node_latency_ms``) and camera stamp to ``~/labels`` here (one host, one clock). After the camera
-stops, every frame the node received must be accounted for (received = published + propagated +
-dropped + refused + failed + in flight). Writes ``propagation_live.json`` and a markdown table
-(``propagation_live.md``) into ``--out``; exit 1 if an accounting check fails.
+One node (the node's defaults except ``input_size``) and one camera process (``sdcpc-camera`` =
+:mod:`sdcpc_ros.video_publisher`, ``--video`` looped at ``--rate`` Hz, best effort, stamped with
+the wall clock, the project's Fast DDS profile). After ``--warmup`` seconds, ``propagate`` is set
+on and off through ``set_parameters`` in the order on, off, off, on, on, off, ... (a slow drift of
+a shared CPU's load falls on both alike); each window is measured after ``--settle`` seconds:
+frames received, answered by the network, propagated, dropped (``/diagnostics`` counters), the
+network's rate (its steps per second, published or not), the propagation thread's CPU time, and
+the latency of each answer kind: in the node (``~/frame_info`` ``node_latency_ms``) and camera
+stamp to ``~/labels`` here (one host, one clock). After the camera stops, every frame the node
+received must be accounted for (received = published + propagated + dropped + refused + failed +
+in flight). Writes ``propagation_live.json`` and a markdown table (``propagation_live.md``) into
+``--out``; exit 1 if the accounting check fails.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ REPO = Path(__file__).resolve().parents[1]
 VIDEO = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 COUNTERS = {"received": "received frames", "published": "published frames",
             "propagated": "propagated frames", "steps": "network steps", "dropped": "dropped frames",
-            "rejected": "rejected frames", "failed": "failed frames", "in_flight": "in flight"}
+            "rejected": "rejected frames", "failed": "failed frames", "in_flight": "in flight",
+            "cpu_s": "propagation CPU (s)"}
+ORDER = (True, False, False, True)  # on, off, off, on, repeated
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -42,18 +45,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--video", type=Path, default=VIDEO)
     ap.add_argument("--rate", type=float, default=30.0)
     ap.add_argument("--input-size", type=int, nargs=2, default=(480, 640), metavar=("H", "W"))
-    ap.add_argument("--seconds", type=float, default=60.0, help="measured seconds per run")
-    ap.add_argument("--warmup", type=float, default=10.0, help="seconds before measuring")
-    ap.add_argument("--rounds", type=int, default=2, help="on/off pairs")
+    ap.add_argument("--windows", type=int, default=8, help="measured windows, half of them on")
+    ap.add_argument("--window-seconds", type=float, default=20.0)
+    ap.add_argument("--settle", type=float, default=3.0, help="seconds after a switch not measured")
+    ap.add_argument("--warmup", type=float, default=10.0, help="seconds before the first window")
     ap.add_argument("--out", type=Path, default=REPO / "out" / "propagation_live")
     args = ap.parse_args(argv)
     if not args.video.is_file():
         ap.error(f"--video {args.video}: no such file (Debian/Ubuntu: apt install opencv-doc)")
+    if args.windows < 2:
+        ap.error("--windows: at least 2 (one on, one off)")
     return args
 
 
 class Listener:
-    """Counters from /diagnostics, answer kinds and latencies from ~/frame_info and ~/labels."""
+    """Counters from /diagnostics; answer kinds and latencies from ~/frame_info and ~/labels,
+    collected per window."""
 
     def __init__(self, node):
         from diagnostic_msgs.msg import DiagnosticArray
@@ -65,11 +72,8 @@ class Listener:
         if FrameInfo is None:
             raise RuntimeError("sdcpc_interfaces is not built: scripts/build_interfaces.sh .venv")
         self.lock = threading.Lock()
-        self.counters: dict[str, int] = {}
-        self.recording = False
-        self.kind: dict[int, bool] = {}  # stamp -> propagated
-        self.node_ms = {True: [], False: []}
-        self.arrival_ms: dict[int, float] = {}  # stamp -> labels arrival minus stamp
+        self.counters: dict[str, float] = {}
+        self.window = None  # {"kind": {stamp: propagated}, "node_ms": ..., "arrival_ms": ...}
         reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
         node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
         node.create_subscription(FrameInfo, "/sdcpc/frame_info", self._on_info, reliable)
@@ -84,28 +88,41 @@ class Listener:
             if status.name.startswith("sdcpc"):
                 values = {kv.key: kv.value for kv in status.values}
                 with self.lock:
-                    self.counters = {k: int(values.get(v, 0)) for k, v in COUNTERS.items()}
+                    self.counters = {k: float(values.get(v, 0)) for k, v in COUNTERS.items()}
 
     def _on_info(self, msg) -> None:
         with self.lock:
-            if self.recording:
-                self.kind[self._stamp(msg.header)] = bool(msg.propagated)
-                self.node_ms[bool(msg.propagated)].append(float(msg.node_latency_ms))
+            if self.window is not None:
+                self.window["kind"][self._stamp(msg.header)] = bool(msg.propagated)
+                self.window["node_ms"][bool(msg.propagated)].append(float(msg.node_latency_ms))
 
     def _on_labels(self, msg) -> None:
         now_ns = time.time_ns()
         with self.lock:
-            if self.recording:
+            if self.window is not None:
                 stamp = self._stamp(msg.header)
-                self.arrival_ms[stamp] = (now_ns - stamp) / 1e6
+                self.window["arrival_ms"][stamp] = (now_ns - stamp) / 1e6
 
     def snapshot(self) -> dict:
+        """The counters of the next diagnostics message (so that a window starts on one)."""
         with self.lock:
-            return dict(self.counters)
+            before = dict(self.counters)
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            with self.lock:
+                if self.counters != before:
+                    return dict(self.counters)
+            time.sleep(0.02)
+        return before
 
-    def record(self, on: bool) -> None:
+    def start_window(self) -> None:
         with self.lock:
-            self.recording = on
+            self.window = {"kind": {}, "node_ms": {True: [], False: []}, "arrival_ms": {}}
+
+    def end_window(self) -> dict:
+        with self.lock:
+            window, self.window = self.window, None
+        return window
 
 
 def pct(values) -> dict:
@@ -115,34 +132,94 @@ def pct(values) -> dict:
     return {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)), "count": int(a.size)}
 
 
-def run_once(args, propagate: bool, index: int) -> dict:
-    """One node + camera run; the measured figures and the accounting check."""
+def set_propagate(client, on: bool) -> None:
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    cli = client.node.create_client(SetParameters, "/sdcpc/set_parameters")
+    if not cli.wait_for_service(timeout_sec=30.0):
+        raise RuntimeError("/sdcpc/set_parameters is not available")
+    value = ParameterValue(type=ParameterType.PARAMETER_BOOL, bool_value=on)
+    future = cli.call_async(SetParameters.Request(parameters=[Parameter(name="propagate", value=value)]))
+    deadline = time.monotonic() + 30.0
+    while not future.done():
+        if time.monotonic() > deadline:
+            raise RuntimeError("no reply from /sdcpc/set_parameters in 30 s")
+        time.sleep(0.05)
+    result = future.result().results[0]
+    if not result.successful:
+        raise RuntimeError(f"propagate:={on} refused: {result.reason}")
+    client.node.destroy_client(cli)
+
+
+def measure(args, listener, client) -> list[dict]:
+    windows = []
+    for w in range(args.windows):
+        on = ORDER[w % len(ORDER)]
+        set_propagate(client, on)
+        time.sleep(args.settle)
+        load = os.getloadavg()[0]
+        start, t0 = listener.snapshot(), time.monotonic()
+        listener.start_window()
+        time.sleep(args.window_seconds)
+        end, t1 = listener.snapshot(), time.monotonic()
+        windows.append(window_figures(on, start, end, t1 - t0, listener.end_window(), load))
+        x = windows[-1]
+        print(f"window {w + 1}/{args.windows}: propagate {'on' if on else 'off'}, answered "
+              f"{100 * (x['answered_fraction'] or 0):.1f} %, network {x['network_rate_hz']:.2f} Hz, "
+              f"propagation CPU {x['propagation_cpu_pct']:.1f} %, load {load:.1f}", flush=True)
+    return windows
+
+
+def window_figures(on, start, end, seconds, window, load) -> dict:
+    d = {k: end.get(k, 0) - start.get(k, 0) for k in COUNTERS if k != "in_flight"}
+    answered = d["published"] + d["propagated"]
+    arrival = {True: [], False: []}
+    for stamp, ms in window["arrival_ms"].items():
+        if stamp in window["kind"]:
+            arrival[window["kind"][stamp]].append(ms)
+    return {"propagate": on, "seconds": seconds, "load_average": load, "counts": d,
+            "answered_fraction": answered / d["received"] if d["received"] else None,
+            "received_hz": d["received"] / seconds, "network_rate_hz": d["steps"] / seconds,
+            "propagation_cpu_pct": 100 * d["cpu_s"] / seconds,
+            "node_ms": window["node_ms"], "arrival_ms": arrival}
+
+
+def pooled(windows: list[dict], on: bool) -> dict:
+    ws = [w for w in windows if w["propagate"] == on]
+    total = {k: sum(w["counts"][k] for w in ws) for k in ws[0]["counts"]}
+    seconds = sum(w["seconds"] for w in ws)
+    return {"windows": len(ws), "seconds": seconds, "counts": total,
+            "answered_fraction": (total["published"] + total["propagated"]) / total["received"],
+            "network_rate_hz": total["steps"] / seconds,
+            "network_rate_per_window_hz": [w["network_rate_hz"] for w in ws],
+            "propagation_cpu_pct": 100 * total["cpu_s"] / seconds,
+            "load_average": [w["load_average"] for w in ws],
+            "propagated_node_ms": pct([x for w in ws for x in w["node_ms"][True]]),
+            "network_node_ms": pct([x for w in ws for x in w["node_ms"][False]]),
+            "propagated_stamp_to_labels_ms": pct([x for w in ws for x in w["arrival_ms"][True]]),
+            "network_stamp_to_labels_ms": pct([x for w in ws for x in w["arrival_ms"][False]])}
+
+
+def run(args) -> dict:
     from sdcpc_ros.node_process import Client, domain_id_for, node_env, run_node, stop_node
 
-    domain = domain_id_for(f"propagation_live_{index}")
-    params = {"input_size": f"[{args.input_size[0]},{args.input_size[1]}]",
-              "propagate": "true" if propagate else "false"}
-    proc = run_node(params, domain, args.out)
+    domain = domain_id_for("propagation_live")
+    proc = run_node({"input_size": f"[{args.input_size[0]},{args.input_size[1]}]"}, domain, args.out)
     client = Client(domain)
     listener = Listener(client.node)
     camera = None
     try:
         client.wait_for(lambda: client.node.count_publishers("/sdcpc/labels") > 0
                         and client.node.count_subscribers("/image") > 0,
-                        "the node to start", timeout=600, proc=proc)
+                        "the node to start", timeout=900, proc=proc)
         client.spin_in_background()  # stopped and joined by client.close()
-        log = open(args.out / f"camera_{index}.log", "w")  # noqa: SIM115
+        log = open(args.out / "camera.log", "w")  # noqa: SIM115
         camera = subprocess.Popen([sys.executable, "-m", "sdcpc_ros.video_publisher", str(args.video),
                                    "--rate", str(args.rate), "--loop", "--topic", "/image"],
                                   env=node_env(domain), cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         time.sleep(args.warmup)
-        load_start = os.getloadavg()
-        start, t_start = listener.snapshot(), time.monotonic()
-        listener.record(True)
-        time.sleep(args.seconds)
-        listener.record(False)
-        end, t_end = listener.snapshot(), time.monotonic()
-        load_end = os.getloadavg()
+        windows = measure(args, listener, client)
         camera.send_signal(signal.SIGINT)
         camera.wait(timeout=20)
         time.sleep(3.0)  # the last frames through the node, then a diagnostics message
@@ -152,45 +229,34 @@ def run_once(args, propagate: bool, index: int) -> dict:
             camera.kill()
         client.close()
         stop_node(proc)
-    return summarise(propagate, start, end, final, t_end - t_start, listener, (load_start, load_end))
-
-
-def summarise(propagate, start, end, final, seconds, listener, loads) -> dict:
-    d = {k: end.get(k, 0) - start.get(k, 0) for k in COUNTERS if k != "in_flight"}
-    answered = d["published"] + d["propagated"]
-    accounted = (final.get("published", 0) + final.get("propagated", 0) + final.get("dropped", 0)
-                 + final.get("rejected", 0) + final.get("failed", 0) + final.get("in_flight", 0))
-    arrival = {True: [], False: []}
-    for stamp, ms in listener.arrival_ms.items():
-        if stamp in listener.kind:
-            arrival[listener.kind[stamp]].append(ms)
-    return {"propagate": propagate, "seconds": seconds, "load_average": [loads[0][0], loads[1][0]],
-            "window": d, "received_hz": d["received"] / seconds,
-            "answered_fraction": answered / d["received"] if d["received"] else None,
-            "network_rate_hz": d["steps"] / seconds, "answered_hz": answered / seconds,
-            "propagated_node_ms": pct(listener.node_ms[True]),
-            "network_node_ms": pct(listener.node_ms[False]),
-            "propagated_stamp_to_labels_ms": pct(arrival[True]),
-            "network_stamp_to_labels_ms": pct(arrival[False]),
+    accounted = sum(final.get(k, 0) for k in ("published", "propagated", "dropped", "rejected",
+                                              "failed", "in_flight"))
+    return {"windows": windows, "on": pooled(windows, True), "off": pooled(windows, False),
             "final": final, "accounted": final.get("received", 0) == accounted}
 
 
-def markdown(runs: list[dict]) -> str:
+def markdown(report: dict) -> str:
     def f(v, digits=1):
         return "–" if v is None else f"{v:.{digits}f}"
 
-    lines = ["| run | propagate | load (1 min) | received (Hz) | answered | network rate (Hz) | "
-             "propagated: node latency p50 / p95 (ms) | propagated: stamp to labels p50 / p95 (ms) | "
-             "network: node latency p50 / p95 (ms) | every frame accounted |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for i, r in enumerate(runs):
+    on, off = report["on"], report["off"]
+    change = 100 * (on["network_rate_hz"] - off["network_rate_hz"]) / off["network_rate_hz"]
+    lines = ["| propagate | windows (s) | load (1 min) | answered | network rate (Hz) | propagation CPU "
+             "(% of a core) | propagated: node latency p50 / p95 (ms) | propagated: stamp to labels "
+             "p50 / p95 (ms) | network: node latency p50 / p95 (ms) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in (("on", on), ("off", off)):
         lines.append(
-            f"| {i + 1} | {'on' if r['propagate'] else 'off'} | {r['load_average'][0]:.1f}–"
-            f"{r['load_average'][1]:.1f} | {r['received_hz']:.1f} | {100 * (r['answered_fraction'] or 0):.1f} % | "
-            f"{r['network_rate_hz']:.2f} | {f(r['propagated_node_ms']['p50'])} / {f(r['propagated_node_ms']['p95'])} | "
-            f"{f(r['propagated_stamp_to_labels_ms']['p50'])} / {f(r['propagated_stamp_to_labels_ms']['p95'])} | "
-            f"{f(r['network_node_ms']['p50'])} / {f(r['network_node_ms']['p95'])} | "
-            f"{'yes' if r['accounted'] else 'NO'} |")
+            f"| {name} | {r['windows']} ({r['seconds']:.0f}) | {min(r['load_average']):.1f}–"
+            f"{max(r['load_average']):.1f} | {100 * r['answered_fraction']:.1f} % | "
+            f"{r['network_rate_hz']:.2f} ({', '.join(f'{x:.2f}' for x in r['network_rate_per_window_hz'])}) | "
+            f"{r['propagation_cpu_pct']:.1f} | {f(r['propagated_node_ms']['p50'])} / "
+            f"{f(r['propagated_node_ms']['p95'])} | {f(r['propagated_stamp_to_labels_ms']['p50'])} / "
+            f"{f(r['propagated_stamp_to_labels_ms']['p95'])} | {f(r['network_node_ms']['p50'])} / "
+            f"{f(r['network_node_ms']['p95'])} |")
+    lines += ["", f"Network rate with propagation {change:+.1f} % against without; every frame "
+              f"accounted after the camera stopped: {'yes' if report['accounted'] else 'NO'} "
+              f"(received {report['final'].get('received', 0):.0f})."]
     return "\n".join(lines) + "\n"
 
 
@@ -200,21 +266,14 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(REPO / "benchmarks"))
     from cpu import cpu_line
 
-    runs = []
-    for r in range(args.rounds):
-        for propagate in ((True, False) if r % 2 == 0 else (False, True)):
-            print(f"round {r + 1}: propagate {'on' if propagate else 'off'} ...", flush=True)
-            runs.append(run_once(args, propagate, len(runs)))
-            x = runs[-1]
-            print(f"  answered {100 * (x['answered_fraction'] or 0):.1f} %, network {x['network_rate_hz']:.2f} Hz, "
-                  f"propagated node latency p50/p95 {x['propagated_node_ms']['p50']}/"
-                  f"{x['propagated_node_ms']['p95']} ms, load {x['load_average']}", flush=True)
     report = {"args": {k: str(v) for k, v in vars(args).items()}, "cpu": cpu_line(),
-              "cpus": os.cpu_count(), "python": platform.python_version(), "runs": runs}
+              "cpus": os.cpu_count(), "python": platform.python_version(), **run(args)}
     (args.out / "propagation_live.json").write_text(json.dumps(report, indent=1) + "\n")
-    (args.out / "propagation_live.md").write_text(markdown(runs))
-    print(markdown(runs))
-    return 0 if all(r["accounted"] for r in runs) else 1
+    text = markdown(report)
+    (args.out / "propagation_live.md").write_text(f"{report['cpu']}\n\n{text}")
+    print(report["cpu"])
+    print(text)
+    return 0 if report["accounted"] else 1
 
 
 if __name__ == "__main__":

@@ -343,6 +343,7 @@ class Segmentation:
         self._step_s = deque(maxlen=20)  # wall time of the last network steps
         self._arrival_s = deque(maxlen=20)  # time between the last images received
         self._network_steps = self._propagated = 0
+        self._propagation_cpu_s = 0.0  # CPU time of the propagation thread
         self._propagation_ms = deque(maxlen=200)  # (node latency ms, propagation ms)
         self._received = self._dropped = self._rejected = self._failed = self._published = 0
         self._lost = 0  # part of _dropped: never reached the callback (queue overflow, transport)
@@ -351,8 +352,8 @@ class Segmentation:
         self._latencies = deque(maxlen=200)  # (node latency ms, inference ms)
         self._last_reset = ""
         self._resets = 0
-        # received, published, failed, rejected, propagated, network steps, t
-        self._diag_counts = (0, 0, 0, 0, 0, 0, time.monotonic())
+        # received, published, failed, rejected, propagated, network steps, propagation CPU s, t
+        self._diag_counts = (0, 0, 0, 0, 0, 0, 0.0, time.monotonic())
         self._last_receipt = None  # monotonic time of the last image received
         self._image_topic = ""  # resolved input topic, set with the subscription
         self._stall_s = max(2.0, 2 * diagnostics_period)  # input silent this long: WARN
@@ -612,8 +613,10 @@ class Segmentation:
                     return
                 frame, self._to_propagate = self._to_propagate, None
                 self._propagating, key = True, self._key
+            cpu = time.thread_time()
             outcome, answered = self._run_guarded("propagation", self._propagate_frame, frame, key)
             with self._cv:
+                self._propagation_cpu_s += time.thread_time() - cpu
                 self._propagating = False
                 if outcome == "done" and answered:
                     self._propagated += 1
@@ -721,13 +724,14 @@ class Segmentation:
         self._pub_label_info.publish(msg)
 
     def _publish_diagnostics(self) -> None:
-        received, published, failed, rejected, propagated, steps, since = self._diag_counts
+        received, published, failed, rejected, propagated, steps, cpu_s, since = self._diag_counts
         now = time.monotonic()
         period = max(now - since, 1e-6)
         counts = self.accounting()
-        network_steps = self._network_steps
+        network_steps, propagation_cpu_s = self._network_steps, self._propagation_cpu_s
         self._diag_counts = (counts["received"], counts["published"], counts["failed"],
-                             counts["rejected"], counts["propagated"], network_steps, now)
+                             counts["rejected"], counts["propagated"], network_steps,
+                             propagation_cpu_s, now)
 
         def column(rows, i):
             return np.array([r[i] for r in rows]) if rows else np.zeros(1)
@@ -745,6 +749,8 @@ class Segmentation:
             "propagated latency p50 (ms)": f"{np.percentile(carried_ms, 50):.1f}",
             "propagated latency p95 (ms)": f"{np.percentile(carried_ms, 95):.1f}",
             "propagation p50 (ms)": f"{np.percentile(flow_ms, 50):.1f}",
+            "propagation CPU (% of one core)": f"{100 * (propagation_cpu_s - cpu_s) / period:.1f}",
+            "propagation CPU (s)": f"{propagation_cpu_s:.3f}",
             "received frames": str(counts["received"]),
             "published frames": str(counts["published"]),
             "propagated frames": str(counts["propagated"]),

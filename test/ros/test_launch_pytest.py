@@ -35,7 +35,8 @@ except ImportError as exc:
         raise ImportError(f"SDCPC_REQUIRE_LAUNCH=1 but the ROS 2 launch system is missing: {exc}; "
                           "bash scripts/setup.sh .venv --ros2-pip DIR") from exc
     pytest.skip(f"the ROS 2 launch system is not installed ({exc}); PyPI has no wheels of it: "
-                "bash scripts/setup.sh .venv --ros2-pip DIR (docs/pip-route.md)", allow_module_level=True)
+                "bash scripts/setup.sh .venv --ros2-pip DIR (docs/pip-route.md; set-up leaves "
+                "launch_pytest out when DIR has no launch_testing wheel)", allow_module_level=True)
 
 from ros_harness import WAIT_S, Client, domain_id_for
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data

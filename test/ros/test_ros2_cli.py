@@ -25,6 +25,7 @@ DIRECT = ("--no-daemon", "--spin-time", "3")
 
 
 def ros2(domain: int, *args: str) -> str:
+    assert ROS2, "no ros2 command beside this Python or on PATH (bash scripts/setup.sh .venv --ros2-pip DIR)"
     done = subprocess.run([ROS2, *args], env=node_env(domain), capture_output=True, text=True,
                           timeout=120)
     return done.stdout + done.stderr

@@ -1,8 +1,9 @@
 """``sdcpc-param``: get, set and list a running node's parameters, reset its frame buffer, and
 drive a managed node's lifecycle.
 
-The pip route (PyPI ROS 2 wheels) has rclpy but no ``ros2`` command line; this is the small part of
-``ros2 param`` / ``ros2 lifecycle`` / ``ros2 service call`` that operating the sdcpc node needs::
+A pip install (PyPI ROS 2 wheels) has rclpy but no ``ros2`` command line, unless set up with the
+ROS 2 tools' wheels (``scripts/setup.sh --ros2-pip DIR``; use ``ros2`` there). This is the small part
+of ``ros2 param`` / ``ros2 lifecycle`` / ``ros2 service call`` that operating the sdcpc node needs::
 
     sdcpc-param list /sdcpc
     sdcpc-param get /sdcpc max_time_gap

@@ -98,10 +98,11 @@ NODE_SETTINGS: dict[str, Setting] = {s.name: s for s in (
             minimum=1, maximum=2**31 - 1, runtime=True),
     Setting("diagnostics_period", "double", 1.0, "Seconds between /diagnostics messages.",
             minimum=0.1, maximum=60.0),
-    Setting("propagate", "bool", True,
+    Setting("propagate", "bool", False,
             "Answer the frames the network has no time for with its last labels carried along the "
             "image motion (optical flow; ~/frame_info says which, from which network frame); "
-            "false: drop them.", runtime=True),
+            "false: drop them. Costs network rate on a CPU the network saturates (docs/propagation.md).",
+            runtime=True),
 )}
 CHECKPOINT = Setting("checkpoint", "string", "",
                      "sdcpc checkpoint file (.pt), export directory (sdcpc export), Hugging Face SegFormer "

@@ -181,7 +181,7 @@ def test_propagation_waits_for_a_first_network_frame_and_follows_the_parameter(t
     """No network frame yet: nothing to carry, the frame is dropped; a reset or propagate:=false
     forgets the key frame."""
     with node_in_process("propagation_key", checkpoint=str(tiny_checkpoint), device="cpu",
-                         input_size=[64, 64], backend="torch") as node:
+                         input_size=[64, 64], backend="torch", propagate=True) as node:
         gate = gate_network(node, {0})
         labels, infos = capture(node)
         frames = synthetic_video(4)

@@ -73,11 +73,12 @@ def choose_backend(backend: str, device: torch.device, precision: str = "fp32",
 def choose_precision(precision: str, backend: str, device: torch.device, int8_graphs: bool,
                      cpu=None) -> tuple[str, str, str | None]:
     """(precision, why, warning) on ``backend``: ``auto`` -> the fastest precision whose labels
-    agree with fp32 on this CPU (docs/benchmarks-engine.md, per CPU class): bf16 where the CPU has
-    native bf16 dot products (AVX512-BF16/AMX) and OpenVINO runs; int8 where it has VNNI/AMX and
-    int8 graphs are there (``int8_graphs``); fp32 otherwise, and always on torch (the exact
-    reference) and on a GPU. A precision asked for is kept; ``warning`` says where it is slower
-    than fp32 or emulated on this CPU. ``cpu``: ``sdcpc_core.cpu.CpuFeatures`` (default: this one)."""
+    agree with fp32 on this CPU (docs/benchmarks-engine.md, per CPU class), on OpenVINO: bf16 where
+    the CPU has native bf16 dot products (AVX512-BF16/AMX); int8 where it has VNNI/AMX and int8
+    graphs are there (``int8_graphs``); else fp32. fp32 on ONNX Runtime (its QDQ int8 was slower
+    than its fp32 on every CPU measured), on torch (the exact reference) and on a GPU. A precision
+    asked for is kept; ``warning`` says where it is slower than fp32 or emulated on this CPU.
+    ``cpu``: ``sdcpc_core.cpu.CpuFeatures`` (default: this one)."""
     from sdcpc_core.cpu import cpu_features
 
     cpu = cpu or cpu_features()
@@ -90,6 +91,8 @@ def choose_precision(precision: str, backend: str, device: torch.device, int8_gr
     if backend == "torch":
         return "fp32", "auto: backend torch runs fp32, the exact reference", None
     isa = f"this CPU has {cpu.short}"
+    if backend == "onnxruntime":
+        return "fp32", f"auto: {isa}; ONNX Runtime's int8 was slower than its fp32 on every CPU measured", None
     if backend == "openvino" and cpu.bf16_dot and _openvino_offers("BF16"):
         return "bf16", f"auto: {isa}; native bf16 is the fastest precision measured there", None
     if cpu.int8_dot and int8_graphs:
@@ -111,6 +114,9 @@ def _slower_warning(precision: str, backend: str, cpu) -> str | None:
     if precision == "int8" and not cpu.int8_dot:
         return (f"precision int8 on a CPU without VNNI ({cpu.short}): labels stay exact (7-bit "
                 "weights) but it is not faster than fp32 here; precision auto picks fp32")
+    if precision == "int8" and backend == "onnxruntime":
+        return ("precision int8 on ONNX Runtime: its QDQ int8 was slower than its fp32 on every CPU "
+                "measured; precision auto picks fp32 (OpenVINO int8 is faster on a VNNI CPU)")
     if precision == "bf16" and not cpu.bf16_dot:
         return (f"precision bf16 on a CPU without AVX512-BF16 or AMX ({cpu.short}): bf16 is emulated, "
                 "slower than fp32 and less exact; precision auto picks fp32")

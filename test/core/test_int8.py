@@ -248,12 +248,12 @@ def test_export_cli_int8_from_an_image_folder(tiny_checkpoint, tmp_path, capsys)
 def test_auto_picks_int8_on_vnni_only_and_warns_where_int8_is_slow(tiny_checkpoint, tmp_path, monkeypatch):
     """The engine's precision auto on another CPU's flags (SDCPC_CPU_FLAGS), on an export with
     int8 graphs; the start-up line (runtime_note) names the instruction sets and why."""
-    if "onnxruntime" not in RUNTIMES:
-        pytest.skip("ONNX Runtime is not installed (the rule is the same on OpenVINO: test_precision_auto)")
+    if "openvino" not in RUNTIMES:
+        pytest.skip("OpenVINO with NNCF is not installed (auto picks int8 on OpenVINO only)")
     out = export_model(tiny_checkpoint, tmp_path / "int8")
-    quantize_export(out, runtimes=("onnxruntime",), frames=2, segmenter_cls=StreamingSegmenter)
-    open_ = functools.partial(StreamingSegmenter.from_checkpoint, out, device="cpu", backend="onnxruntime")
-    monkeypatch.setenv(FLAGS_VARIABLE, "avx2 avx512f avx512_vnni")
+    quantize_export(out, runtimes=("openvino",), frames=2, segmenter_cls=StreamingSegmenter)
+    open_ = functools.partial(StreamingSegmenter.from_checkpoint, out, device="cpu", backend="openvino")
+    monkeypatch.setenv(FLAGS_VARIABLE, "avx2 avx512f avx512_vnni")  # no bf16
     vnni = open_()
     assert vnni.precision == "int8" and "AVX2, AVX-512, VNNI" in vnni.runtime_note
     assert vnni.precision_warning is None
@@ -263,7 +263,7 @@ def test_auto_picks_int8_on_vnni_only_and_warns_where_int8_is_slow(tiny_checkpoi
     asked = open_(precision="int8")
     assert asked.precision == "int8" and "not faster than fp32" in asked.precision_warning
     raw = json.loads((out / METADATA).read_text())  # int8 graphs made before weights had 7 bits
-    del raw["int8"]["onnxruntime"]["weight_bits"]
+    del raw["int8"]["openvino"]["weight_bits"]
     (out / METADATA).write_text(json.dumps(raw))
     old = open_(precision="int8")
     assert "8-bit weights, which saturate" in old.precision_warning and "re-export" in old.precision_warning

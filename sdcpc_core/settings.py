@@ -173,9 +173,9 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("device", "string", "auto", "Torch device: auto, cpu, cuda or cuda:N.",
             check_extra=_device_words),
     Setting("precision", "string", "auto",
-            "Inference precision: auto = the fastest that agrees with fp32 on this CPU (bf16 with "
-            "AVX512-BF16/AMX on OpenVINO, int8 with VNNI where int8 graphs exist, else fp32; always "
-            "fp32 on backend torch); fp16/bf16 autocast or compile hints; int8 runs the export's "
+            "Inference precision: auto = the fastest that agrees with fp32 on this CPU (on OpenVINO "
+            "bf16 with AVX512-BF16/AMX, int8 with VNNI where int8 graphs exist, else fp32; fp32 on "
+            "onnxruntime and torch); fp16/bf16 autocast or compile hints; int8 runs the export's "
             "quantised graphs (backend openvino or onnxruntime; sdcpc export --int8).",
             choices=PRECISIONS),
     Setting("backend", "string", "torch",

@@ -2,24 +2,25 @@
 a real sdcpc_lifecycle_node process (its own ROS domain): lifecycle set/get, param set/get (and a
 refusal), the ~/reset service call. Needs the ros2 command line (no PyPI wheels:
 `bash scripts/setup.sh .venv --ros2-pip DIR`, docs/pip-route.md, or a ROS 2 install); skips without
-it, unless SDCPC_REQUIRE_LAUNCH=1 (CI, when it has the wheels)."""
+it, unless SDCPC_REQUIRE_ROS2_CLI=1 (CI, when its wheels folder has the ros2 command line)."""
 
-import os
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import psutil
 import pytest
+from ros_harness import (
+    ROS2,
+    WAIT_S,
+    Client,
+    domain_id_for,
+    node_env,
+    require_ros2_cli,
+    run_node,
+    stop_node,
+)
 
-if os.environ.get("SDCPC_REQUIRE_LAUNCH") != "1":  # CI with the wheels: a missing ros2 is an error
-    pytest.importorskip("ros2cli", reason="the ros2 command line is not installed (no PyPI wheels): "
-                                          "bash scripts/setup.sh .venv --ros2-pip DIR (docs/pip-route.md)")
+require_ros2_cli("ros2cli")
 
-from ros_harness import WAIT_S, Client, domain_id_for, node_env, run_node, stop_node  # noqa: E402
-
-ROS2 = shutil.which("ros2", path=str(Path(sys.executable).parent)) or shutil.which("ros2")
 # --no-daemon: no `ros2 daemon` is left running; --spin-time: how long it looks for the node
 DIRECT = ("--no-daemon", "--spin-time", "3")
 

@@ -1,5 +1,5 @@
 """Label propagation against ground truth: a labelled bag played at its recorded rate into
-``sdcpc_node`` (``sdcpc-eval live``, propagation on) at several network input sizes, every camera
+``sdcpc_node`` (``sdcpc-eval live --propagate``) at several network input sizes, every camera
 frame scored three ways (network frames only; last labels held; as published, i.e. propagated).
 
     sdcpc-eval convert synthetic out/syn30.bag --videos 6 --length 150 --size 240 320 --fps 30
@@ -44,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def run_live(bag: str, size: str, out: Path) -> dict:
     h, w = size.split("x")
     cmd = [sys.executable, "-m", "sdcpc_ros.evaluation.cli", "live", bag, "--out", str(out),
-           "--input-size", h, w]
+           "--input-size", h, w, "--propagate"]
     print(f"{size}: {' '.join(cmd[2:])}  (load {os.getloadavg()[0]:.1f})", flush=True)
     subprocess.run(cmd, check=False, cwd=REPO)
     return json.loads((out / "report.json").read_text())
@@ -123,8 +123,8 @@ def main(argv=None) -> int:
         if not reports[size].get("strategies"):
             print(f"{size}: the report has no three-way scores (node without ~/frame_info?)", file=sys.stderr)
             return 1
-    lines = [f"Bag `{args.bag}`, played at its recorded rate; node started by `sdcpc-eval live` "
-             "(propagate on, the node's defaults otherwise).", ""]
+    lines = [f"Bag `{args.bag}`, played at its recorded rate; node started by `sdcpc-eval live "
+             "--propagate` (the node's defaults otherwise).", ""]
     for size, report in reports.items():
         lines += size_table(size, report)
     (args.out / "propagation_accuracy.md").write_text("\n".join(lines))

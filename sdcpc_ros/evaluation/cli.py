@@ -131,8 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p, ("precision", "backend"), TOOL_DEFAULTS)  # of the node started here (not with --connect)
     p.add_argument("--rate", type=float, default=1.0, help="playback speed factor (default 1)")
     p.add_argument("--connect", action="store_true", help="use a running node instead of starting one")
-    p.add_argument("--no-propagate", dest="propagate", action="store_false",
-                   help="start the node with propagate:=false (frames the network has no time for are dropped)")
+    p.add_argument("--propagate", action="store_true",
+                   help="start the node with propagate:=true (frames the network has no time for are "
+                        "answered with carried labels; the report scores every frame three ways)")
     p.add_argument("--node-name", default="sdcpc")
     p.add_argument("--labels-topic", default=None, help="the node's labels topic (default /<node>/labels)")
     p.add_argument("--publish-topic", default=None, help="topic the node reads images from (default the "

@@ -27,7 +27,7 @@ from sdcpc_ros.evaluation.strategies import AnswerInfo, StrategyBreakdown, frame
 
 
 def _node_command(node_name, image_topic, checkpoint, input_size, device, max_time_gap,
-                  precision="fp32", backend="torch", propagate=True) -> list[str]:
+                  precision="fp32", backend="torch", propagate=False) -> list[str]:
     cmd = [sys.executable, "-m", "sdcpc_ros.node", "--ros-args", "-r", f"__node:={node_name}",
            "-r", f"image:={image_topic}", "-p", "reliable_qos:=true", "-p", "publish_color:=false",
            "-p", f"max_time_gap:={float(max_time_gap)}", "-p", f"device:={device}",
@@ -168,11 +168,12 @@ def evaluate_live(bag_path, out_dir, *, rate=1.0, checkpoint=None, connect=False
                   label_topic=bags.DEFAULT_LABEL_TOPIC, explicit_label_topic=False,
                   publish_topic=None, input_size=None, device="cpu", precision="fp32", backend="torch",
                   max_time_gap=DEFAULT_MAX_TIME_GAP, startup_timeout=120.0, drain_timeout=10.0,
-                  max_pause=1.0, samples=4, propagate=True) -> dict:
+                  max_pause=1.0, samples=4, propagate=False) -> dict:
     """Play the bag's images to ``sdcpc_node`` (started here unless ``connect``) at recorded speed ×
-    ``rate``, record ``~/labels`` and ``~/frame_info``, match by stamp and score (models: ``node``
-    as published, ``network`` its own frames only, ``held`` the last network labels held);
-    unanswered frames count as dropped."""
+    ``rate``, record ``~/labels`` and ``~/frame_info``, match by stamp and score; unanswered frames
+    count as dropped. With ``propagate`` (the node started with it) or ``connect``, every frame is
+    also scored three ways (models ``node`` as published, ``network`` its own frames only, ``held``
+    the last network labels held; report["strategies"])."""
     from sdcpc_ros.evaluation.report import write_report
     from sdcpc_ros.node_process import stop_node
 
@@ -189,8 +190,10 @@ def evaluate_live(bag_path, out_dir, *, rate=1.0, checkpoint=None, connect=False
                 "max_time_gap": max_time_gap, "input_size": list(input_size) if input_size else None,
                 "device": device, "precision": precision, "backend": backend,
                 "propagate": None if connect else bool(propagate)}
-    ev = Evaluation(str(bag_path), "live", labelset, ["node", "network", "held"], settings)
-    breakdown = StrategyBreakdown(labelset.num_classes, labelset.dynamic)
+    three_ways = propagate or connect  # a connected node may propagate: ~/frame_info says
+    ev = Evaluation(str(bag_path), "live", labelset, ["node", "network", "held"] if three_ways else ["node"],
+                    settings)
+    breakdown = StrategyBreakdown(labelset.num_classes, labelset.dynamic) if three_ways else None
     with BagReader(bag_path) as probe:  # fail fast, before a node is started
         probe.require(image_topic)
         if explicit_label_topic:
@@ -222,7 +225,8 @@ def evaluate_live(bag_path, out_dir, *, rate=1.0, checkpoint=None, connect=False
         player.close()
     score_live(ev, pairs, player.sent, player.answers, max_time_gap, player.infos, breakdown)
     report = ev.report()
-    report["strategies"] = breakdown.summary()
+    if breakdown is not None:
+        report["strategies"] = breakdown.summary()
     write_report(out_dir, report, labelset, ev.samples)
     return report
 

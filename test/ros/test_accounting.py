@@ -18,6 +18,7 @@ from sensor_msgs.msg import Image
 from test_node_e2e import image_msg, synthetic_video
 
 from sdcpc_core.cli import main as sdcpc_main
+from sdcpc_core.cpu import cpu_features
 from sdcpc_core.engine import StreamingSegmenter
 from sdcpc_core.settings import SettingError
 from sdcpc_ros.node import SegmentationNode
@@ -173,6 +174,13 @@ def test_frames_the_network_has_no_time_for_are_propagated_or_dropped_and_counte
             assert not any(i.propagated for i in infos)
         assert node._seg.frames_seen == 3  # frames 0, 1 and 4: propagated ones never enter the buffer
         assert counts["in_flight"] == 0
+        diags = []
+        node._pub_diag.publish = diags.append
+        node._publish_diagnostics()
+        values = {kv.key: kv.value for kv in diags[-1].status[0].values}
+        assert values["propagated frames"] == str(counts["propagated"])
+        assert values["published frames"] == "3" and values["network steps"] == "3"
+        assert (float(values["propagated latency p95 (ms)"]) > 0) == propagate
         assert (counts["published"] + counts["propagated"] + counts["replaced"] + counts["lost"]
                 + counts["rejected"] + counts["failed"]) == counts["received"] == 5
 
@@ -287,11 +295,14 @@ def test_start_up_line_says_which_backend_and_precision_run_and_why(tiny_checkpo
                              input_size=[64, 64]):
             pass
         err = capfd.readouterr().err
-        if openvino:
-            assert "on cpu (openvino, fp32)" in err and "auto: OpenVINO is installed" in err, err
+        if openvino:  # precision auto: per this CPU (test_precision_auto pins the rule per CPU class)
+            precision = runtimes.choose_precision("auto", "openvino", torch.device("cpu"), False)[0]
+            assert f"on cpu (openvino, {precision})" in err and "auto: OpenVINO is installed" in err, err
+            assert f"this CPU has {cpu_features().short}" in err, err
             assert ("exported now in" in err) == (run == 0) and ("cached export" in err) == (run == 1), err
         else:
             assert "on cpu (torch, fp32)" in err and "auto: OpenVINO is not installed" in err, err
+            assert "backend torch runs fp32, the exact reference" in err, err
 
 
 def test_an_export_directory_is_a_checkpoint_for_the_node(tiny_checkpoint, tmp_path, capfd):

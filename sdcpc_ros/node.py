@@ -226,6 +226,9 @@ class Segmentation:
 
         self._propagator = LabelPropagator(ignore_id=self._seg.labels.ignore_index)
         self._propagate = p["propagate"]
+        # OpenCV's own thread pool would wake on both cores for the small images it sees here
+        # (flow, warps, colours), preempting the network's threads: one thread costs less CPU
+        cv2.setNumThreads(1)
         self._create_publishers(create_publisher)
         self._reset_service = self.create_service(Trigger, "~/reset", self._on_reset)
         self._diag_timer = self.create_timer(p["diagnostics_period"], self._publish_diagnostics)

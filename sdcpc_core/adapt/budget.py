@@ -18,9 +18,11 @@ SEGMENT_BYTES = 512 * 2**20  # a segment's working set while it is cached (sets 
 MAX_SEGMENT = 256
 MIN_SEGMENT = 16
 PROBABILITY_COPIES = 6       # float32 (K, h, w) maps alive per frame while a segment is pseudo-labelled
-TRAIN_ACTIVATION_BYTES = 6 * 2**10  # training step memory per target pixel of the output grid per class …
-TRAIN_PIXEL_BYTES = 96 * 2**10     # … and per output pixel, whatever the classes (measured, rounded up)
-ENCODER_PIXEL_BYTES = 1200   # encoder activations per input pixel of a batch of 16 (no autograd)
+#                              (measured: about 5; 150 classes, 240x320 and 480x640)
+TRAIN_PIXEL_BYTES = 11 * 2**10  # a training step's memory per output pixel of a batch element …
+TRAIN_CLASS_BYTES = 32          # … plus this per class (fitted: 150 classes 240x320 and 480x640, 19 at 480x640)
+ENCODER_PIXEL_BYTES = 200    # encoder activations per input pixel of a batch of 16, two views, no
+#                              autograd (measured: 160 at 240x320, 128 at 480x640)
 DISK_MARGIN = 1 * 2**30      # free space left on the cache's disk
 
 
@@ -45,7 +47,8 @@ def segment_length(frame_bytes: int, maps_bytes: int, num_classes: int, out_pixe
 def estimate(base_rss: int, size, out_hw, num_classes: int, maps_bytes: int, record: int, frames: int,
              batch: int, references: int, need: int) -> Estimate:
     """Peak memory (the process as it stands, ``base_rss``, plus the larger of the caching and
-    the training working sets) and disk for ``frames`` cached frames."""
+    the training working sets) and disk for ``frames`` cached frames. ``maps_bytes``: a frame's
+    cached encoder maps, every view (fp16)."""
     h, w = size
     out_pixels = out_hw[0] * out_hw[1]
     frame_bytes = h * w * 3
@@ -53,7 +56,7 @@ def estimate(base_rss: int, size, out_hw, num_classes: int, maps_bytes: int, rec
     caching = seg * (frame_bytes + maps_bytes + PROBABILITY_COPIES * 4 * num_classes * out_pixels) \
         + ENCODER_PIXEL_BYTES * 16 * h * w
     training = batch * (references + 1) * maps_bytes * 2 \
-        + batch * out_pixels * (TRAIN_PIXEL_BYTES // 64 + TRAIN_ACTIVATION_BYTES * num_classes // 64)
+        + batch * out_pixels * (TRAIN_PIXEL_BYTES + TRAIN_CLASS_BYTES * num_classes)
     return Estimate(base_rss + max(caching, training), frames * record, seg, record)
 
 

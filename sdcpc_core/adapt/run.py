@@ -195,7 +195,7 @@ def _plan(opts: AdaptOptions, m: dict, log) -> dict:
     segments = plan_segments(lengths, opts.max_frames, seg_len, need)
     frames = sum(s.length for s in segments)
     record = store.record_bytes(fields)
-    est = budget.estimate(budget.current_rss(), size, out_hw, config.num_classes, maps_bytes // views * views,
+    est = budget.estimate(budget.current_rss(), size, out_hw, config.num_classes, maps_bytes,
                           record, frames, r.batch_size, len(config.reference_offsets), need)
     folder = cache_folder(opts)
     key = {"teacher": _identity(m["teacher_path"]), "student": opts.student and _identity(m["student_path"]),
@@ -282,13 +282,14 @@ def run_adapt(opts: AdaptOptions) -> dict:
     m["student_path"] = _checkpoint_file(opts.student) if opts.student else None
     previous = _previous_state(opts)
     plan = _plan(opts, m, log)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     frames = _prepare_cache(opts, m, plan, rank, world, log)
-    cache_s = time.perf_counter() - t0
+    cache_s, cache_cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
     hist = _label_statistics(plan["folder"], m["config"].num_classes)
     coverage = float(hist[:-1].sum() / max(1, hist.sum()))
     cache_gib = frames.size * len(frames) / 2**30
-    log(f"cache: {len(frames)} frames, {cache_gib:.2f} GiB in {cache_s:.0f} s; pseudo-label coverage "
+    log(f"cache: {len(frames)} frames, {cache_gib:.2f} GiB in {cache_s:.0f} s ({cache_cpu_s:.0f} s of CPU); "
+        "pseudo-label coverage "
         f"{100 * coverage:.1f} % (threshold {opts.recipe.threshold})")
     if coverage < 0.05:
         log(f"warning: the teacher reaches probability {opts.recipe.threshold} on only {100 * coverage:.1f} % "
@@ -298,14 +299,16 @@ def run_adapt(opts: AdaptOptions) -> dict:
                          "recorded_frames": n, "size": list(sz)}
                         for i, (p, n, sz) in enumerate(zip(opts.sources, plan["counts"], plan["recorded"]))],
             "frames": len(frames), "input_size": list(plan["size"]), "pseudo_label_coverage": coverage,
-            "cache_s": cache_s, "cache_gib": cache_gib, "segments": len(frames.lengths)}
+            "cache_s": cache_s, "cache_cpu_s": cache_cpu_s, "cache_gib": cache_gib, "segments": len(frames.lengths)}
     try:
         meta = _train(opts, m, frames, hist, info, previous, plan["views"], rank, world, device, log)
     finally:
         frames.close()
     if is_main and opts.report and not meta["interrupted"]:
+        t0, cpu0 = time.perf_counter(), time.process_time()
         report_files(out, meta, m["teacher"], m["student"], m["labels"], _report_videos(plan["folder"]),
                      m["teacher_mean"], m["teacher_std"], m["mean"], m["std"])
+        log(f"report: {time.perf_counter() - t0:.0f} s ({time.process_time() - cpu0:.0f} s of CPU)")
     if meta["interrupted"]:
         raise AdaptInterrupted(f"after {meta['steps']} steps; {out} holds them (continue with --resume; "
                                f"the cache in {plan['folder']} is kept for it)")

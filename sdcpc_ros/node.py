@@ -101,7 +101,7 @@ NODE_SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("propagate", "bool", False,
             "Answer the frames the network has no time for with its last labels carried along the "
             "image motion (optical flow; ~/frame_info says which, from which network frame); "
-            "false: drop them. Costs network rate on a CPU the network saturates (docs/propagation.md).",
+            "false: drop them. Answers then leave out of stamp order (docs/propagation.md).",
             runtime=True),
 )}
 CHECKPOINT = Setting("checkpoint", "string", "",

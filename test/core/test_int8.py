@@ -110,7 +110,8 @@ def test_int8_weights_are_overflow_safe_on_every_cpu(runtime):
     assert meta["int8"][runtime]["weight_bits"] == WEIGHT_BITS == 7
     for graph, name in int8_files(runtime).items():
         levels = _weight_levels(engine.runner.dir / name, runtime)
-        assert len(levels) > 10 and max(levels.values()) <= 64, (graph, levels)
+        # encode is mostly quantised; aggregate mostly kept in float by design (float_nodes)
+        assert len(levels) > (10 if graph == "encode" else 0) and max(levels.values()) <= 64, (graph, levels)
 
 
 def _weight_levels(path, runtime: str) -> dict[str, int]:

@@ -47,8 +47,9 @@ def evaluate_offline(bag_path, out_dir, *, checkpoint=None, baseline=None, segme
                 "label_topic": label_topic, "input_size": list(input_size) if input_size else None,
                 "device": device, "max_time_gap": max_time_gap,
                 # what ran (auto resolved; runtime_note says why)
-                "precision": models["sdcpc"].precision if models else precision,
-                "backend": models["sdcpc"].backend if models else backend,
+                # (a segmenter passed in may be a wrapper without them: the values asked for)
+                "precision": getattr(models.get("sdcpc"), "precision", precision),
+                "backend": getattr(models.get("sdcpc"), "backend", backend),
                 "predict_gt": predict_gt}
     ev = Evaluation(str(bag_path), "offline", labelset, ["ground_truth"] if predict_gt else list(models),
                     settings)

@@ -35,6 +35,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 
 from sdcpc_core.settings import SettingError
 from sdcpc_ros.node import NODE_NAME, PARAMETERS, Segmentation
+from sdcpc_ros.spinning import ignore_interrupts
 from sdcpc_ros.transport import use_default_profile
 
 
@@ -156,10 +157,12 @@ def main(args=None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        ignore_interrupts()  # a second Ctrl-C must not kill the teardown
         executor.shutdown(timeout_sec=5.0)
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+        ignore_interrupts()
     return 0
 
 

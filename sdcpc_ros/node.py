@@ -60,6 +60,7 @@ from sdcpc_ros.conversions import (
     compressed_to_array,
     image_to_array,
 )
+from sdcpc_ros.spinning import ignore_interrupts
 from sdcpc_ros.transport import use_default_profile
 
 try:  # built by scripts/build_interfaces.sh or colcon; std_msgs/String JSON otherwise
@@ -829,9 +830,11 @@ def main(args=None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        ignore_interrupts()  # a second Ctrl-C must not kill the teardown
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+        ignore_interrupts()
     return 0
 
 

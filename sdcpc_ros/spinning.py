@@ -40,3 +40,15 @@ class BackgroundSpin:
             faulthandler.dump_traceback(all_threads=True)
             raise RuntimeError(f"the spin thread {self._thread.name!r} did not stop within "
                                f"{timeout:g} s (every thread's stack is on stderr)")
+
+
+def ignore_interrupts() -> None:
+    """Ignore SIGINT from here on: called by a process's ``main`` once it is stopping, and again
+    after ``rclpy.try_shutdown`` (which puts Python's handler back). Ctrl-C under ``ros2 launch``
+    signals the whole process group and launch forwards a second SIGINT; without this, the second
+    one lands in the teardown (``destroy_node``, ``try_shutdown``) and the process dies with -2
+    instead of exiting 0 (test_ros2_launch)."""
+    import signal
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -118,6 +118,7 @@ def main(argv=None) -> int:
     from sensor_msgs.msg import Image
 
     from sdcpc_ros.conversions import array_to_image
+    from sdcpc_ros.spinning import ignore_interrupts
 
     rclpy.init()
     node = rclpy.create_node("video_publisher")
@@ -152,9 +153,11 @@ def main(argv=None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        ignore_interrupts()  # a second Ctrl-C must not kill the teardown
         source.close()
         node.destroy_node()
         rclpy.try_shutdown()
+        ignore_interrupts()
     # after shutdown, not through the logger: a signal shuts the context down from rclpy's own
     # handler at any moment, and the logger's rosout publisher then fails with an error
     print(f"[video_publisher] published {sent} frames", file=sys.stderr)

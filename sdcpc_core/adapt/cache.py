@@ -104,7 +104,7 @@ def build_cache(job: CacheJob, student, teacher, recipe, progress: bool = True, 
             if len(frames) >= job.need:
                 columns, hist = segment_columns(job, student, teacher, frames, recipe)
                 if number in job.report_segments:
-                    np.save(job.folder / f"report_{number:05d}.npy", frames[:REPORT_FRAMES])
+                    np.save(job.folder / f"report_{number:05d}.npy", frames[:report_clip(len(job.report_segments))])
                 store.write_segment(job.folder, number, job.fields, columns, hist)
             bar.update(job.segments[number].length)
     finally:
@@ -116,9 +116,14 @@ def build_cache(job: CacheJob, student, teacher, recipe, progress: bool = True, 
 
 
 def choose_report_segments(segments: list[Segment], frames: int = REPORT_FRAMES) -> frozenset:
-    """Segments spread over the recording whose frames (up to ``frames`` in all) the report measures."""
+    """Up to ``frames // 25`` segments spread over the recording, whose first frames (``report_clip``
+    each, ``frames`` in all) the report measures."""
     if not segments:
         return frozenset()
-    per = max(25, min(s.length for s in segments))
-    count = max(1, min(len(segments), frames // per))
+    count = max(1, min(len(segments), frames // 25))
     return frozenset(np.linspace(0, len(segments) - 1, count).round().astype(int).tolist())
+
+
+def report_clip(segments: int, frames: int = REPORT_FRAMES) -> int:
+    """Frames the report takes from each of its ``segments``."""
+    return max(25, frames // max(1, segments))

@@ -4,8 +4,8 @@
 # Those wheels export the include directory of the machine that built them
 # (/opt/python/cp311-cp311/include/python3.11) on their *__rosidl_generator_py targets, and CMake
 # refuses to generate with a missing path. At the end of the top-level CMakeLists, after every
-# find_package, drop the include directories that do not exist (sdcpc_interfaces/CMakeLists.txt
-# does the same inline). On a regular ROS 2 install every path exists and this changes nothing.
+# find_package, drop the include directories that do not exist (sdcpc_interfaces as well as
+# composition_interfaces). On a regular ROS 2 install every path exists and this changes nothing.
 cmake_minimum_required(VERSION 3.21)  # IMPORTED_TARGETS
 
 function(_drop_missing_include_dirs)

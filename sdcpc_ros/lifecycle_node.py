@@ -35,7 +35,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 
 from sdcpc_core.settings import SettingError
 from sdcpc_ros.node import NODE_NAME, PARAMETERS, Segmentation
-from sdcpc_ros.spinning import ignore_interrupts
+from sdcpc_ros.spinning import handle_interrupts, ignore_interrupts
 from sdcpc_ros.transport import use_default_profile
 
 
@@ -140,6 +140,7 @@ def main(args=None) -> int:
     """``sdcpc_lifecycle_node [--ros-args ...]``: spins until shut down (transition or SIGINT)."""
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: every stack
     transport_note = use_default_profile()  # before rclpy.init: Fast DDS reads it then
+    handle_interrupts()  # before rclpy.init, whose handler chains to it
     rclpy.init(args=args)
     rclpy.logging.get_logger(NODE_NAME).info(transport_note)
     node = None

@@ -60,7 +60,7 @@ from sdcpc_ros.conversions import (
     compressed_to_array,
     image_to_array,
 )
-from sdcpc_ros.spinning import ignore_interrupts
+from sdcpc_ros.spinning import handle_interrupts, ignore_interrupts
 from sdcpc_ros.transport import use_default_profile
 
 try:  # built by scripts/build_interfaces.sh or colcon; std_msgs/String JSON otherwise
@@ -818,6 +818,7 @@ def main(args=None) -> int:
     """``sdcpc_node [--ros-args ...]``; exits 2 on a refused parameter."""
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: every stack
     transport_note = use_default_profile()  # before rclpy.init: Fast DDS reads it then
+    handle_interrupts()  # before rclpy.init, whose handler chains to it
     rclpy.init(args=args)
     rclpy.logging.get_logger("sdcpc").info(transport_note)
     node = None

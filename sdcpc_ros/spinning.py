@@ -42,13 +42,36 @@ class BackgroundSpin:
                                f"{timeout:g} s (every thread's stack is on stderr)")
 
 
-def ignore_interrupts() -> None:
-    """Ignore SIGINT from here on: called by a process's ``main`` once it is stopping, and again
-    after ``rclpy.try_shutdown`` (which puts Python's handler back). Ctrl-C under ``ros2 launch``
-    signals the whole process group and launch forwards a second SIGINT; without this, the second
-    one lands in the teardown (``destroy_node``, ``try_shutdown``) and the process dies with -2
-    instead of exiting 0 (test_ros2_launch)."""
+_STOPPING = threading.Event()
+
+
+def handle_interrupts() -> None:
+    """Install before ``rclpy.init`` (whose handler chains to it) in a process's ``main``: the first
+    SIGINT raises KeyboardInterrupt as Python's own handler does; once the process is stopping
+    (that first one, or ``ignore_interrupts``) further SIGINTs are ignored. Ctrl-C under
+    ``ros2 launch`` signals the whole process group and launch forwards a second SIGINT; without
+    this, the second one lands in the teardown (``destroy_node``, ``try_shutdown``) and the process
+    dies with -2 instead of exiting 0 (test_ros2_launch)."""
     import signal
 
+    def on_interrupt(signum, frame):
+        if _STOPPING.is_set():
+            return
+        _STOPPING.set()
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, on_interrupt)
+
+
+def ignore_interrupts() -> None:
+    """The process is stopping: SIGINT is ignored from here on. Call it first in ``main``'s
+    teardown and again after ``rclpy.try_shutdown`` (which puts the handler from before
+    ``rclpy.init`` back). SIG_IGN also outlives the interpreter's finalization, which resets other
+    handlers to the default (a SIGINT in torch's seconds-long teardown after that killed the
+    process with -2)."""
+    import signal
+
+    _STOPPING.set()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -118,8 +118,9 @@ def main(argv=None) -> int:
     from sensor_msgs.msg import Image
 
     from sdcpc_ros.conversions import array_to_image
-    from sdcpc_ros.spinning import ignore_interrupts
+    from sdcpc_ros.spinning import handle_interrupts, ignore_interrupts
 
+    handle_interrupts()  # before rclpy.init, whose handler chains to it
     rclpy.init()
     node = rclpy.create_node("video_publisher")
     node.get_logger().info(note)

@@ -146,3 +146,29 @@ def test_stop_refuses_to_return_while_the_thread_still_runs(client, capfd):
     assert "in held" in capfd.readouterr().err  # every thread's stack, the held one's included
     release.set()
     spinner.stop()
+
+
+@pytest.mark.parametrize("module", ["sdcpc_ros.node", "sdcpc_ros.lifecycle_node"])
+def test_a_second_ctrl_c_while_stopping_does_not_kill_the_node(module, tmp_path):
+    """Ctrl-C under `ros2 launch` reaches a node twice (the terminal's process group, then launch
+    forwarding it): the second SIGINT, 0.3 s later, lands in the teardown or in the interpreter's
+    finalization. The node must still exit 0 (it exited -2 before sdcpc_ros.spinning's
+    handle_interrupts / ignore_interrupts)."""
+    import signal
+
+    from ros_harness import node_output, run_node, stop_node
+
+    proc = run_node({"backend": "torch", "device": "cpu", "input_size": "[64,96]"},
+                    domain_id_for(f"double_sigint_{module}"), tmp_path, module=module)
+    try:
+        deadline = time.monotonic() + 120
+        started = "backend torch" if module == "sdcpc_ros.node" else "Fast DDS profile"  # unconfigured
+        while started not in node_output(proc) and time.monotonic() < deadline:
+            assert proc.poll() is None, node_output(proc)[-3000:]
+            time.sleep(0.2)
+        for _ in range(2):
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.3)
+        assert proc.wait(timeout=60) == 0, node_output(proc)[-3000:]
+    finally:
+        stop_node(proc)

@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from sdcpc_core.adapt.sources import IMAGE_TYPES, _BagFrames, is_bag
+from sdcpc_core.adapt.sources import _BagFrames, bag_image_topic, is_bag
 from sdcpc_core.bags import BagError, BagReader
 from sdcpc_core.frames import FrameSourceError, image_files, read_image
 
@@ -67,17 +67,8 @@ def count_frames(path, image_topic: str | None = None) -> int:
 def _bag_count(path: Path, topic: str | None) -> int:
     try:
         with BagReader(path) as bag:
-            images = {t: i for t, i in bag.topics.items() if i.msgtype in IMAGE_TYPES}
-            if topic is None:
-                if len(images) != 1:
-                    found = ", ".join(sorted(images)) or "none"
-                    raise FrameSourceError(f"bag {path} has {len(images)} image topics ({found}); "
-                                           "choose one with --image-topic")
-                topic = next(iter(images))
-            if topic not in images:
-                raise FrameSourceError(f"bag {path} has no image topic {topic!r}; its topics: "
-                                       f"{bag.describe_topics()}")
-            count = images[topic].count
+            topic, info = bag_image_topic(bag, path, topic)
+            count = info.count
             if count is None:  # a damaged bag without counts: count its messages
                 count = sum(1 for _ in bag.messages([topic]))
     except BagError as exc:

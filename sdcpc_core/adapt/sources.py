@@ -41,6 +41,22 @@ def is_bag(path: Path) -> bool:
     return (path.is_dir() and (path / "metadata.yaml").is_file()) or path.suffix in (".mcap", ".db3")
 
 
+def bag_image_topic(bag, path: Path, topic: str | None):
+    """(topic, its TopicInfo) of the image topic to read: ``topic``, or the bag's only image
+    topic. Raises FrameSourceError naming the choices (--image-topic)."""
+    images = {t: info for t, info in bag.topics.items() if info.msgtype in IMAGE_TYPES}
+    if topic is None:
+        if len(images) != 1:
+            found = ", ".join(sorted(images)) or "none"
+            raise FrameSourceError(f"bag {path} has {len(images)} image topics ({found}); "
+                                   "choose one with --image-topic")
+        topic = next(iter(images))
+    if topic not in images:
+        raise FrameSourceError(f"bag {path} has no image topic {topic!r}; its topics: "
+                               f"{bag.describe_topics()}")
+    return topic, images[topic]
+
+
 class _BagFrames:
     """(H, W, 3) uint8 RGB frames of a bag's image topic in log-time order; ``shortfall`` says
     what was left out when the bag was damaged (a truncated MCAP file is read up to the damage).
@@ -53,19 +69,8 @@ class _BagFrames:
         path = self.path
         try:
             with BagReader(path) as bag:
-                images = {t: info.msgtype for t, info in bag.topics.items()
-                          if info.msgtype in IMAGE_TYPES}
-                topic = self.topic
-                if topic is None:
-                    if len(images) != 1:
-                        found = ", ".join(sorted(images)) or "none"
-                        raise FrameSourceError(f"bag {path} has {len(images)} image topics ({found}); "
-                                               "choose one with --image-topic")
-                    topic = next(iter(images))
-                if topic not in images:
-                    raise FrameSourceError(f"bag {path} has no image topic {topic!r}; its topics: "
-                                           f"{bag.describe_topics()}")
-                compressed = images[topic].endswith("CompressedImage")
+                topic, info = bag_image_topic(bag, path, self.topic)
+                compressed = info.msgtype.endswith("CompressedImage")
                 decode = compressed_to_array if compressed else image_to_array
                 for message in bag.messages([topic]):
                     if self.wanted is not None and message.index not in self.wanted:

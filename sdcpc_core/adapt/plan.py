@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from sdcpc_core.adapt.sources import _BagFrames, bag_image_topic, is_bag
+from sdcpc_core.adapt.sources import _BagFrames, bag_image_topic, is_bag, one_size
 from sdcpc_core.bags import BagError, BagReader
 from sdcpc_core.frames import FrameSourceError, image_files, read_image
 
@@ -170,13 +170,7 @@ def iter_segments(paths: list[str], segments: list[Segment], size: tuple[int, in
                     on_frame()
                 if frame is None:
                     continue
-                if first is None:
-                    first = frame.shape[:2]
-                elif frame.shape[:2] != first:
-                    raise FrameSourceError(
-                        f"source {path}: frame {index} is {frame.shape[1]}x{frame.shape[0]} but the first "
-                        f"frame is {first[1]}x{first[0]}; one source is one camera at one size — split "
-                        "the recording into sources of one size each")
+                first = one_size(path, index, frame, first)
                 number, pos = wanted[index]
                 buffers.setdefault(number, []).append(
                     frame if frame.shape[:2] == (h, w) else cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA))

@@ -41,6 +41,19 @@ def is_bag(path: Path) -> bool:
     return (path.is_dir() and (path / "metadata.yaml").is_file()) or path.suffix in (".mcap", ".db3")
 
 
+def one_size(path, index: int, frame, first):
+    """The size of a source's first frame (``first``: None before it); raises FrameSourceError when
+    frame ``index`` has another size (one source is one camera at one size)."""
+    if first is None:
+        return frame.shape[:2]
+    if frame.shape[:2] != first:
+        raise FrameSourceError(
+            f"source {path}: frame {index} is {frame.shape[1]}x{frame.shape[0]} but the first "
+            f"frame is {first[1]}x{first[0]}; one source is one camera at one size — split "
+            "the recording into sources of one size each")
+    return first
+
+
 def bag_image_topic(bag, path: Path, topic: str | None):
     """(topic, its TopicInfo) of the image topic to read: ``topic``, or the bag's only image
     topic. Raises FrameSourceError naming the choices (--image-topic)."""
@@ -106,13 +119,7 @@ def read_source(path, size: tuple[int, int], image_topic: str | None = None, eve
     h, w = size
     try:
         for index, frame in enumerate(frames_iter):
-            if first is None:
-                first = frame.shape[:2]
-            elif frame.shape[:2] != first:
-                raise FrameSourceError(
-                    f"source {path}: frame {index} is {frame.shape[1]}x{frame.shape[0]} but the first "
-                    f"frame is {first[1]}x{first[0]}; one source is one camera at one size — split "
-                    "the recording into sources of one size each")
+            first = one_size(path, index, frame, first)
             if index % every:
                 continue
             if max_frames is not None and len(kept) >= max_frames:

@@ -261,6 +261,11 @@ def main() -> None:
         print(f"| {name} | {backend} | {precision} | {v:.1f} | {1e3 / v:.1f} | {v / yard:.2f}× |")
     print(f"| yardstick: SegFormer-B0 network, torch fp32 eager | | | {yard:.1f} | {1e3 / yard:.1f} | 1.00× |")
     print()
+    summarize(ms, labels, gmac, combos, yard)
+
+
+def summarize(ms: dict, labels: dict, gmac: dict, combos: list, yard: float) -> None:
+    """The lines the targets read: fastest backend, agreement, temporal overhead, what auto picks."""
     sd = {k: v for k, v in ms.items() if k[0] == "SD-CPC-B0"}
     fastest = min(sd, key=sd.get)
     _, backend, precision = fastest

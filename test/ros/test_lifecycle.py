@@ -41,7 +41,16 @@ class Lifecycle:
         return future.result()
 
     def state(self) -> str:
-        return STATES.get(self.call(self.get, GetState.Request()).current_state.id, "transitioning")
+        # get_state is a query: asked again once if its reply is lost. Right after discovery the
+        # node's reply writer may not yet match this client's reader (the node logs "failed to
+        # send response (timeout)"; seen once in a clean-clone CI run at low load)
+        future = self.get.call_async(GetState.Request())
+        try:
+            self.client.wait_for(future.done, "the reply of /sdcpc/get_state", timeout=15.0)
+        except AssertionError:
+            future = None
+        reply = future.result() if future is not None else self.call(self.get, GetState.Request())
+        return STATES.get(reply.current_state.id, "transitioning")
 
     def transition(self, transition_id: int) -> bool:
         return self.call(self.change, ChangeState.Request(

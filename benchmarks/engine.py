@@ -20,25 +20,33 @@ Exports (one per model, in a temporary folder) take a minute or two each before 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-from torch.utils.flop_counter import FlopCounterMode
+from sdcpc_core.openmp import sleep_when_idle
 
-from sdcpc_core.checkpoints import BASELINE_CHECKPOINT, DEFAULT_CHECKPOINT, load_checkpoint
-from sdcpc_core.classes import LabelSet
-from sdcpc_core.cpu import cpu_features
-from sdcpc_core.data.synthetic import generate_video
-from sdcpc_core.engine import StreamingSegmenter
-from sdcpc_core.export import export_module
-from sdcpc_core.models import SDCPCConfig, build_model
-from sdcpc_core.quantize import SYNTHETIC, quantize_export
-from sdcpc_core.runtimes import choose_precision, installed
-from sdcpc_core.settings import IMAGENET_MEAN, IMAGENET_STD
+# before PyTorch is imported: the engine rows run as the node runs them (sdcpc_core.openmp); the
+# yardstick runs in its own process with OpenMP's default policy (benchmarks/yardstick.py)
+OPENMP_SLEEPS = sleep_when_idle()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from sdcpc_core.checkpoints import BASELINE_CHECKPOINT, DEFAULT_CHECKPOINT, load_checkpoint  # noqa: E402
+from sdcpc_core.classes import LabelSet  # noqa: E402
+from sdcpc_core.cpu import cpu_features  # noqa: E402
+from sdcpc_core.data.synthetic import generate_video  # noqa: E402
+from sdcpc_core.engine import StreamingSegmenter  # noqa: E402
+from sdcpc_core.export import export_module  # noqa: E402
+from sdcpc_core.models import SDCPCConfig, build_model  # noqa: E402
+from sdcpc_core.quantize import SYNTHETIC, quantize_export  # noqa: E402
+from sdcpc_core.runtimes import choose_precision, installed  # noqa: E402
+from sdcpc_core.settings import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cpu import cpu_line  # noqa: E402  (benchmarks/cpu.py: every benchmark's first line)
@@ -92,8 +100,11 @@ def interleaved(runs: dict, frames, block: int = BLOCK) -> tuple[dict, dict]:
             for i in range(r * block, (r + 1) * block):
                 t = time.perf_counter()
                 out = run(frames[i])
+                elapsed = (time.perf_counter() - t) * 1e3
+                if isinstance(out, float):  # a row timed in its own process (the yardstick)
+                    elapsed, out = out, None
                 if i > r * block:
-                    times[k].append((time.perf_counter() - t) * 1e3)
+                    times[k].append(elapsed)
                 if out is not None:
                     labels[k].append(out.labels)
         print(f"\r  round {r + 1}/{rounds}", end="", flush=True)
@@ -114,17 +125,27 @@ class Stepper:
         self.engine.reset()
 
 
-def yardstick(size: int):
-    """SegFormer-B0 network alone, torch fp32 eager, random weights, 150 classes, as a callable
-    (the frame argument is ignored: a fixed input)."""
-    model = build_model(SDCPCConfig(variant="b0", num_classes=150, temporal=False)).eval()
-    x = torch.randn(1, 3, size, size)
+class Yardstick:
+    """SegFormer-B0 network alone, torch fp32 eager, random weights, 150 classes, run in its own
+    process (benchmarks/yardstick.py) with OpenMP's default wait policy: a callable whose result
+    is the network's time in ms (the frame argument is ignored: a fixed input)."""
 
-    def run(_frame):
-        with torch.inference_mode():
-            model(x)
+    def __init__(self, size: int, threads: int):
+        env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY" or not OPENMP_SLEEPS}
+        self.process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("yardstick.py")), "--size", str(size),
+             "--threads", str(threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        if self.process.stdout.readline().strip() != "ready":
+            raise RuntimeError("benchmarks/yardstick.py did not start; run it alone to see why")
 
-    return run
+    def __call__(self, _frame) -> float:
+        self.process.stdin.write("\n")
+        self.process.stdin.flush()
+        return float(self.process.stdout.readline())
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=30)
 
 
 def models(size: int, embedded: bool):
@@ -248,9 +269,14 @@ def main() -> None:
                 runs[name, backend, precision] = Stepper(StreamingSegmenter(
                     model, meta["labels"], device="cpu", backend=backend, precision=precision,
                     input_size=size, export_dir=None if backend == "torch" else export_dir))
-        runs[YARDSTICK] = yardstick(args.size)
-        print(f"timing {len(runs)} rows interleaved: {len(frames) // BLOCK} rounds of {BLOCK} frames")
-        ms, labels = interleaved(runs, frames)
+        runs[YARDSTICK] = Yardstick(args.size, args.threads)
+        print(f"timing {len(runs)} rows interleaved: {len(frames) // BLOCK} rounds of {BLOCK} frames; "
+              f"OpenMP threads {'sleep when idle' if OPENMP_SLEEPS else 'spin (OMP_WAIT_POLICY set)'} "
+              "here, the yardstick in its own process with OpenMP's default policy")
+        try:
+            ms, labels = interleaved(runs, frames)
+        finally:
+            runs[YARDSTICK].close()
     yard = ms.pop(YARDSTICK)
     for (name, backend, precision), v in ms.items():
         print(f"  {name:22s} {backend:12s} {precision}: {v:7.1f} ms/step")

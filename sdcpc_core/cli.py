@@ -12,6 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from sdcpc_core.openmp import backend_argument, sleep_when_idle
+
 DEFAULT_FPS = 10.0  # of an MP4 output when the input is an image folder
 
 
@@ -349,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] in (["segment"], ["demo"]):  # before PyTorch is imported (sdcpc_core.openmp)
+        sleep_when_idle(backend_argument(argv))
     from sdcpc_core.checkpoints import CheckpointError
     from sdcpc_core.engine import FrameError
 

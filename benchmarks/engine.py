@@ -45,7 +45,7 @@ from sdcpc_core.engine import StreamingSegmenter  # noqa: E402
 from sdcpc_core.export import export_module  # noqa: E402
 from sdcpc_core.models import SDCPCConfig, build_model  # noqa: E402
 from sdcpc_core.quantize import SYNTHETIC, quantize_export  # noqa: E402
-from sdcpc_core.runtimes import choose_precision, installed  # noqa: E402
+from sdcpc_core.runtimes import choose_precision, installed, openvino_offers  # noqa: E402
 from sdcpc_core.settings import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -57,12 +57,6 @@ PRECISIONS = {"torch": ("fp32", "bf16"), "onnxruntime": ("fp32", "int8"), "openv
 CALIBRATION_FRAMES = 16  # synthetic frames per int8 calibration (speed rows; CI tests use 48)
 TABLE_SIZES = ((480, 480), (512, 1024), (720, 1280))
 TABLE_REFERENCES = {3: (-9, -6, -3), 5: (-15, -12, -9, -6, -3)}
-def openvino_has(precision: str) -> bool:
-    import openvino as ov
-
-    return precision == "fp32" or precision.upper() in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-
-
 def combinations(backends=None):
     """(backend, precision) rows: every installed backend x supported precision (``backends``: only
     these, and torch fp32, the reference every agreement line compares with)."""
@@ -72,7 +66,7 @@ def combinations(backends=None):
         if backends and backend == "torch" and "torch" not in backends:
             precisions = ("fp32",)
         for p in precisions:
-            if backend == "openvino" and not openvino_has(p):
+            if backend == "openvino" and not openvino_offers(p):
                 continue
             if p == "bf16" and not cpu_features().bf16_dot:
                 continue  # emulated bf16 (no AVX512-BF16/AMX) is slower than fp32

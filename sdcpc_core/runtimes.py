@@ -93,7 +93,7 @@ def choose_precision(precision: str, backend: str, device: torch.device, int8_gr
     isa = f"this CPU has {cpu.short}"
     if backend == "onnxruntime":
         return "fp32", f"auto: {isa}; ONNX Runtime's int8 was slower than its fp32 on every CPU measured", None
-    if backend == "openvino" and cpu.bf16_dot and _openvino_offers("BF16"):
+    if backend == "openvino" and cpu.bf16_dot and openvino_offers("bf16"):
         return "bf16", f"auto: {isa}; native bf16 is the fastest precision measured there", None
     if cpu.int8_dot and int8_graphs:
         return "int8", f"auto: {isa}; VNNI int8 is faster than fp32 there", None
@@ -103,10 +103,16 @@ def choose_precision(precision: str, backend: str, device: torch.device, int8_gr
     return "fp32", f"auto: {isa}; without VNNI int8 is not faster than fp32 (nor bf16 without AVX512-BF16)", None
 
 
-def _openvino_offers(capability: str) -> bool:
+def openvino_offers(precision: str) -> bool:
+    """Whether OpenVINO's CPU plugin runs ``precision`` (fp32 always; bf16, fp16, int8 per its
+    OPTIMIZATION_CAPABILITIES on this CPU)."""
+    return precision == "fp32" or precision.upper() in openvino_capabilities()
+
+
+def openvino_capabilities() -> list[str]:
     import openvino as ov
 
-    return capability in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def _slower_warning(precision: str, backend: str, cpu) -> str | None:
@@ -276,14 +282,11 @@ class OpenVINORunner(_GraphRunner):
     @staticmethod
     def check(device: torch.device, precision: str) -> None:
         """Refuse a device or precision OpenVINO cannot run here (before anything is exported)."""
-        import openvino as ov
-
         if device.type != "cpu":
             raise SettingError("device", str(device), "backend openvino runs on device cpu; on a GPU "
                                "use backend onnxruntime (CUDA/TensorRT execution providers)")
-        capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-        if precision != "fp32" and precision.upper() not in capabilities:
-            raise SettingError("precision", precision, f"this CPU offers OpenVINO {', '.join(capabilities)} "
+        if not openvino_offers(precision):
+            raise SettingError("precision", precision, f"this CPU offers OpenVINO {', '.join(openvino_capabilities())} "
                                f"but not {precision.upper()}; use fp32 (or backend torch)")
 
     def __init__(self, export_dir, meta, device: torch.device, precision: str = "fp32",

@@ -15,7 +15,7 @@ from sdcpc_core.checkpoints import BASELINE_CHECKPOINT, DEFAULT_CHECKPOINT, Chec
 from sdcpc_core.data.synthetic import generate_video
 from sdcpc_core.engine import StreamingSegmenter
 from sdcpc_core.export import METADATA, ExportError, export_model, read_export
-from sdcpc_core.runtimes import installed
+from sdcpc_core.runtimes import installed, openvino_offers
 from sdcpc_core.settings import IMAGENET_MEAN, SettingError
 
 pytest.importorskip("onnx", reason="the deploy runtimes are installed by scripts/setup.sh")
@@ -121,11 +121,7 @@ def test_bf16_labels_agree_with_fp32(exports, clip, model):
 
 
 def _openvino_bf16() -> bool:
-    if not installed("openvino"):
-        return False
-    import openvino as ov
-
-    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return installed("openvino") and openvino_offers("bf16")
 
 
 def test_openvino_bf16_refused_where_the_cpu_lacks_it(exports):
@@ -153,10 +149,7 @@ def test_a_refused_precision_costs_no_export(monkeypatch, backend, precision, wo
     if not installed(backend):
         pytest.skip(f"{backend} is not installed")
     if precision == "fp16_or_bf16_missing":
-        import openvino as ov
-
-        offered = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-        missing = [p for p in ("bf16", "fp16") if p.upper() not in offered]
+        missing = [p for p in ("bf16", "fp16") if not openvino_offers(p)]
         if not missing:
             pytest.skip("this CPU offers OpenVINO both bf16 and fp16")
         precision = missing[0]

@@ -22,7 +22,7 @@ AMX = CpuFeatures("Intel Xeon Sapphire Rapids", VNNI_BF16.flags | {"amx_tile", "
 def openvino_offers_bf16(monkeypatch):
     """What OpenVINO's CPU plugin lists is a property of the machine; these tests ask what the rule
     decides, so it offers BF16 wherever the (given) CPU has native bf16."""
-    monkeypatch.setattr(runtimes, "_openvino_offers", lambda capability: True)
+    monkeypatch.setattr(runtimes, "openvino_offers", lambda precision: True)
 
 
 @pytest.mark.parametrize(("cpu", "backend", "int8_graphs", "want"), [

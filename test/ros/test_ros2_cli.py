@@ -32,6 +32,16 @@ def ros2(domain: int, *args: str) -> str:
     return done.stdout + done.stderr
 
 
+def ros2_found(domain: int, *args: str) -> str:
+    """``ros2`` once more, with a longer look, where the first try did not discover the node (a
+    CPU busy with the node's own start-up can let a 3 s discovery window pass: seen once under an
+    emulated AVX2 CPU, "Node not found" right after a successful configure)."""
+    out = ros2(domain, *args, *DIRECT)
+    if "Node not found" in out:
+        out = ros2(domain, *args, "--no-daemon", "--spin-time", "10")
+    return out
+
+
 @pytest.fixture
 def lifecycle_node(tmp_path):
     """An unconfigured sdcpc_lifecycle_node that answers its get_state service."""
@@ -53,9 +63,8 @@ def lifecycle_node(tmp_path):
 def test_ros2_lifecycle_param_and_service_commands_operate_the_node(lifecycle_node):
     domain = lifecycle_node
     for transition in ("configure", "activate"):
-        assert "Transitioning successful" in ros2(domain, "lifecycle", "set", "/sdcpc", transition,
-                                                  *DIRECT)
-    assert ros2(domain, "lifecycle", "get", "/sdcpc", *DIRECT).strip() == "active [3]"
+        assert "Transitioning successful" in ros2_found(domain, "lifecycle", "set", "/sdcpc", transition)
+    assert ros2_found(domain, "lifecycle", "get", "/sdcpc").strip() == "active [3]"
 
     find = ("--no-daemon", "--timeout", "10")
     assert "Set parameter successful" in ros2(domain, "param", "set", "/sdcpc", "max_time_gap",

@@ -5,7 +5,7 @@ sleep, unless ``OMP_WAIT_POLICY`` says otherwise. With a graph runtime, PyTorch 
 frame and reads the labels, a few short parallel regions per step; its spinning threads then hold
 the cores the runtime's own threads (TBB) need for the next frame's network. Letting them sleep at
 once (``OMP_WAIT_POLICY=PASSIVE``) made the OpenVINO fp32 step of SD-CPC-B0 (480×480, 150
-classes, 2 cores) 7–9 % faster (docs/benchmarks-engine.md, eighth session); it makes PyTorch's
+classes, 2 cores) 8–22 % faster (docs/benchmarks-engine.md, eighth session); it makes PyTorch's
 own eager network slower (its regions follow each other closely), so it is for processes whose
 network is not PyTorch's: the node and the evaluation tools (``sdcpc_ros``), ``sdcpc segment`` and
 ``sdcpc demo`` on a graph backend. libgomp reads the policy once, when PyTorch is imported: this

@@ -17,15 +17,9 @@ from sdcpc_core.metrics import LabelFlicker
 
 def stream_labels_flicker(model, labels, frames_per_video, mean, std) -> tuple[float, list[np.ndarray]]:
     """Stream each video through a StreamingSegmenter; (pooled flicker, labels per frame)."""
-    import torch
-
     from sdcpc_core.engine import StreamingSegmenter
 
-    threads = torch.get_num_threads()
     engine = StreamingSegmenter(model, labels, device="cpu", mean=tuple(mean), std=tuple(std))
-    # the engine sizes torch's thread pool for a node; keep what ``sdcpc adapt --threads`` chose
-    # (on a busy CPU, two spinning OpenMP threads ran a step 5-8x slower than one)
-    torch.set_num_threads(threads)
     flicker, out = LabelFlicker(), []
     for frames in frames_per_video:
         engine.reset("next source")

@@ -12,6 +12,7 @@ is not installed; ``sdcpc_core.postprocess`` then uses its PyTorch path.
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import numpy as np
@@ -152,18 +153,29 @@ def _compiled_kernel(name):
     return _compiled[name]
 
 
-def _threads(threads: int) -> None:
-    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+_launched = False
+
+
+def _launch(kernel, threads: int, *args) -> None:
+    """Run a compiled kernel on ``threads`` threads, one caller at a time. The first launch starts
+    numba's threading layer, and its OpenMP layer then sets the process's OpenMP thread count (the
+    one PyTorch reads, where both share libgomp) to all cores: PyTorch's own count is put back."""
+    global _launched
+    torch = None if _launched else sys.modules.get("torch")
+    with _LOCK:
+        before = torch.get_num_threads() if torch is not None else None
+        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+        kernel(*args)
+        _launched = True
+        if before is not None and torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def summarise(pixels: np.ndarray, margin: float, threads: int):
     """(N, K) float32 -> (scale (N,) float32, arg (N,) int64, sure (N,) bool, finite (N,) bool)."""
     n = pixels.shape[0]
     out = (np.empty(n, np.float32), np.empty(n, np.int64), np.empty(n, np.bool_), np.empty(n, np.bool_))
-    kernel = _compiled_kernel("summarise")
-    with _LOCK:
-        _threads(threads)
-        kernel(pixels, np.float32(margin), *out)
+    _launch(_compiled_kernel("summarise"), threads, pixels, np.float32(margin), *out)
     return out
 
 
@@ -181,9 +193,6 @@ def resized_labels_cpu(x: np.ndarray, scale: np.ndarray, arg: np.ndarray, sure: 
     labels = np.empty((y0.shape[0], x0.shape[0]), np.int64)
     tie = np.empty((y0.shape[0], x0.shape[0]), np.bool_)
     groups, column_groups = _runs(y0), _runs(x0)
-    kernel = _compiled_kernel("kernel")
-    with _LOCK:
-        _threads(threads)
-        kernel(x, scale, arg, sure, y0, y1, fy, x0, x1, fx, groups, column_groups, np.float32(margin),
-               labels, tie)
+    _launch(_compiled_kernel("kernel"), threads, x, scale, arg, sure, y0, y1, fy, x0, x1, fx, groups,
+            column_groups, np.float32(margin), labels, tie)
     return labels, tie

@@ -3,6 +3,8 @@ volume, exactly: the compiled CPU kernel and the PyTorch path (strips of rows), 
 by PyTorch's reproduced arithmetic or by F.interpolate itself; the settling helpers' contracts."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -366,3 +368,20 @@ def test_bad_input_is_named():
         resized_labels(torch.zeros(3, 4, 4, dtype=torch.long), (8, 8))
     with pytest.raises(ValueError, match="size"):
         labels_and_confidence(torch.zeros(3, 4, 4), (0, 8))
+
+
+KEEPS_THREADS = """
+import torch
+torch.set_num_threads(1)
+from sdcpc_core import postprocess
+postprocess.resized_labels(torch.randn(5, 12, 16), (48, 64))  # the label kernel's first launch
+print(torch.get_num_threads())
+"""
+
+
+def test_the_label_kernels_first_launch_keeps_pytorchs_thread_count():
+    """numba's OpenMP layer sets the OpenMP thread count PyTorch shares when it starts; it once
+    doubled a process's PyTorch threads (``sdcpc adapt --threads 1``'s report ran 5-8x slower)."""
+    out = subprocess.run([sys.executable, "-c", KEEPS_THREADS], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "1"

@@ -64,7 +64,6 @@ def labelled_videos(videos: int, length: int, seed: int) -> list[tuple[np.ndarra
 def score(checkpoint, videos) -> dict:
     """mIoU, mVC8, flicker through the streaming engine, each video a new stream."""
     engine = StreamingSegmenter.from_checkpoint(checkpoint, device="cpu", input_size=SIZE)
-    torch.set_num_threads(THREADS)  # the engine sizes the pool for a node; keep --threads
     metrics = VideoMetrics(engine.labels.num_classes, ns=(8,))
     t0 = time.perf_counter()
     for v, (frames, labels) in enumerate(videos):

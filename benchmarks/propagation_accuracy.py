@@ -33,6 +33,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="network input sizes HxW (default %(default)s)")
     ap.add_argument("--out", type=Path, default=REPO / "out" / "propagation_accuracy")
     ap.add_argument("--reuse", action="store_true", help="keep runs whose report.json exists")
+    ap.add_argument("--flow", choices=("ultrafast", "fast", "medium"), default=None,
+                    help="the node's propagation_flow (default: the node's)")
     args = ap.parse_args(argv)
     for size in args.input_sizes:
         parts = size.split("x")
@@ -41,10 +43,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def run_live(bag: str, size: str, out: Path) -> dict:
+def run_live(bag: str, size: str, out: Path, flow: str | None = None) -> dict:
     h, w = size.split("x")
     cmd = [sys.executable, "-m", "sdcpc_ros.evaluation.cli", "live", bag, "--out", str(out),
-           "--input-size", h, w, "--propagate"]
+           "--input-size", h, w, "--propagate", *(["--propagation-flow", flow] if flow else [])]
     print(f"{size}: {' '.join(cmd[2:])}  (load {os.getloadavg()[0]:.1f})", flush=True)
     subprocess.run(cmd, check=False, cwd=REPO)
     return json.loads((out / "report.json").read_text())
@@ -119,7 +121,7 @@ def main(argv=None) -> int:
         if args.reuse and (run_dir / "report.json").is_file():
             reports[size] = json.loads((run_dir / "report.json").read_text())
         else:
-            reports[size] = run_live(args.bag, size, run_dir)
+            reports[size] = run_live(args.bag, size, run_dir, args.flow)
         if not reports[size].get("strategies"):
             print(f"{size}: the report has no three-way scores (node without ~/frame_info?)", file=sys.stderr)
             return 1

@@ -50,6 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--settle", type=float, default=3.0, help="seconds after a switch not measured")
     ap.add_argument("--warmup", type=float, default=10.0, help="seconds before the first window")
     ap.add_argument("--out", type=Path, default=REPO / "out" / "propagation_live")
+    ap.add_argument("--flow", choices=("ultrafast", "fast", "medium"), default=None,
+                    help="the node's propagation_flow (default: the node's)")
     args = ap.parse_args(argv)
     if not args.video.is_file():
         ap.error(f"--video {args.video}: no such file (Debian/Ubuntu: apt install opencv-doc)")
@@ -205,7 +207,10 @@ def run(args) -> dict:
     from sdcpc_ros.node_process import Client, domain_id_for, node_env, run_node, stop_node
 
     domain = domain_id_for("propagation_live")
-    proc = run_node({"input_size": f"[{args.input_size[0]},{args.input_size[1]}]"}, domain, args.out)
+    params = {"input_size": f"[{args.input_size[0]},{args.input_size[1]}]"}
+    if args.flow:
+        params["propagation_flow"] = args.flow
+    proc = run_node(params, domain, args.out)
     client = Client(domain)
     listener = Listener(client.node)
     camera = None

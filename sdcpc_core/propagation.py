@@ -72,7 +72,7 @@ class LabelPropagator:
     """Carries a key frame's labels to later frames. Not thread-safe (one DIS instance): one
     thread calls :meth:`propagate`; :meth:`KeyFrame.from_frame` may run anywhere."""
 
-    def __init__(self, preset: str = "fast", width: int = FLOW_WIDTH, uncertain: str = "hold",
+    def __init__(self, preset: str = "medium", width: int = FLOW_WIDTH, uncertain: str = "hold",
                  tolerance: float = PHOTOMETRIC_TOLERANCE, ignore_id: int = 255):
         if preset not in PRESETS:
             raise ValueError(f"flow preset {preset!r} is not one of {', '.join(PRESETS)}")
@@ -81,7 +81,9 @@ class LabelPropagator:
         if width < 16 or tolerance <= 0:
             raise ValueError(f"flow width must be >= 16 and tolerance > 0, got {width} and {tolerance}")
         self.width, self.uncertain, self.tolerance, self.ignore_id = width, uncertain, tolerance, ignore_id
+        self.preset = preset
         self._flow = cv2.DISOpticalFlow_create(PRESETS[preset])
+        self._warm: tuple[KeyFrame, np.ndarray] | None = None  # the last flow and its key frame
         self._grid: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
     def key_frame(self, rgb: np.ndarray, labels: np.ndarray, confidence=None, **meta) -> KeyFrame:
@@ -99,10 +101,16 @@ class LabelPropagator:
     def motion(self, key: KeyFrame, grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Flow from ``grey`` back to the key image and each pixel's certainty in [0, 1], both at
         the flow's (small) resolution. The flow (dx, dy) says where a pixel of the new frame was in
-        the key frame."""
+        the key frame.
+
+        Warm start: when the previous call measured the motion to the same key frame, DIS starts
+        from that flow (the frames are close in time, so it is nearly right) instead of from zero,
+        which lets it follow the motion as it grows over long gaps between network frames."""
         if grey.shape != key.grey.shape:
             raise ValueError(f"frame {grey.shape} and key frame {key.grey.shape} differ in size")
-        flow = self._flow.calc(grey, key.grey, None)
+        start = self._warm[1] if self._warm is not None and self._warm[0] is key else None
+        flow = self._flow.calc(grey, key.grey, start)
+        self._warm = (key, flow.copy())
         h, w = grey.shape
         gx, gy = self._pixel_grid(h, w)
         map_x, map_y = gx + flow[..., 0], gy + flow[..., 1]

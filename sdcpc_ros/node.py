@@ -52,6 +52,8 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from sdcpc_core.checkpoints.convert import checkpoint_problem
+from sdcpc_core.propagation import PRESETS as FLOW_PRESETS
+from sdcpc_core.propagation import LabelPropagator
 from sdcpc_core.settings import SETTINGS, STREAM_MAX_TIME_GAP, TOOL_DEFAULTS, Setting, SettingError
 from sdcpc_ros.conversions import (
     DEFAULT_MAX_PIXELS,
@@ -104,6 +106,10 @@ NODE_SETTINGS: dict[str, Setting] = {s.name: s for s in (
             "image motion (optical flow; ~/frame_info says which, from which network frame); "
             "false: drop them. Answers then leave out of stamp order (docs/propagation.md).",
             runtime=True),
+    Setting("propagation_flow", "string", "medium",
+            "Optical flow of propagate (OpenCV DIS presets): medium, or fast (about 0.4x the flow's "
+            "CPU; follows the motion less well over long gaps between network frames), or "
+            "ultrafast (docs/propagation.md).", choices=tuple(FLOW_PRESETS), runtime=True),
 )}
 CHECKPOINT = Setting("checkpoint", "string", "",
                      "sdcpc checkpoint file (.pt), export directory (sdcpc export), Hugging Face SegFormer "
@@ -223,9 +229,7 @@ class Segmentation:
                          "confidence": p["publish_confidence"]}
         self._input = (p["input_transport"], p["reliable_qos"])
         self._init_counters(p["diagnostics_period"])
-        from sdcpc_core.propagation import LabelPropagator
-
-        self._propagator = LabelPropagator(ignore_id=self._seg.labels.ignore_index)
+        self._propagator = LabelPropagator(p["propagation_flow"], ignore_id=self._seg.labels.ignore_index)
         self._propagate = p["propagate"]
         # OpenCV's own thread pool would wake on both cores for the small images it sees here
         # (flow, warps, colours), preempting the network's threads: one thread costs less CPU
@@ -514,6 +518,8 @@ class Segmentation:
             elif param.name == "propagate":
                 with self._cv:
                     self._propagate, self._key = param.value, None
+            elif param.name == "propagation_flow":  # the frame being propagated keeps the old one
+                self._propagator = LabelPropagator(param.value, ignore_id=self._seg.labels.ignore_index)
 
     # -- worker thread ----------------------------------------------------------------------
     def _work(self) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from sdcpc_core import bags
 from sdcpc_core.bags import BagError
+from sdcpc_core.propagation import PRESETS as FLOW_PRESETS
 from sdcpc_core.settings import TOOL_DEFAULTS, add_arguments, settings_from_arguments
 from sdcpc_ros.evaluation.live import evaluate_live
 from sdcpc_ros.evaluation.offline import evaluate_offline
@@ -134,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--propagate", action="store_true",
                    help="start the node with propagate:=true (frames the network has no time for are "
                         "answered with carried labels; the report scores every frame three ways)")
+    p.add_argument("--propagation-flow", choices=tuple(FLOW_PRESETS), default=None,
+                   help="with --propagate: the node's propagation_flow (OpenCV DIS preset; default the "
+                        "node's, medium)")
     p.add_argument("--node-name", default="sdcpc")
     p.add_argument("--labels-topic", default=None, help="the node's labels topic (default /<node>/labels)")
     p.add_argument("--publish-topic", default=None, help="topic the node reads images from (default the "
@@ -197,7 +201,10 @@ def _resolve_checkpoints(args) -> None:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "propagation_flow", None) and not args.propagate:
+        parser.error("--propagation-flow is the flow of --propagate: add --propagate")
     try:
         if args.command == "convert":
             return _convert(args)
@@ -221,7 +228,7 @@ def main(argv=None) -> int:
 
             use_default_profile()  # this process publishes large images (docs/transport.md)
             report = evaluate_live(args.bag, args.out, rate=args.rate, connect=args.connect,
-                                   propagate=args.propagate,
+                                   propagate=args.propagate, propagation_flow=args.propagation_flow,
                                    precision=stream.precision, backend=stream.backend,
                                    node_name=args.node_name, labels_topic=args.labels_topic,
                                    publish_topic=args.publish_topic, max_pause=args.max_pause,

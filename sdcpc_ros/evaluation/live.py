@@ -27,12 +27,14 @@ from sdcpc_ros.evaluation.strategies import AnswerInfo, StrategyBreakdown, frame
 
 
 def _node_command(node_name, image_topic, checkpoint, input_size, device, max_time_gap,
-                  precision="fp32", backend="torch", propagate=False) -> list[str]:
+                  precision="fp32", backend="torch", propagate=False, propagation_flow=None) -> list[str]:
     cmd = [sys.executable, "-m", "sdcpc_ros.node", "--ros-args", "-r", f"__node:={node_name}",
            "-r", f"image:={image_topic}", "-p", "reliable_qos:=true", "-p", "publish_color:=false",
            "-p", f"max_time_gap:={float(max_time_gap)}", "-p", f"device:={device}",
            "-p", f"precision:={precision}", "-p", f"backend:={backend}",
            "-p", f"propagate:={'true' if propagate else 'false'}"]
+    if propagation_flow:
+        cmd += ["-p", f"propagation_flow:={propagation_flow}"]
     if checkpoint:
         cmd += ["-p", f"checkpoint:={Path(checkpoint).resolve()}"]
     if input_size:
@@ -168,12 +170,13 @@ def evaluate_live(bag_path, out_dir, *, rate=1.0, checkpoint=None, connect=False
                   label_topic=bags.DEFAULT_LABEL_TOPIC, explicit_label_topic=False,
                   publish_topic=None, input_size=None, device="cpu", precision="fp32", backend="torch",
                   max_time_gap=DEFAULT_MAX_TIME_GAP, startup_timeout=120.0, drain_timeout=10.0,
-                  max_pause=1.0, samples=4, propagate=False) -> dict:
+                  max_pause=1.0, samples=4, propagate=False, propagation_flow=None) -> dict:
     """Play the bag's images to ``sdcpc_node`` (started here unless ``connect``) at recorded speed ×
     ``rate``, record ``~/labels`` and ``~/frame_info``, match by stamp and score; unanswered frames
     count as dropped. With ``propagate`` (the node started with it) or ``connect``, every frame is
     also scored three ways (models ``node`` as published, ``network`` its own frames only, ``held``
-    the last network labels held; report["strategies"])."""
+    the last network labels held; report["strategies"]); ``propagation_flow``: the node's
+    ``propagation_flow`` parameter (None: its default)."""
     from sdcpc_ros.evaluation.report import write_report
     from sdcpc_ros.node_process import stop_node
 
@@ -189,7 +192,8 @@ def evaluate_live(bag_path, out_dir, *, rate=1.0, checkpoint=None, connect=False
                 "labels_topic": labels_topic, "node": "connected" if connect else "started",
                 "max_time_gap": max_time_gap, "input_size": list(input_size) if input_size else None,
                 "device": device, "precision": precision, "backend": backend,
-                "propagate": None if connect else bool(propagate)}
+                "propagate": None if connect else bool(propagate),
+                "propagation_flow": None if connect else propagation_flow}
     three_ways = propagate or connect  # a connected node may propagate: ~/frame_info says
     ev = Evaluation(str(bag_path), "live", labelset, ["node", "network", "held"] if three_ways else ["node"],
                     settings)
@@ -205,7 +209,8 @@ def evaluate_live(bag_path, out_dir, *, rate=1.0, checkpoint=None, connect=False
     try:
         if not connect:
             node = _start_node(_node_command(node_name, publish_topic, checkpoint, input_size, device,
-                                             max_time_gap, precision, backend, propagate), out_dir)
+                                             max_time_gap, precision, backend, propagate, propagation_flow),
+                                 out_dir)
         _wait_for_node(player, node, startup_timeout,
                        f"subscribed to {publish_topic} and publishing {labels_topic}")
         with BagReader(bag_path) as bag:

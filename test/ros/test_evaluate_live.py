@@ -85,3 +85,20 @@ def test_the_started_node_gets_the_stream_settings():
     assert cmd[cmd.index("precision:=bf16") - 1] == "-p"
     default = _node_command("sdcpc", "/image", None, None, "cpu", 0.5)
     assert "backend:=torch" in default and "precision:=fp32" in default
+
+
+def test_the_started_node_gets_the_propagation_flow_and_the_flag_needs_propagate(capsys):
+    """``--propagate --propagation-flow fast`` starts the node with both; the flow alone is an
+    error that says what to add."""
+    from sdcpc_ros.evaluation.cli import build_parser, main
+    from sdcpc_ros.evaluation.live import _node_command
+
+    args = build_parser().parse_args(["live", "x.bag", "--out", "o", "--propagate", "--propagation-flow", "fast"])
+    cmd = _node_command("sdcpc", "/image", None, None, "cpu", 0.5, propagate=args.propagate,
+                        propagation_flow=args.propagation_flow)
+    assert cmd[cmd.index("propagate:=true") - 1] == "-p"
+    assert cmd[cmd.index("propagation_flow:=fast") - 1] == "-p"
+    assert not any("propagation_flow" in c for c in _node_command("sdcpc", "/image", None, None, "cpu", 0.5))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["live", "x.bag", "--out", "o", "--propagation-flow", "medium"])
+    assert exit_info.value.code == 2 and "add --propagate" in capsys.readouterr().err

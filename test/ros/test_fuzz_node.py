@@ -311,6 +311,7 @@ def local_node(tiny_checkpoint):
     ("dynamic_classes", ["person", "dragon"], "dragon"),
     ("input_size", [64, 64], "input_size"),
     ("checkpoint", "/tmp/other.pt", "checkpoint"),
+    ("propagation_flow", "slow", "propagation_flow"),
 ])
 def test_dynamic_updates_out_of_range_are_refused_and_change_nothing(local_node, name, value, words):
     before = {n: local_node.get_parameter(n).value for n in ("max_image_pixels", "max_time_gap")}
@@ -325,6 +326,12 @@ def test_dynamic_updates_out_of_range_are_refused_and_change_nothing(local_node,
     assert {n: local_node.get_parameter(n).value for n in before} == before
     assert local_node._max_pixels == before["max_image_pixels"]
     assert local_node._seg.max_time_gap == before["max_time_gap"]
+
+
+def test_dynamic_propagation_flow_replaces_the_propagator(local_node):
+    assert local_node._propagator.preset == "medium"
+    assert local_node.set_parameters([Parameter("propagation_flow", value="fast")])[0].successful
+    assert local_node._propagator.preset == "fast"
 
 
 def test_dynamic_max_image_pixels_applies_to_the_next_frame(local_node):

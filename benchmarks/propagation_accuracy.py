@@ -21,6 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sdcpc_core.propagation import PRESETS as FLOW_PRESETS
+
 REPO = Path(__file__).resolve().parents[1]
 STRATEGIES = (("network", "network frames only"), ("held", "every frame, last labels held"),
               ("node", "every frame, propagated"))
@@ -33,7 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="network input sizes HxW (default %(default)s)")
     ap.add_argument("--out", type=Path, default=REPO / "out" / "propagation_accuracy")
     ap.add_argument("--reuse", action="store_true", help="keep runs whose report.json exists")
-    ap.add_argument("--flow", choices=("ultrafast", "fast", "medium"), default=None,
+    ap.add_argument("--flow", choices=tuple(FLOW_PRESETS), default=None,
                     help="the node's propagation_flow (default: the node's)")
     args = ap.parse_args(argv)
     for size in args.input_sizes:

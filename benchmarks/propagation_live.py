@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sdcpc_core.propagation import PRESETS as FLOW_PRESETS
+
 REPO = Path(__file__).resolve().parents[1]
 VIDEO = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 COUNTERS = {"received": "received frames", "published": "published frames",
@@ -50,7 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--settle", type=float, default=3.0, help="seconds after a switch not measured")
     ap.add_argument("--warmup", type=float, default=10.0, help="seconds before the first window")
     ap.add_argument("--out", type=Path, default=REPO / "out" / "propagation_live")
-    ap.add_argument("--flow", choices=("ultrafast", "fast", "medium"), default=None,
+    ap.add_argument("--flow", choices=tuple(FLOW_PRESETS), default=None,
                     help="the node's propagation_flow (default: the node's)")
     args = ap.parse_args(argv)
     if not args.video.is_file():
